@@ -1,0 +1,164 @@
+"""The shared decoder-only transformer. Its depth wiring belongs entirely to a residual variant.
+
+Every variant runs on exactly these sublayers: embedding (+ learned positions), causal
+self-attention (F.scaled_dot_product_attention), a GELU MLP, RMSNorm, a final norm and an LM head.
+A transformer block is two sublayers (attention, MLP), so L = 2 * n_blocks.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import variants
+from variants.base import RMS_EPS, Residual, VariantError, check_positive
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 256
+    d_model: int = 128
+    n_blocks: int = 4
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    seq_len: int = 128
+
+    def __post_init__(self):
+        for key in ("vocab_size", "d_model", "n_blocks", "n_heads", "seq_len"):
+            check_positive(key, getattr(self, key))
+        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) or self.mlp_ratio <= 0:
+            raise VariantError(f"mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
+        if self.d_model % self.n_heads:
+            raise VariantError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+
+    @property
+    def n_layers(self) -> int:
+        """L: sublayers, attention and MLP counted separately."""
+        return 2 * self.n_blocks
+
+    @property
+    def d_hidden(self) -> int:
+        return int(round(self.mlp_ratio * self.d_model))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight, RMS_EPS)
+
+
+class Attention(nn.Module):
+    """Sublayer f(h) = Attn(norm(h)): causal multi-head self-attention."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.norm = RMSNorm(cfg.d_model)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, h):
+        B, T, D = h.shape
+        q, k, v = self.qkv(self.norm(h)).view(B, T, 3, self.n_heads, D // self.n_heads).unbind(2)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+class MLP(nn.Module):
+    """Sublayer f(h) = MLP(norm(h))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = RMSNorm(cfg.d_model)
+        self.fc = nn.Linear(cfg.d_model, cfg.d_hidden, bias=False)
+        self.proj = nn.Linear(cfg.d_hidden, cfg.d_model, bias=False)
+
+    def forward(self, h):
+        return self.proj(F.gelu(self.fc(self.norm(h)), approximate="tanh"))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, residual: Residual):
+        super().__init__()
+        if residual.d_model != cfg.d_model or residual.n_layers != cfg.n_layers:
+            raise VariantError(
+                f"residual built for d_model={residual.d_model}, L={residual.n_layers}; "
+                f"model has d_model={cfg.d_model}, L={cfg.n_layers}"
+            )
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model)
+        self.sublayers = nn.ModuleList(
+            Attention(cfg) if i % 2 == 0 else MLP(cfg) for i in range(cfg.n_layers)
+        )
+        self.norm_f = RMSNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.residual = residual
+
+    def shared_modules(self) -> list[nn.Module]:
+        """Everything but the residual variant: identical across variants for one seed."""
+        return [self.tok_emb, self.pos_emb, self.sublayers, self.norm_f, self.head]
+
+    @torch.no_grad()
+    def init_shared(self, generator: torch.Generator) -> None:
+        """GPT-2 style init of the shared parts only (never touches the variant's own init)."""
+        std = 0.02
+        for top in self.shared_modules():
+            for name, m in top.named_modules():
+                if isinstance(m, RMSNorm):
+                    m.weight.fill_(1.0)
+                elif isinstance(m, (nn.Linear, nn.Embedding)):
+                    # projections write into the residual stream: GPT-2's 1/sqrt(2 * blocks)
+                    scale = (2 * self.cfg.n_blocks) ** -0.5 if name.endswith("proj") else 1.0
+                    m.weight.normal_(0.0, std * scale, generator=generator)
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        return self.tok_emb(idx) + self.pos_emb(pos)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx [B, T] int64 → logits [B, T, vocab]."""
+        state = self.residual.begin(self.embed(idx))
+        for i, f in enumerate(self.sublayers):
+            h = self.residual.read(state, i)
+            state = self.residual.write(state, i, f(h))
+        return self.head(self.norm_f(self.residual.end(state)))
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """nanoGPT's rule, made explicit: decay Linear/Embedding weights only; never gains,
+        biases, pseudo-queries or mixing weights (the variant says which of its own are exempt)."""
+        exempt = {id(p) for p in self.residual.no_decay_parameters()}
+        decay, no_decay = [], []
+        for mod in self.modules():
+            for name, p in mod.named_parameters(recurse=False):
+                wants = isinstance(mod, (nn.Linear, nn.Embedding)) and name == "weight" and id(p) not in exempt
+                (decay if wants else no_decay).append(p)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+
+def build_model(cfg: ModelConfig, variant: str, options: dict | None = None, seed: int = 0,
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Transformer:
+    """Same seed → same shared weights for every variant: the shared parts draw from one
+    generator, the variant's own init from another, so a variant cannot shift the shared ones."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1_000_003)  # the variant's own stream
+        residual = variants.build(variant, cfg.d_model, cfg.n_layers, options)
+    model = Transformer(cfg, residual)
+    model.init_shared(torch.Generator().manual_seed(seed))
+    return model.to(device=device, dtype=dtype)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,105 @@
+"""The residual protocol every variant implements, and helpers shared by variants.
+
+A residual variant decides how the L sublayers of a transformer are wired across depth.
+The model drives it like this (see harness/model.py):
+
+    state = residual.begin(e)                  # token embedding enters
+    for i, f in enumerate(sublayers):          # attn, mlp, attn, mlp, ...
+        h = residual.read(state, i)            # input of sublayer i
+        state = residual.write(state, i, f(h)) # f includes its own pre-RMSNorm
+    x = residual.end(state)                    # goes to the final norm and the head
+
+Variants import only torch and this module; they know nothing about measuring.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+RMS_EPS = 1e-6
+
+
+class VariantError(ValueError):
+    """A bad variant name or option; the message is one line naming the culprit."""
+
+
+class Residual(nn.Module):
+    """Base class: subclasses set `name` (via @register) and implement the four calls.
+
+    Constructor: `__init__(self, d_model, n_layers, *, <options with defaults>)` where
+    `n_layers` is L, the number of sublayers (attention and MLP counted separately).
+    Options must be keyword-only with defaults; their defaults document the variant.
+    """
+
+    name: str = "?"
+
+    def __init__(self, d_model: int, n_layers: int):
+        super().__init__()
+        check_positive("d_model", d_model)
+        check_positive("n_layers", n_layers)
+        self.d_model = d_model
+        self.n_layers = n_layers
+
+    # -- the protocol -------------------------------------------------------------------
+    def begin(self, e: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def read(self, state: Any, i: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def write(self, state: Any, i: int, y: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def end(self, state: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- analytic costs (per token; the harness holds measurements against these) --------
+    def declared_extra_params(self) -> int:
+        """Parameters this variant adds on top of the shared model."""
+        return 0
+
+    def state_vectors(self) -> int:
+        """d-vectors per token the residual state keeps alive across depth."""
+        return 1
+
+    # -- optimiser hygiene -----------------------------------------------------------------
+    def no_decay_parameters(self) -> list[nn.Parameter]:
+        """Parameters that must never be weight-decayed (queries, gains, mixing weights,
+        biases): decaying them pulls the variant back to its identity/uniform start.
+        Default: everything except the weights of nn.Linear submodules."""
+        decayed = {id(m.weight) for m in self.modules() if isinstance(m, nn.Linear)}
+        return [p for p in self.parameters() if id(p) not in decayed]
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        sig = inspect.signature(cls.__init__)
+        return {
+            n: p.default
+            for n, p in sig.parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+
+    def options(self) -> dict[str, Any]:
+        """The option values this instance was built with (after resolution)."""
+        return {k: getattr(self, k) for k in self.option_defaults()}
+
+
+# -- helpers shared by variants ---------------------------------------------------------
+
+def check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise VariantError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise VariantError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def inv_rms(v: torch.Tensor) -> torch.Tensor:
+    """1/rms(v) over the last dim, in fp32, keepdim; the key normalisation of AttnRes."""
+    v32 = v.float()
+    return torch.rsqrt(v32.pow(2).mean(-1, keepdim=True) + RMS_EPS)
