@@ -1,0 +1,1 @@
+"""resbench harness: the shared model, measuring, running suites and reporting."""

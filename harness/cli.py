@@ -1,0 +1,80 @@
+"""`resbench` command line: list | run | report.
+
+Every user error (bad suite, bad option, unknown variant, unwritable path) is a one-line message
+on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from tabulate import tabulate
+
+import variants
+from variants.base import VariantError
+
+from .errors import UserError
+from .model import ModelConfig, Transformer, count_params
+
+
+def _fmt_opts(opts: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in opts.items()) or "-"
+
+
+def cmd_list(args) -> int:
+    cfg = ModelConfig(d_model=args.d_model, n_blocks=args.blocks, n_heads=args.heads, seq_len=8)
+    # meta device: the analytic costs need shapes, not storage (a 4096-wide Highway is 2 GB)
+    with torch.device("meta"):
+        base = count_params(Transformer(cfg, variants.build("prenorm", cfg.d_model, cfg.n_layers)))
+    rows = []
+    for name in variants.names():
+        with torch.device("meta"):
+            residual = variants.build(name, cfg.d_model, cfg.n_layers)
+        rows.append([
+            name,
+            _fmt_opts(type(residual).option_defaults()),
+            f"{residual.declared_extra_params():,}",
+            f"{residual.declared_extra_params() / base:.2%}",
+            residual.state_vectors(),
+            type(residual).__module__,
+        ])
+    print(f"shape: d_model={cfg.d_model}, {cfg.n_blocks} blocks (L={cfg.n_layers} sublayers), "
+          f"{base:,} shared params")
+    print(tabulate(rows, headers=["variant", "options (defaults)", "extra params", "vs shared",
+                                  "state d-vectors/token", "module"], disable_numparse=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="resbench", description=__doc__.splitlines()[0])
+    p.add_argument("--variants-module", action="append", default=[], metavar="MOD",
+                   help="import MOD (dotted path, on PYTHONPATH) to register variants living outside resbench")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ls = sub.add_parser("list", help="registered variants, their options and analytic costs at a shape")
+    ls.add_argument("--d-model", type=int, default=1024)
+    ls.add_argument("--blocks", type=int, default=16, help="transformer blocks (L = 2 x blocks sublayers)")
+    ls.add_argument("--heads", type=int, default=8)
+    ls.set_defaults(func=cmd_list)
+
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        for mod in args.variants_module:
+            variants.load_module(mod)
+        return args.func(args)
+    except (UserError, VariantError) as exc:
+        print(f"resbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("resbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
