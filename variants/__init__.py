@@ -20,6 +20,7 @@ __all__ = ["Residual", "VariantError", "register", "get", "names", "build", "loa
 
 _REGISTRY: dict[str, type[Residual]] = {}
 _discovered = False
+loaded_modules: list[str] = []  # external modules imported so far (worker processes re-import them)
 
 
 def register(name: str):
@@ -44,6 +45,8 @@ def load_module(path: str) -> None:
         importlib.import_module(path)
     except ImportError as exc:
         raise VariantError(f"cannot import variants module {path!r}: {exc}") from None
+    if path not in loaded_modules:
+        loaded_modules.append(path)
 
 
 def _discover() -> None:

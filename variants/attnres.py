@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import register
-from .base import Residual, VariantError, check_positive, inv_rms
+from .base import Residual, VariantError, check_positive, inv_rms, mix_dtype
 
 
 class _DepthAttention(Residual):
@@ -42,7 +42,8 @@ class _DepthAttention(Residual):
         q = self.key_gain * self.query
         if readers is not None:
             q = q[readers]
-        return (v.float() * inv_rms(v)) @ q.float().t()
+        dt = mix_dtype(v.dtype)
+        return (v.to(dt) * inv_rms(v)) @ q.to(dt).t()
 
     @staticmethod
     def mix(values: list[torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
@@ -101,7 +102,9 @@ class BlockAttnRes(_DepthAttention):
             raise VariantError(f"block_size must be <= n_layers (L={n_layers}), got {block_size}")
         self.block_size = block_size
         self.n_blocks = math.ceil(n_layers / block_size)  # effective N; last block may be partial
-        self.two_phase = bool(two_phase)
+        if not isinstance(two_phase, bool):  # bool("false") is True: never coerce
+            raise VariantError(f"two_phase must be true or false, got {two_phase!r}")
+        self.two_phase = two_phase
 
     def _block_of(self, i: int) -> tuple[int, int]:
         """(block start, position of sublayer i inside its block)."""

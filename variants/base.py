@@ -99,7 +99,12 @@ def check_choice(name: str, value: Any, allowed: tuple) -> None:
         raise VariantError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
 
 
+def mix_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Depth-mixing math runs in at least fp32: bf16/fp16 go up to fp32, fp64 stays fp64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def inv_rms(v: torch.Tensor) -> torch.Tensor:
-    """1/rms(v) over the last dim, in fp32, keepdim; the key normalisation of AttnRes."""
-    v32 = v.float()
+    """1/rms(v) over the last dim, in fp32 (fp64 for fp64 input), keepdim; the key normalisation of AttnRes."""
+    v32 = v.to(mix_dtype(v.dtype))
     return torch.rsqrt(v32.pow(2).mean(-1, keepdim=True) + RMS_EPS)

@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny model shape, a near-zero RMSNorm eps, and helpers for random inputs and
+non-trivial variant parameters."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import harness.model
+import variants.base
+from harness.model import ModelConfig, build_model
+
+# vocab 64, d 32, 3 blocks (L = 6 sublayers), 4 heads, seq 16: every test runs in milliseconds.
+TINY = ModelConfig(vocab_size=64, d_model=32, n_blocks=3, n_heads=4, mlp_ratio=2.0, seq_len=16)
+BATCH = 2
+
+
+@pytest.fixture
+def tiny_cfg() -> ModelConfig:
+    return TINY
+
+
+@pytest.fixture
+def tiny_eps(monkeypatch):
+    # PreNorm-equivalence of AttnRes holds up to the eps only (its mean of sources has a smaller RMS).
+    monkeypatch.setattr(variants.base, "RMS_EPS", 1e-30)
+    monkeypatch.setattr(harness.model, "RMS_EPS", 1e-30)
+    return 1e-30
+
+
+def tokens(cfg: ModelConfig, seed: int = 0, batch: int = BATCH, seq: int | None = None) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, cfg.vocab_size, (batch, seq or cfg.seq_len), generator=g)
+
+
+@torch.no_grad()
+def perturb_variant(model, seed: int = 1, scale: float = 0.3) -> None:
+    """Add N(0, scale) noise to every parameter of the residual variant, so no gate/query/mixing
+    weight sits at its symmetric init (at init e.g. AttnRes key gains get exactly zero gradient)."""
+    g = torch.Generator().manual_seed(seed)
+    for p in model.residual.parameters():
+        p.add_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * scale)
+
+
+def make_model(cfg: ModelConfig, variant: str, options: dict | None = None, seed: int = 0,
+               perturb: bool = False, dtype: torch.dtype = torch.float64):
+    model = build_model(cfg, variant, options, seed=seed, dtype=dtype)
+    if perturb:
+        perturb_variant(model, seed=seed + 17)
+    return model

@@ -1,0 +1,249 @@
+"""Each variant against a naive reference written here from docs/VARIANTS.md: explicit loops over
+sublayers and sources, no reuse of variant internals. Only the shared parts of the model
+(embed, sublayers, norm_f, head) and the variant's parameters (read by name) are used."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import variants.base
+from conftest import make_model, perturb_variant, tokens
+from harness.model import ModelConfig
+
+TOL = dict(rtol=1e-10, atol=1e-12)
+
+
+# -- naive references ------------------------------------------------------------------------
+
+def rms_normalize(v):
+    """v / rms(v) over the width, with the library's eps (read at call time)."""
+    return v / torch.sqrt((v * v).mean(-1, keepdim=True) + variants.base.RMS_EPS)
+
+
+def finish(model, x):
+    return model.head(model.norm_f(x))
+
+
+def ref_prenorm(model, idx):
+    x = model.embed(idx)
+    for i in range(len(model.sublayers)):
+        x = x + model.sublayers[i](x)
+    return finish(model, x)
+
+
+def ref_highway(model, idx):
+    x = model.embed(idx)
+    for i in range(len(model.sublayers)):
+        y = model.sublayers[i](x)
+        W = model.residual.gates[i].weight  # [width, d], width = d (vector) or 1 (scalar)
+        b = model.residual.gates[i].bias
+        u = rms_normalize(x)
+        g = torch.sigmoid(u @ W.T + b)
+        x = (1 - g) * x + g * y
+    return finish(model, x)
+
+
+def ref_densenet(model, idx, dilation=1, period=1):
+    L_b = len(model.sublayers) // 2
+    X = [model.embed(idx)]  # X_0 = e
+    Y = X[0]
+    for i in range(1, L_b + 1):
+        x = Y
+        x = x + model.sublayers[2 * (i - 1)](x)  # attention, PreNorm inside the block
+        x = x + model.sublayers[2 * (i - 1) + 1](x)  # MLP
+        X.append(x)  # X_i = Block_i(Y_{i-1})
+        if i % period == 0:
+            alpha = model.residual.alpha[str(i)]
+            js = [j for j in range(i + 1) if (i - j) % dilation == 0]
+            assert alpha.shape == (len(js),)
+            Y = 0
+            for n, j in enumerate(js):
+                Y = Y + alpha[n] * X[j]
+        else:
+            Y = x
+    return finish(model, Y)
+
+
+def depth_attention(model, reader, sources):
+    """h = sum_i softmax_i(w_l . RMSNorm_l(v_i)) v_i, RMSNorm_l with gain g_l; one token at a time
+    would be the most naive, per-source loops over [B, T] tensors are as explicit."""
+    w = model.residual.query[reader]
+    gain = model.residual.key_gain[reader]
+    logits = [(w * (gain * rms_normalize(v))).sum(-1) for v in sources]  # each [B, T]
+    m = logits[0]
+    for s in logits[1:]:
+        m = torch.maximum(m, s)
+    weights = [torch.exp(s - m) for s in logits]
+    total = sum(weights)
+    h = 0
+    for a, v in zip(weights, sources):
+        h = h + (a / total).unsqueeze(-1) * v
+    return h
+
+
+def ref_full_attnres(model, idx):
+    L = len(model.sublayers)
+    v = [model.embed(idx)]  # v_0 = e
+    for l in range(L):
+        h = depth_attention(model, l, v)  # sources v_0 .. v_{l-1} (0-based: e and f_0..f_{l-1})
+        v.append(model.sublayers[l](h))
+    return finish(model, depth_attention(model, L, v))
+
+
+def ref_block_attnres(model, idx, block_size):
+    L = len(model.sublayers)
+    blocks = [list(range(s, min(s + block_size, L))) for s in range(0, L, block_size)]
+    b = [model.embed(idx)]  # b_0 = e, then completed block sums
+    for members in blocks:
+        partial = None
+        for pos, l in enumerate(members):
+            sources = list(b) if pos == 0 else list(b) + [partial]
+            y = model.sublayers[l](depth_attention(model, l, sources))
+            partial = y if partial is None else partial + y
+        b.append(partial)
+    return finish(model, depth_attention(model, L, b))
+
+
+def ref_block_n1(model, idx):
+    """N = 1: a plain residual stream r = sum_{j<i} f_j, with e kept as a separate source."""
+    L = len(model.sublayers)
+    e = model.embed(idx)
+    r = None
+    for i in range(L):
+        h = depth_attention(model, i, [e] if r is None else [e, r])
+        y = model.sublayers[i](h)
+        r = y if r is None else r + y
+    return finish(model, depth_attention(model, L, [e, r]))
+
+
+# -- comparison ------------------------------------------------------------------------------
+
+def assert_matches(model, ref, idx):
+    """Forward logits and the gradients of every parameter agree with the reference."""
+    params = [p for p in model.parameters()]
+    g = torch.Generator().manual_seed(99)
+    got = model(idx)
+    want = ref(model, idx)
+    torch.testing.assert_close(got, want, **TOL)
+    probe = torch.randn(got.shape, generator=g, dtype=got.dtype)  # random loss direction
+    g_got = torch.autograd.grad((got * probe).sum(), params)
+    g_want = torch.autograd.grad((want * probe).sum(), params)
+    names = [n for n, _ in model.named_parameters()]
+    for n, a, b in zip(names, g_got, g_want):
+        torch.testing.assert_close(a, b, **TOL, msg=lambda m, n=n: f"gradient of {n}: {m}")
+
+
+CFG = ModelConfig(vocab_size=64, d_model=32, n_blocks=3, n_heads=4, mlp_ratio=2.0, seq_len=12)  # L = 6
+
+CASES = [
+    ("prenorm", {}, ref_prenorm),
+    ("highway", {}, ref_highway),
+    ("highway", {"gate": "scalar"}, ref_highway),
+    ("highway", {"gate_bias": -1.0}, ref_highway),
+    ("densenet", {}, ref_densenet),
+    ("densenet", {"dilation": 2, "period": 2}, lambda m, x: ref_densenet(m, x, dilation=2, period=2)),
+    ("densenet", {"dilation": 2}, lambda m, x: ref_densenet(m, x, dilation=2)),
+    ("densenet", {"period": 2}, lambda m, x: ref_densenet(m, x, period=2)),
+    ("full-attnres", {}, ref_full_attnres),
+    ("block-attnres", {"block_size": 2}, lambda m, x: ref_block_attnres(m, x, 2)),
+    ("block-attnres", {"block_size": 4}, lambda m, x: ref_block_attnres(m, x, 4)),  # blocks [4, 2]
+    ("block-attnres", {"block_size": 4, "two_phase": True}, lambda m, x: ref_block_attnres(m, x, 4)),
+    ("block-attnres", {"block_size": 3, "two_phase": True}, lambda m, x: ref_block_attnres(m, x, 3)),
+    ("block-attnres", {"n_blocks": 4}, lambda m, x: ref_block_attnres(m, x, math.ceil(6 / 4))),
+    ("block-attnres", {}, lambda m, x: ref_block_attnres(m, x, 1)),  # default N = min(8, L) = L
+]
+
+
+@pytest.mark.parametrize("name,options,ref", CASES,
+                         ids=[n + "".join(f"-{k}={v}" for k, v in o.items()) for n, o, _ in CASES])
+def test_matches_reference(name, options, ref):
+    model = make_model(CFG, name, options, seed=2, perturb=True)
+    assert_matches(model, ref, tokens(CFG, seed=4))
+
+
+def test_reference_is_sensitive():
+    """The comparison can fail: a variant with perturbed params differs from the PreNorm formula,
+    and the block reference with the wrong block size differs from the implementation."""
+    model = make_model(CFG, "densenet", seed=2, perturb=True)
+    idx = tokens(CFG, seed=4)
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(model(idx), ref_prenorm(model, idx), **TOL)
+    model = make_model(CFG, "block-attnres", {"block_size": 4}, seed=2, perturb=True)
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(model(idx), ref_block_attnres(model, idx, 3), **TOL)
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 3, 4, 5])
+def test_block_two_phase_equals_direct(block_size):
+    direct = make_model(CFG, "block-attnres", {"block_size": block_size}, seed=1, perturb=True)
+    two = make_model(CFG, "block-attnres", {"block_size": block_size, "two_phase": True}, seed=1, perturb=True)
+    assert two.residual.two_phase and not direct.residual.two_phase
+    idx = tokens(CFG, seed=2)
+    torch.testing.assert_close(two(idx), direct(idx), **TOL)
+
+
+def test_block_n_equals_l_is_full_attnres_exactly():
+    L = CFG.n_layers
+    full = make_model(CFG, "full-attnres", seed=7, perturb=True)
+    block = make_model(CFG, "block-attnres", {"n_blocks": L}, seed=7)
+    assert block.residual.state_dict().keys() == full.residual.state_dict().keys()
+    block.residual.load_state_dict(full.residual.state_dict())
+    idx = tokens(CFG, seed=1)
+    assert torch.equal(block(idx), full(idx))
+
+
+def test_block_n1_is_plain_residual_with_separate_embedding():
+    model = make_model(CFG, "block-attnres", {"n_blocks": 1}, seed=3, perturb=True)
+    assert model.residual.state_vectors() == 2
+    assert_matches(model, ref_block_n1, tokens(CFG, seed=5))
+
+
+# -- PreNorm-equivalence at init ---------------------------------------------------------------
+
+EQUIV = [
+    ("densenet", {}),
+    ("densenet", {"dilation": 2, "period": 2}),
+    ("full-attnres", {}),
+    ("block-attnres", {"n_blocks": 1}),
+    ("block-attnres", {"n_blocks": 2}),
+    ("block-attnres", {"n_blocks": 3}),
+    ("block-attnres", {"block_size": 4}),
+    ("block-attnres", {"n_blocks": 6}),
+    ("block-attnres", {"block_size": 4, "two_phase": True}),
+]
+
+
+@pytest.mark.parametrize("name,options", EQUIV, ids=[n + "".join(f"-{k}={v}" for k, v in o.items()) for n, o in EQUIV])
+def test_prenorm_equivalent_at_init(tiny_eps, name, options):
+    idx = tokens(CFG, seed=6)
+    want = make_model(CFG, "prenorm", seed=11)(idx)
+    torch.testing.assert_close(make_model(CFG, name, options, seed=11)(idx), want, **TOL)
+
+
+def test_prenorm_equivalence_breaks_once_trained(tiny_eps):
+    idx = tokens(CFG, seed=6)
+    want = make_model(CFG, "prenorm", seed=11)(idx)
+    for name in ("densenet", "full-attnres", "block-attnres"):
+        got = make_model(CFG, name, seed=11, perturb=True)(idx)
+        assert (got - want).abs().max() > 1e-4, name
+
+
+def test_highway_not_prenorm_equivalent_and_biased_to_carry():
+    idx = tokens(CFG, seed=6)
+    model = make_model(CFG, "highway", seed=11)
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(torch.sigmoid(o).detach()))
+             for m in model.residual.gates]
+    out = model(idx)
+    for h in hooks:
+        h.remove()
+    assert len(seen) == CFG.n_layers
+    bias = model.residual.gate_bias
+    assert bias < 0
+    for g in seen:
+        assert g.shape[-1] == CFG.d_model
+        torch.testing.assert_close(g, torch.full_like(g, 1 / (1 + math.exp(-bias))), rtol=0, atol=1e-15)
+        assert (g < 0.5).all()
+    assert (out - make_model(CFG, "prenorm", seed=11)(idx)).abs().max() > 1e-3
