@@ -1,0 +1,185 @@
+"""The short-run training loop: one optimizer, schedule and data order for every variant.
+
+Fairness rules (design/VARIANTS.md): AdamW groups come from `Transformer.param_groups`, so gains,
+pseudo-queries and mixing weights are never decayed; lr and schedule are the same for all variants.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .data import Corpus, batch_at, val_batches
+from .errors import UserError
+
+SCHEDULES = ("cosine", "wsd", "constant")
+WSD_DECAY_FRACTION = 0.2  # warmup-stable-decay: the final 20% of steps decay linearly
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 50
+    batch: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup: int = 10  # steps
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # 0 = off
+    eval_every: int = 10  # steps; 0 = only at the end
+    eval_batches: int = 4
+
+    def __post_init__(self):
+        def bad(key, want):
+            raise UserError(f"train.{key} must be {want}, got {getattr(self, key)!r}")
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for key in ("steps", "batch", "eval_batches"):
+            if not is_int(getattr(self, key)) or getattr(self, key) < 1:
+                bad(key, "a positive integer")
+        for key in ("warmup", "eval_every"):
+            if not is_int(getattr(self, key)) or getattr(self, key) < 0:
+                bad(key, "a non-negative integer")
+        if not is_num(self.lr) or self.lr <= 0:
+            bad("lr", "a positive number")
+        for key in ("weight_decay", "grad_clip"):
+            if not is_num(getattr(self, key)) or getattr(self, key) < 0:
+                bad(key, "a non-negative number")
+        if not is_num(self.min_lr_ratio) or not 0 <= self.min_lr_ratio <= 1:
+            bad("min_lr_ratio", "in [0, 1]")
+        if self.schedule not in SCHEDULES:
+            bad("schedule", "one of " + ", ".join(SCHEDULES))
+        betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else ()
+        if len(betas) != 2 or not all(is_num(b) and 0 <= b < 1 for b in betas):
+            bad("betas", "two numbers in [0, 1)")
+        self.betas = (float(betas[0]), float(betas[1]))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+class Diverged(Exception):
+    """Training produced a non-finite loss: a result to record for the variant, not a crash."""
+
+    def __init__(self, step: int, value: float, where: str = "train"):
+        super().__init__(f"{where} loss diverged at step {step}: {value}")
+        self.step, self.value, self.where = step, value, where
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for 0-based `step`. Warmup ramps linearly to the peak, reached at step
+    warmup-1 (step 0 is never lr 0, which would waste a step); the decay ends at min_lr on the
+    last step, steps-1."""
+    peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
+    if step < cfg.warmup:
+        return peak * (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return peak
+    last = cfg.steps - 1
+    if cfg.schedule == "cosine":
+        p = min(1.0, (step - cfg.warmup) / max(1, last - cfg.warmup))
+        return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
+    # wsd: hold the peak, then decay linearly over the final fraction (never into the warmup)
+    n_decay = max(1, round(WSD_DECAY_FRACTION * cfg.steps))
+    start = max(cfg.warmup, cfg.steps - n_decay)
+    if step < start:
+        return peak
+    p = min(1.0, (step - start + 1) / max(1, cfg.steps - start))
+    return peak + (floor - peak) * p
+
+
+def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def _loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = model(x)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+
+
+def train_step(model, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> float:
+    """One optimizer step at the optimizer's current lr; returns the (pre-step) loss."""
+    model.train()
+    opt.zero_grad(set_to_none=True)
+    loss = _loss(model, x, y)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def evaluate(model, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    was_training = model.training
+    model.eval()
+    try:
+        total = sum(_loss(model, x, y).item() for x, y in batches)
+    finally:
+        model.train(was_training)
+    return total / len(batches)
+
+
+def train(model, corpus: Corpus, cfg: TrainConfig, seed: int, device="cpu",
+          progress: Callable[[int, float], None] | None = None) -> dict:
+    """Train for cfg.steps steps on batch_at(corpus.train, step, ...), evaluating held-out loss
+    every eval_every steps and at the end. Raises Diverged on a non-finite train or val loss.
+
+    val_loss entries are [steps completed, loss]."""
+    if corpus.vocab_size > model.cfg.vocab_size:
+        raise UserError(f"corpus {corpus.name} has vocab {corpus.vocab_size}, "
+                        f"model vocab_size is {model.cfg.vocab_size}")
+    seq_len = model.cfg.seq_len
+    val = [(x.to(device), y.to(device)) for x, y in val_batches(corpus, cfg.batch, seq_len, cfg.eval_batches)]
+    opt = make_optimizer(model, cfg)
+    train_loss: list[float] = []
+    val_loss: list[list] = []
+
+    def eval_at(done: int) -> None:
+        v = evaluate(model, val)
+        if not math.isfinite(v):
+            raise Diverged(done, v, "val")
+        val_loss.append([done, v])
+
+    t0 = time.perf_counter()
+    for step in range(cfg.steps):
+        x, y = batch_at(corpus.train, step, cfg.batch, seq_len, seed)
+        set_lr(opt, lr_at(step, cfg))
+        loss = train_step(model, opt, x.to(device), y.to(device), cfg)
+        if not math.isfinite(loss):
+            raise Diverged(step, loss)
+        train_loss.append(loss)
+        if progress is not None:
+            progress(step, loss)
+        done = step + 1
+        if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
+            eval_at(done)
+    eval_at(cfg.steps)
+    seconds = time.perf_counter() - t0
+
+    tail = train_loss[-max(1, math.ceil(0.1 * cfg.steps)):]
+    return {
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "final_val_loss": val_loss[-1][1],
+        "final_train_loss": sum(tail) / len(tail),
+        "tokens_seen": cfg.steps * cfg.batch * seq_len,
+        "seconds": seconds,
+    }
