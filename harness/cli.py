@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--heads", type=int, default=8)
     ls.set_defaults(func=cmd_list)
 
+    from .commands import add_subcommands  # measuring commands: run, report
+
+    add_subcommands(sub)
     return p
 
 

@@ -16,6 +16,7 @@ def test_add_a_variant_snippet_registers_and_runs(tmp_path, monkeypatch):
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     (tmp_path / "readme_rezero.py").write_text(code)
     monkeypatch.syspath_prepend(str(tmp_path))
+    variants.names()  # discover the package's own first, so the restored registry is complete
     monkeypatch.setattr(variants, "_REGISTRY", dict(variants._REGISTRY))
     variants.load_module("readme_rezero")
     assert "rezero" in variants.names()

@@ -1,0 +1,42 @@
+"""`resbench run` and `resbench report`: the measuring commands."""
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+from .config import load_suite
+from .report import render
+from .results import default_results_path, read_records, warn_to_stderr
+from .runner import run_suite
+
+
+def cmd_run(args) -> int:
+    suite = load_suite(args.suite)
+    out = Path(args.out) if args.out else default_results_path(suite.name)
+    records = run_suite(suite, out, force=args.force, device=args.device, progress=not args.quiet)
+    if not records:
+        print(f"all cells of {suite.name!r} already finished in {out} (use --force to redo them)", file=sys.stderr)
+    print(render(read_records(out)))
+    print(f"records: {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    print(render(read_records(*args.results)))
+    return 0
+
+
+def add_subcommands(sub) -> None:
+    warnings.showwarning = warn_to_stderr
+    run = sub.add_parser("run", help="run a suite (default: the shipped quick suite) and print the table")
+    run.add_argument("suite", nargs="?", default="quick", help="suite YAML path or shipped suite name (default: quick)")
+    run.add_argument("--out", help="results JSONL (default: results/<suite name>.jsonl)")
+    run.add_argument("--force", action="store_true", help="redo cells that already have a finished record")
+    run.add_argument("--device", choices=("cpu", "cuda", "auto"), help="override the suite's device")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("report", help="re-render the tables of one or more results files")
+    rep.add_argument("results", nargs="+", help="results JSONL file(s)")
+    rep.set_defaults(func=cmd_report)

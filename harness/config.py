@@ -1,0 +1,301 @@
+"""Suites: YAML → validated dataclasses → cells.
+
+A suite names the variants (with options), model shapes, workloads, device, dtype, seeds and
+threads. Every mistake is a ConfigError whose one-line message names the key and, where there
+is a fixed set, the allowed values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+import variants
+from variants.base import VariantError
+
+from .errors import UserError
+from .model import ModelConfig
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "suites"
+DEVICES = ("cpu", "cuda", "auto")
+DTYPES = ("float32", "bfloat16", "float16")
+WORKLOADS = ("throughput", "memory", "loss")
+
+
+class ConfigError(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    options: dict = field(default_factory=dict)
+    label: str = ""
+
+    def __post_init__(self):
+        if not self.label:
+            opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+            object.__setattr__(self, "label", f"{self.name}({opts})" if opts else self.name)
+
+
+@dataclass(frozen=True)
+class ThroughputWorkload:
+    batch: int = 8
+    warmup: int = 2
+    repeats: int = 7
+
+
+@dataclass(frozen=True)
+class MemoryWorkload:
+    batch: int = 8
+
+
+@dataclass(frozen=True)
+class LossWorkload:
+    steps: int = 60
+    batch: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    warmup: int = 10
+    schedule: str = "cosine"
+    eval_every: int = 20
+    eval_batches: int = 4
+    corpus: str = "stdlib"
+    corpus_bytes: int = 2_000_000
+
+
+WORKLOAD_TYPES = {"throughput": ThroughputWorkload, "memory": MemoryWorkload, "loss": LossWorkload}
+SCHEDULES = ("cosine", "wsd", "constant")
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    variants: tuple[VariantSpec, ...]
+    shapes: tuple[tuple[str, ModelConfig], ...]
+    workloads: dict[str, Any]
+    device: str = "cpu"
+    dtype: str = "float32"
+    seeds: tuple[int, ...] = (0,)
+    threads: int = 0  # 0: leave torch's default
+    timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Everything that defines one measurement; its hash is the record key."""
+
+    variant: str
+    options: dict
+    label: str
+    shape_name: str
+    shape: dict
+    workload: str
+    params: dict
+    device: str
+    dtype: str
+    seed: int
+    threads: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def key(self) -> str:
+        d = self.to_dict()
+        d.pop("label")  # cosmetic: renaming a label must not redo a measurement
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+# -- validation helpers ---------------------------------------------------------------------
+
+def _type_name(t) -> str:
+    return getattr(t, "__name__", str(t))
+
+
+def _check_keys(where: str, got: dict, allowed) -> None:
+    if not isinstance(got, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(got).__name__}")
+    for key in got:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key {key!r}; allowed: {', '.join(allowed)}")
+
+
+def _coerce(where: str, value: Any, typ) -> Any:
+    """Check a scalar against a dataclass field type (ints accepted where floats are)."""
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ in (int, float, str, bool) and (not isinstance(value, typ) or (typ is int and isinstance(value, bool))):
+        raise ConfigError(f"{where} must be {_type_name(typ)}, got {value!r}")
+    return value
+
+
+def _dataclass_from(where: str, cls, raw: dict):
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    _check_keys(where, raw, names)
+    return cls(**{k: _coerce(f"{where}.{k}", v, hints[k]) for k, v in raw.items()})
+
+
+def _positive(where: str, value) -> None:
+    if value <= 0:
+        raise ConfigError(f"{where} must be > 0, got {value!r}")
+
+
+# -- the suite ------------------------------------------------------------------------------
+
+SUITE_KEYS = ("name", "variants", "shapes", "workloads", "device", "dtype", "seeds", "threads", "timeout_s")
+
+
+def resolve_suite_path(spec: str) -> Path:
+    """A path, or the name of a shipped suite (benchmarks/suites/NAME.yaml)."""
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"suite file not found: {spec}")
+        return path
+    shipped = SUITES_DIR / f"{spec}.yaml"
+    if shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(p.stem for p in SUITES_DIR.glob("*.yaml")))
+    raise ConfigError(f"no suite {spec!r}: not a file, and the shipped suites are: {known}")
+
+
+def load_suite(spec: str) -> Suite:
+    path = resolve_suite_path(spec)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read suite {path}: {exc.strerror}") from None
+    return parse_suite(raw, default_name=path.stem)
+
+
+def parse_suite(raw: Any, default_name: str = "suite") -> Suite:
+    if raw is None:
+        raise ConfigError("suite is empty")
+    _check_keys("suite", raw, SUITE_KEYS)
+    for required in ("variants", "shapes", "workloads"):
+        if required not in raw:
+            raise ConfigError(f"suite: missing key {required!r}")
+    name = _coerce("name", raw.get("name", default_name), str)
+    device = raw.get("device", "cpu")
+    if device not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
+    dtype = raw.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    seeds = raw.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+    threads = _coerce("threads", raw.get("threads", 0), int)
+    if threads < 0:
+        raise ConfigError(f"threads must be >= 0 (0 = torch default), got {threads}")
+    timeout = _coerce("timeout_s", raw.get("timeout_s", 300.0), float)
+    _positive("timeout_s", timeout)
+
+    shapes = _parse_shapes(raw["shapes"])
+    specs = _parse_variants(raw["variants"])
+    for spec in specs:  # fail now, not in cell 37: every variant must build at every shape
+        for shape_name, cfg in shapes:
+            try:
+                with _meta():
+                    variants.build(spec.name, cfg.d_model, cfg.n_layers, spec.options)
+            except VariantError as exc:
+                raise ConfigError(f"variants[{spec.label}] at shape {shape_name!r}: {exc}") from None
+    return Suite(name=name, variants=specs, shapes=shapes, workloads=_parse_workloads(raw["workloads"]),
+                 device=device, dtype=dtype, seeds=tuple(seeds), threads=threads, timeout_s=timeout)
+
+
+def _meta():
+    import torch
+
+    return torch.device("meta")
+
+
+def _parse_variants(raw) -> tuple[VariantSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("variants must be a non-empty list of names or {name, options, label}")
+    registered = variants.names()
+    specs = []
+    for n, item in enumerate(raw):
+        if isinstance(item, str):
+            item = {"name": item}
+        _check_keys(f"variants[{n}]", item, ("name", "options", "label"))
+        name = item.get("name")
+        if name not in registered:
+            raise ConfigError(f"variants[{n}]: unknown variant {name!r}; registered: {', '.join(registered)}")
+        options = item.get("options") or {}
+        if not isinstance(options, dict):
+            raise ConfigError(f"variants[{n}].options must be a mapping, got {options!r}")
+        specs.append(VariantSpec(name, dict(options), _coerce(f"variants[{n}].label", item.get("label", ""), str)))
+    labels = [s.label for s in specs]
+    dup = {x for x in labels if labels.count(x) > 1}
+    if dup:
+        raise ConfigError(f"variants: duplicate label(s) {', '.join(sorted(dup))}; give each a distinct label")
+    return tuple(specs)
+
+
+def _parse_shapes(raw) -> tuple[tuple[str, ModelConfig], ...]:
+    if isinstance(raw, dict):  # {name: {...}} is accepted as well as a list
+        raw = [{"name": k, **(v or {})} for k, v in raw.items()]
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("shapes must be a non-empty list of model shapes")
+    allowed = ["name"] + [f.name for f in fields(ModelConfig)]
+    out = []
+    for n, item in enumerate(raw):
+        _check_keys(f"shapes[{n}]", item, allowed)
+        item = dict(item)
+        name = str(item.pop("name", f"shape{n}"))
+        try:
+            cfg = _dataclass_from(f"shapes[{name}]", ModelConfig, item)
+        except VariantError as exc:  # ModelConfig's own checks (sizes, heads)
+            raise ConfigError(f"shapes[{name}]: {exc}") from None
+        out.append((name, cfg))
+    return tuple(out)
+
+
+def _parse_workloads(raw) -> dict[str, Any]:
+    _check_keys("workloads", raw, WORKLOADS)
+    if not raw:
+        raise ConfigError(f"workloads must name at least one of {', '.join(WORKLOADS)}")
+    out = {}
+    for kind, params in raw.items():
+        wl = _dataclass_from(f"workloads.{kind}", WORKLOAD_TYPES[kind], params or {})
+        for f in fields(wl):
+            v = getattr(wl, f.name)
+            if f.name in ("batch", "repeats", "steps", "lr", "eval_batches", "corpus_bytes"):
+                _positive(f"workloads.{kind}.{f.name}", v)
+            elif isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
+                raise ConfigError(f"workloads.{kind}.{f.name} must be >= 0, got {v!r}")
+        if kind == "loss" and wl.schedule not in SCHEDULES:
+            raise ConfigError(f"workloads.loss.schedule must be one of {', '.join(SCHEDULES)}; got {wl.schedule!r}")
+        out[kind] = wl
+    return out
+
+
+def expand_cells(suite: Suite, device: str) -> list[Cell]:
+    """variant × shape × workload × seed, in a stable order (workload-major: cheap ones first)."""
+    cells = []
+    for kind in WORKLOADS:
+        if kind not in suite.workloads:
+            continue
+        params = dataclasses.asdict(suite.workloads[kind])
+        for shape_name, cfg in suite.shapes:
+            for seed in suite.seeds:
+                for spec in suite.variants:
+                    cells.append(Cell(spec.name, spec.options, spec.label, shape_name, cfg.to_dict(), kind,
+                                      params, device, suite.dtype, seed, suite.threads))
+    return cells

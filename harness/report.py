@@ -1,0 +1,121 @@
+"""Records → side-by-side tables (tabulate), one per model shape / device / dtype."""
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+
+from tabulate import tabulate
+
+from .results import latest_by_key
+
+MiB = 2**20
+
+
+def _fmt_ms(ms: dict | None) -> str:
+    if not ms:
+        return "-"
+    return f"{ms['median']:.1f} [{ms['min']:.1f}–{ms['max']:.1f}]"
+
+
+def _median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def _num(x, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _peak(view: dict | None) -> tuple[float | None, str]:
+    """The primary counter for a view: torch.cuda peak allocated on GPU, else the tracker."""
+    if not view:
+        return None, ""
+    if view.get("cuda_peak_allocated") is not None:
+        return view["cuda_peak_allocated"], "torch.cuda peak allocated"  # absolute: params included
+    return view.get("peak_bytes"), "live-tensor tracker"
+
+
+def _loss_cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} (n={len(values)})"
+
+
+def render(records: list[dict]) -> str:
+    """Markdown-friendly text: a heading line and a table per (shape, device, dtype)."""
+    recs = list(latest_by_key(records).values())
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in recs:
+        c = r["cell"]
+        groups[(c["shape_name"], tuple(sorted(c["shape"].items())), c["device"], c["dtype"])].append(r)
+    out = []
+    for (shape_name, shape, device, dtype), rs in groups.items():
+        shape = dict(shape)
+        env = next((r.get("env") or {} for r in rs if r.get("env")), {})
+        hw = env.get("gpu") or env.get("cpu", "?")
+        out.append(
+            f"## {shape_name}: d_model={shape['d_model']}, {shape['n_blocks']} blocks (L={2 * shape['n_blocks']}), "
+            f"{shape['n_heads']} heads, seq {shape['seq_len']} — {device} {dtype}, {hw}, "
+            f"{env.get('threads', '?')} threads, torch {env.get('torch', '?')}, commit {str(env.get('commit'))[:10]}"
+            + (" (dirty)" if env.get("dirty") else "")
+        )
+        out.append("")
+        out.append(_table(rs))
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _table(rs: list[dict]) -> str:
+    by_label: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    order = []
+    for r in rs:
+        label = r["cell"]["label"]
+        if label not in order:
+            order.append(label)
+        by_label[label][r["cell"]["workload"]].append(r)
+    rows, counters, notes = [], set(), []
+    for label in order:
+        wl = by_label[label]
+        ok = {k: [r for r in v if r["status"] == "ok"] for k, v in wl.items()}
+        bad = [f"{k}: {r['status']}" for k, v in wl.items() for r in v if r["status"] != "ok"]
+        for k, v in wl.items():
+            for r in v:
+                if r["status"] != "ok":
+                    notes.append(f"{label} {k} seed {r['cell']['seed']}: {r['status']} — {r.get('message')}")
+        tp = [r["metrics"] for r in ok.get("throughput", [])]
+        mem = [r["metrics"] for r in ok.get("memory", [])]
+        loss = [r["metrics"]["final_val_loss"] for r in ok.get("loss", [])]
+        any_m = (tp or mem or [r["metrics"] for r in ok.get("loss", [])] or [{}])[0]
+        train_peak, c1 = _peak(mem[0]["train"]) if mem else (None, "")
+        inf_peak, c2 = _peak(mem[0]["inference"]) if mem else (None, "")
+        counters.update(c for c in (c1, c2) if c)
+        rows.append([
+            label,
+            _num(any_m.get("params") and any_m["params"] / 1e6, ".3f"),
+            _fmt_ms(tp[0]["train_ms"]) if tp else "-",
+            _num(_median(m["train_tokens_per_s"] for m in tp), ",.0f"),
+            _num(_median(m.get("train_ratio_vs_prenorm") for m in tp), ".3f"),
+            _fmt_ms(tp[0]["prefill_ms"]) if tp else "-",
+            _num(_median(m.get("prefill_ratio_vs_prenorm") for m in tp), ".3f"),
+            _num(_median(m["train_mfu"] for m in tp), ".1%"),
+            _num(train_peak and train_peak / MiB, ".1f"),
+            _num(inf_peak and inf_peak / MiB, ".1f"),
+            any_m.get("state_vectors", "-"),
+            _loss_cell(loss),
+            "; ".join(bad) or "ok",
+        ])
+    headers = ["variant", "params (M)", "train ms [min–max]", "train tok/s", "× prenorm", "prefill ms [min–max]",
+               "× prenorm", "MFU train", "peak train MiB", "peak infer MiB", "state d/tok", "val loss", "status"]
+    text = tabulate(rows, headers=headers, disable_numparse=True, tablefmt="github")
+    tp_any = next((r["metrics"] for r in rs if r["cell"]["workload"] == "throughput" and r["status"] == "ok"), None)
+    foot = []
+    if tp_any:
+        foot.append(f"MFU against {tp_any['peak_flops'] / 1e9:,.1f} GFLOP/s ({tp_any['peak_flops_source']}); "
+                    "× prenorm = median of per-round ratios, repeats interleaved in one process.")
+    if counters:
+        foot.append("Peak memory: " + ", ".join(sorted(counters)) + "; train = params + AdamW state + step peak; "
+                    "infer = params + no-grad prefill peak.")
+    foot += notes
+    return text + ("\n\n" + "\n".join(foot) if foot else "")

@@ -1,0 +1,119 @@
+"""Suite → cells → one fresh process per job → records.
+
+A job is one cell, except throughput: every variant of one (shape, seed) shares a process so
+their repeats can be interleaved. A sweep never stops for one bad cell: a crash, an OOM kill or a
+timeout becomes that cell's status. Re-running resumes: finished cells are skipped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import variants
+
+from .config import Cell, Suite, expand_cells
+from .data import load_corpus
+from .errors import UserError
+from .results import REPO_ROOT, append_record, check_writable, environment, finished_keys, now
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but no CUDA GPU is available (torch.cuda.is_available() is False); "
+                        "use device: cpu or auto")
+    return requested
+
+
+def plan_jobs(cells: list[Cell], todo: set[str]) -> list[list[Cell]]:
+    """Jobs holding at least one unfinished cell. A throughput group reruns whole when any of
+    its cells is unfinished: its ratios need the baseline interleaved in the same process."""
+    groups: dict[tuple, list[Cell]] = defaultdict(list)
+    jobs = []
+    for cell in cells:
+        if cell.workload == "throughput":
+            groups[(cell.shape_name, cell.seed)].append(cell)
+        elif cell.key in todo:
+            jobs.append([cell])
+    return [g for g in groups.values() if any(c.key in todo for c in g)] + jobs
+
+
+def preflight(suite: Suite) -> None:
+    """Errors a user can fix (missing corpus file, ...) surface before any cell runs."""
+    loss = suite.workloads.get("loss")
+    if loss is not None:
+        load_corpus(loss.corpus, max_bytes=loss.corpus_bytes)
+
+
+def _run_job(cells: list[Cell], timeout: float) -> dict[str, dict]:
+    with tempfile.TemporaryDirectory(prefix="resbench-") as tmp:
+        job_path, result_path = os.path.join(tmp, "job.json"), os.path.join(tmp, "result.json")
+        with open(job_path, "w") as fh:
+            json.dump({"cells": [c.to_dict() for c in cells]}, fh)
+        cmd = [sys.executable, "-m", "harness.worker", job_path, result_path]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_child_env())
+        except subprocess.TimeoutExpired:
+            return _same(cells, "timeout", f"cell exceeded timeout_s={timeout:g}")
+        if os.path.exists(result_path):
+            with open(result_path) as fh:
+                return json.load(fh)
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:500]
+        if proc.returncode == -signal.SIGKILL:
+            return _same(cells, "oom", f"worker killed by SIGKILL (out of memory?): {tail}")
+        return _same(cells, "error", f"worker exited with code {proc.returncode}: {tail}")
+
+
+def _child_env() -> dict[str, str]:
+    """The worker must see what this process sees: the harness itself and every variant module
+    loaded so far (--variants-module, RESBENCH_VARIANTS), importable from the same places."""
+    env = dict(os.environ)
+    paths = [str(REPO_ROOT), os.getcwd()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    mods = [m for m in env.get("RESBENCH_VARIANTS", "").split(",") if m.strip()] + variants.loaded_modules
+    env["RESBENCH_VARIANTS"] = ",".join(dict.fromkeys(mods))
+    return env
+
+
+def _same(cells: list[Cell], status: str, message: str) -> dict[str, dict]:
+    env = environment(cells[0].device)
+    return {c.key: {"status": status, "message": message, "metrics": {}, "env": env} for c in cells}
+
+
+def run_suite(suite: Suite, out: Path, force: bool = False, device: str | None = None,
+              progress: bool = True) -> list[dict]:
+    """Run every unfinished cell of the suite; append and return the new records."""
+    device = resolve_device(device or suite.device)
+    check_writable(out)
+    preflight(suite)
+    cells = expand_cells(suite, device)
+    done = set() if force else finished_keys(out)
+    todo = [c for c in cells if c.key not in done]
+    jobs = plan_jobs(cells, {c.key for c in todo})
+    records = []
+    bar = tqdm(total=len(todo), unit="cell", disable=not progress, file=sys.stderr,
+               desc=f"{suite.name} ({len(cells) - len(todo)} done before)" if done else suite.name)
+    for job in jobs:
+        bar.set_postfix_str(f"{job[0].workload} {job[0].shape_name} " + ",".join(c.label for c in job)[:60])
+        outcome = _run_job(job, suite.timeout_s * len(job))
+        for cell in job:
+            if cell.key in done:  # a finished cell rerun only as a throughput partner
+                continue
+            res = outcome.get(cell.key) or {"status": "error", "message": "no result for this cell",
+                                            "metrics": {}, "env": {}}
+            record = {"key": cell.key, "suite": suite.name, "time": now(), "cell": cell.to_dict(), **res}
+            append_record(out, record)
+            records.append(record)
+            bar.update(1)
+    bar.close()
+    return records

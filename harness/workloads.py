@@ -1,0 +1,189 @@
+"""The three measurements, as run inside a cell's own process (see worker.py).
+
+throughput: train step (fwd + bwd + AdamW) and no-grad prefill, every variant of a (shape, seed)
+            in one process, repeats interleaved A B C A B C so ratios see the same machine state.
+memory:     peak live bytes per view (inference prefill, train step), with the counters labelled.
+loss:       K steps of byte-level LM on the corpus, held-out validation loss, curve kept.
+"""
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+from .config import Cell
+from .data import batch_at, load_corpus
+from .measure import (
+    LiveBytesTracker,
+    NvmlSampler,
+    count_flops,
+    cuda_memory_snapshot,
+    device_peak_flops,
+    measure_matmul_peak,
+    mfu,
+    peak_rss_bytes,
+    reset_cuda_peak,
+    rss_bytes,
+    summarize,
+    synchronize,
+    time_interleaved,
+)
+from .model import ModelConfig, build_model, count_params
+from .train import TrainConfig, make_optimizer, train, train_step
+
+BASELINE = "prenorm"
+
+
+def _dtype(name: str) -> torch.dtype:
+    return getattr(torch, name)
+
+
+def _model(cell: Cell):
+    cfg = ModelConfig(**cell.shape)
+    model = build_model(cfg, cell.variant, cell.options, cell.seed, cell.device, _dtype(cell.dtype))
+    return cfg, model
+
+
+def _fixed_batch(cfg: ModelConfig, batch: int, seed: int, device: str):
+    """Token content does not change the work; a fixed random batch keeps data loading out of timing."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, cfg.vocab_size, (batch, cfg.seq_len + 1), generator=g)
+    return x[:, :-1].to(device), x[:, 1:].to(device)
+
+
+def _static_info(cell: Cell, cfg: ModelConfig, model) -> dict:
+    return {
+        "params": count_params(model),
+        "extra_params": count_params(model.residual),
+        "declared_extra_params": model.residual.declared_extra_params(),
+        "state_vectors": model.residual.state_vectors(),
+        "n_layers": cfg.n_layers,
+        "tokens_per_step": cell.params["batch"] * cfg.seq_len,
+    }
+
+
+def run_throughput(cells: list[Cell]) -> dict[str, tuple[str, str | None, dict]]:
+    """All cells share shape, seed and workload params. Returns {key: (status, message, metrics)}."""
+    first = cells[0]
+    device, wl = first.device, first.params
+    out: dict[str, tuple[str, str | None, dict]] = {}
+    peak = device_peak_flops(device, _dtype(first.dtype))
+    peak_source = "datasheet"
+    if peak is None:
+        peak, peak_source = measure_matmul_peak(_dtype(first.dtype), device), f"measured {first.dtype} matmul"
+    train_fns, prefill_fns, info = {}, {}, {}
+    for cell in cells:
+        try:
+            cfg, model = _model(cell)
+            x, y = _fixed_batch(cfg, wl["batch"], cell.seed, device)
+            opt = make_optimizer(model, TrainConfig())
+
+            def train_fn(model=model, opt=opt, x=x, y=y):
+                return train_step(model, opt, x, y, TrainConfig())
+
+            def prefill_fn(model=model, x=x):
+                with torch.no_grad():
+                    return model(x)
+
+            # counting runs each once: this is also the first warm-up call and catches OOM early
+            flops_train = count_flops(train_fn)
+            flops_prefill = count_flops(prefill_fn)
+            info[cell.key] = {**_static_info(cell, cfg, model), "train_flops": flops_train,
+                              "prefill_flops": flops_prefill, "peak_flops": peak, "peak_flops_source": peak_source}
+            train_fns[cell.key], prefill_fns[cell.key] = train_fn, prefill_fn
+        except Exception as exc:  # noqa: BLE001 - one bad variant must not stop the group
+            out[cell.key] = classify(exc)
+    if train_fns:
+        times = {"train": time_interleaved(train_fns, device, wl["warmup"], wl["repeats"]),
+                 "prefill": time_interleaved(prefill_fns, device, wl["warmup"], wl["repeats"])}
+        base_key = next((c.key for c in cells if c.variant == BASELINE and c.key in train_fns), None)
+        for cell in cells:
+            if cell.key not in train_fns:
+                continue
+            m = info[cell.key]
+            for view in ("train", "prefill"):
+                samples = times[view][cell.key]
+                s = summarize(samples)
+                m[f"{view}_ms"] = {k: (v * 1e3 if k != "n" else v) for k, v in s.items()}
+                m[f"{view}_tokens_per_s"] = m["tokens_per_step"] / s["median"]
+                m[f"{view}_mfu"] = mfu(m[f"{view}_flops"], s["median"], peak)
+                if base_key is not None:
+                    # median of per-round ratios: each pair ran back to back, so drift cancels
+                    base = times[view][base_key]
+                    m[f"{view}_ratio_vs_{BASELINE}"] = statistics.median(a / b for a, b in zip(samples, base))
+            out[cell.key] = ("ok", None, m)
+    return out
+
+
+def _param_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _optimizer_bytes(opt) -> int:
+    return sum(t.numel() * t.element_size() for st in opt.state.values() for t in st.values()
+               if isinstance(t, torch.Tensor))
+
+
+def _tracked(device: str, fn) -> dict:
+    """Run fn once under every counter this device has; bytes are live-tensor peaks above entry."""
+    reset_cuda_peak(device)
+    with NvmlSampler(device) as nvml, LiveBytesTracker() as tracker:
+        fn()
+        synchronize(device)
+    return {"tracker_peak_bytes": tracker.peak, **cuda_memory_snapshot(device),
+            "nvml_peak_bytes": nvml.peak_bytes, "nvml_status": nvml.status}
+
+
+def run_memory(cell: Cell) -> tuple[str, str | None, dict]:
+    cfg, model = _model(cell)
+    x, y = _fixed_batch(cfg, cell.params["batch"], cell.seed, cell.device)
+    params = _param_bytes(model)
+    m = _static_info(cell, cfg, model)
+    m["param_bytes"] = params
+
+    def prefill():
+        with torch.no_grad():
+            model(x)
+
+    inf = _tracked(cell.device, prefill)
+    inf["peak_bytes"] = params + inf["tracker_peak_bytes"]  # the tracker sees only what fn allocates
+    inf["rss_peak_bytes"] = peak_rss_bytes()
+    m["inference"] = inf
+
+    opt = make_optimizer(model, TrainConfig())
+    train_step(model, opt, x, y, TrainConfig())  # creates AdamW state: steady-state step follows
+    opt.zero_grad(set_to_none=True)
+    static = params + _optimizer_bytes(opt)
+    tr = _tracked(cell.device, lambda: train_step(model, opt, x, y, TrainConfig()))
+    tr["peak_bytes"] = static + tr["tracker_peak_bytes"]
+    tr["static_bytes"] = static
+    tr["rss_peak_bytes"] = peak_rss_bytes()
+    m["train"] = tr
+    m["rss_bytes"] = rss_bytes()
+    return "ok", None, m
+
+
+def run_loss(cell: Cell) -> tuple[str, str | None, dict]:
+    p = cell.params
+    corpus = load_corpus(p["corpus"], max_bytes=p["corpus_bytes"])
+    cfg, model = _model(cell)
+    if corpus.vocab_size > cfg.vocab_size:
+        return "error", f"corpus vocab {corpus.vocab_size} > shape vocab_size {cfg.vocab_size}", {}
+    tcfg = TrainConfig(steps=p["steps"], batch=p["batch"], lr=p["lr"], weight_decay=p["weight_decay"],
+                       warmup=p["warmup"], schedule=p["schedule"], eval_every=p["eval_every"],
+                       eval_batches=p["eval_batches"])
+    result = train(model, corpus, tcfg, seed=cell.seed, device=cell.device)
+    return "ok", None, {**_static_info(cell, cfg, model), **result, "corpus": corpus.describe()}
+
+
+def classify(exc: BaseException) -> tuple[str, str, dict]:
+    """Map an exception to a record status with a one-line message."""
+    from .train import Diverged
+
+    msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+    if isinstance(exc, Diverged):
+        return "diverged", msg, {}
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower() \
+            or "can't allocate memory" in str(exc).lower():
+        return "oom", msg, {}
+    return "error", msg, {}

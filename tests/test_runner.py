@@ -1,0 +1,129 @@
+"""The runner end to end, in real worker processes: statuses, resume, torn records, timeouts."""
+import json
+import textwrap
+import warnings
+
+import pytest
+import yaml
+
+import variants
+from harness.cli import main
+from harness.config import parse_suite
+from harness.report import render
+from harness.results import append_record, read_records
+from harness.runner import run_suite
+
+BOMBS = textwrap.dedent('''
+    import os
+    import torch
+    from variants import register
+    from variants.prenorm import PreNorm
+
+    @register("oom-bomb")
+    class OomBomb(PreNorm):
+        """Behaves like an allocator that has run out: every forward raises torch's OOM error."""
+        def write(self, x, i, y):
+            raise torch.OutOfMemoryError("CPU out of memory (injected by the test)")
+
+    @register("crash-bomb")
+    class CrashBomb(PreNorm):
+        """Kills its worker process outright, as a segfault or abort would."""
+        def write(self, x, i, y):
+            os._exit(3)
+''')
+
+SHAPE = [{"name": "t", "d_model": 16, "n_blocks": 1, "n_heads": 2, "seq_len": 8}]
+
+
+@pytest.fixture
+def bombs(tmp_path, monkeypatch):
+    (tmp_path / "rb_bombs.py").write_text(BOMBS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    variants.names()  # discover the package's own first, so the restored registry is complete
+    monkeypatch.setattr(variants, "_REGISTRY", dict(variants._REGISTRY))
+    monkeypatch.setattr(variants, "loaded_modules", list(variants.loaded_modules))
+    variants.load_module("rb_bombs")  # the runner hands loaded modules on to its workers
+
+
+def suite(**over):
+    raw = {"name": "t", "variants": ["prenorm"], "shapes": SHAPE, "threads": 1,
+           "workloads": {"memory": {"batch": 2}}}
+    raw.update(over)
+    return parse_suite(raw)
+
+
+def statuses(records):
+    return {(r["cell"]["variant"], r["cell"]["workload"]): r["status"] for r in records}
+
+
+def test_bad_cells_are_recorded_and_the_sweep_goes_on(tmp_path, bombs):
+    s = suite(variants=["oom-bomb", "crash-bomb", "prenorm"],
+              workloads={"memory": {"batch": 2}, "loss": {"steps": 4, "batch": 2, "lr": 1.0e6, "warmup": 0,
+                                                           "eval_every": 0, "corpus": "generated",
+                                                           "corpus_bytes": 20000}})
+    out = tmp_path / "r.jsonl"
+    recs = run_suite(s, out, progress=False)
+    assert statuses(recs) == {
+        ("oom-bomb", "memory"): "oom", ("crash-bomb", "memory"): "error", ("prenorm", "memory"): "ok",
+        ("oom-bomb", "loss"): "oom", ("crash-bomb", "loss"): "error", ("prenorm", "loss"): "diverged",
+    }
+    by = {(r["cell"]["variant"], r["cell"]["workload"]): r for r in recs}
+    assert "exited with code 3" in by[("crash-bomb", "memory")]["message"]
+    assert "step" in by[("prenorm", "loss")]["message"]
+    ok = by[("prenorm", "memory")]
+    assert ok["metrics"]["inference"]["peak_bytes"] > ok["metrics"]["param_bytes"] > 0
+    assert ok["env"]["torch"] and "commit" in ok["env"] and ok["env"]["threads"] == 1
+    assert len(read_records(out)) == 6
+    # resume: ok / oom / diverged are finished; the crashed (error) cells are retried
+    again = run_suite(s, out, progress=False)
+    assert sorted(r["cell"]["variant"] for r in again) == ["crash-bomb", "crash-bomb"]
+    text = render(read_records(out))
+    assert "oom-bomb" in text and "memory: oom" in text and "loss: diverged" in text
+
+
+def test_resume_skips_finished_and_force_redoes(tmp_path):
+    out = tmp_path / "r.jsonl"
+    first = run_suite(suite(), out, progress=False)
+    assert [r["status"] for r in first] == ["ok"]
+    assert run_suite(suite(), out, progress=False) == []
+    assert len(run_suite(suite(), out, force=True, progress=False)) == 1
+    assert len(read_records(out)) == 2
+
+
+def test_timeout_is_a_status(tmp_path):
+    out = tmp_path / "r.jsonl"
+    (rec,) = run_suite(suite(timeout_s=0.05), out, progress=False)
+    assert rec["status"] == "timeout" and "timeout_s" in rec["message"]
+
+
+def test_torn_last_line_keeps_good_records(tmp_path):
+    out = tmp_path / "r.jsonl"
+    good = {"key": "k1", "cell": {"variant": "prenorm"}, "status": "ok", "metrics": {}}
+    append_record(out, good)
+    with open(out, "a") as fh:
+        fh.write(json.dumps({**good, "key": "k2"})[:25])  # a run killed mid-write
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert [r["key"] for r in read_records(out)] == ["k1"]
+    assert "malformed" in str(caught[0].message)
+    append_record(out, {**good, "key": "k3"})  # the next record starts on a fresh line
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert [r["key"] for r in read_records(out)] == ["k1", "k3"]
+
+
+def test_cli_run_then_report(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "variants": ["prenorm", "densenet"], "shapes": SHAPE,
+                                    "threads": 1, "workloads": {"throughput": {"batch": 2, "warmup": 1,
+                                                                               "repeats": 2}}}))
+    out = tmp_path / "r.jsonl"
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "densenet" in printed and "× prenorm" in printed
+    recs = read_records(out)
+    dense = next(r for r in recs if r["cell"]["variant"] == "densenet")["metrics"]
+    assert dense["train_ms"]["n"] == 2 and dense["train_ratio_vs_prenorm"] > 0 and 0 < dense["train_mfu"]
+    assert main(["report", str(out)]) == 0
+    assert capsys.readouterr().out == printed
