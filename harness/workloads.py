@@ -105,6 +105,7 @@ def run_throughput(cells: list[Cell]) -> dict[str, tuple[str, str | None, dict]]
                 samples = times[view][cell.key]
                 s = summarize(samples)
                 m[f"{view}_ms"] = {k: (v * 1e3 if k != "n" else v) for k, v in s.items()}
+                m[f"{view}_ms"]["samples"] = [t * 1e3 for t in samples]  # raw, for compare's test
                 m[f"{view}_tokens_per_s"] = m["tokens_per_step"] / s["median"]
                 m[f"{view}_mfu"] = mfu(m[f"{view}_flops"], s["median"], peak)
                 if base_key is not None:

@@ -1,0 +1,141 @@
+"""Statistics for loss claims: CIs, Welch tests, verdicts, power-law fits, compute multipliers.
+
+A verdict is read from the confidence interval of the difference, never from means alone.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    mean: float
+    lo: float
+    hi: float
+    n: int
+
+    @property
+    def half_width(self) -> float:
+        return (self.hi - self.lo) / 2
+
+
+def mean_ci(values, confidence: float = 0.95) -> MeanCI:
+    """Mean with a Student-t confidence interval (n = 1 → an infinitely wide interval)."""
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    if n == 0:
+        raise ValueError("mean_ci of no values")
+    m = float(x.mean())
+    if n == 1:
+        return MeanCI(m, -math.inf, math.inf, 1)
+    h = float(stats.t.ppf((1 + confidence) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return MeanCI(m, m - h, m + h, n)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    diff: float  # mean(variant) − mean(baseline); negative = lower loss
+    lo: float
+    hi: float
+    p_value: float
+    verdict: str
+
+
+def welch_compare(variant, baseline, confidence: float = 0.95, lower_is_better: bool = True) -> Comparison:
+    """Welch's t-test and the Welch CI of the difference of means; the verdict follows the CI."""
+    a, b = np.asarray(variant, float), np.asarray(baseline, float)
+    diff = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return Comparison(diff, -math.inf, math.inf, math.nan, "too few seeds")
+    res = stats.ttest_ind(a, b, equal_var=False)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        lo = hi = diff
+        p = 0.0 if diff != 0 else 1.0
+    else:
+        dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+        h = stats.t.ppf((1 + confidence) / 2, dof) * se
+        lo, hi, p = diff - h, diff + h, float(res.pvalue)
+    if hi < 0:
+        verdict = "better" if lower_is_better else "worse"
+    elif lo > 0:
+        verdict = "worse" if lower_is_better else "better"
+    else:
+        verdict = "no detectable difference"
+    return Comparison(diff, float(lo), float(hi), p, verdict)
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """loss = a · C^(−b), fitted by least squares in log-log space."""
+
+    a: float
+    b: float
+    r2: float
+
+    def loss_at(self, compute):
+        return self.a * np.power(compute, -self.b)
+
+    def compute_at(self, loss: float) -> float:
+        """The compute at which the fitted curve reaches `loss` (inf if it never does)."""
+        if self.b <= 0:
+            return math.inf
+        return float((self.a / loss) ** (1 / self.b))
+
+
+def fit_power_law(compute, loss) -> PowerLaw:
+    c, y = np.log(np.asarray(compute, float)), np.log(np.asarray(loss, float))
+    if len(c) < 2 or np.ptp(c) == 0:
+        raise ValueError("a power-law fit needs at least two distinct compute values")
+    slope, intercept = np.polyfit(c, y, 1)
+    pred = intercept + slope * c
+    ss_res, ss_tot = float(((y - pred) ** 2).sum()), float(((y - y.mean()) ** 2).sum())
+    return PowerLaw(float(math.exp(intercept)), float(-slope), 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0)
+
+
+def compute_multiplier(base: PowerLaw, variant: PowerLaw, loss: float) -> float:
+    """C_baseline / C_variant at a loss both reach: > 1 means the variant needs less compute."""
+    return base.compute_at(loss) / variant.compute_at(loss)
+
+
+def bootstrap_multiplier(base_runs, variant_runs, loss: float, n_boot: int = 2000, seed: int = 0,
+                         confidence: float = 0.95) -> tuple[float, float, float]:
+    """Point estimate and percentile CI of the multiplier, resampling seeds within each model size.
+
+    *_runs: {size: [(compute, final_loss) per seed]}. Each bootstrap draw resamples the seeds of
+    every size (with replacement), refits both power laws and recomputes the multiplier.
+    """
+    def fit(runs, pick):
+        pts = [runs[s][i] for s in sorted(runs) for i in pick[s]]
+        return fit_power_law([p[0] for p in pts], [p[1] for p in pts])
+
+    def everything(runs):
+        return {s: list(range(len(v))) for s, v in runs.items()}
+
+    point = compute_multiplier(fit(base_runs, everything(base_runs)), fit(variant_runs, everything(variant_runs)), loss)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        pb = {s: rng.integers(0, len(v), len(v)) for s, v in base_runs.items()}
+        pv = {s: rng.integers(0, len(v), len(v)) for s, v in variant_runs.items()}
+        try:
+            draws.append(compute_multiplier(fit(base_runs, pb), fit(variant_runs, pv), loss))
+        except ValueError:
+            continue
+    draws = np.asarray([d for d in draws if math.isfinite(d)])
+    alpha = (1 - confidence) / 2
+    lo, hi = (np.quantile(draws, [alpha, 1 - alpha]) if len(draws) else (math.nan, math.nan))
+    return float(point), float(lo), float(hi)
+
+
+def first_reach(curve, target: float):
+    """The first (step, value) of a [(step, loss), ...] curve with loss <= target, or None."""
+    for step, value in curve:
+        if value <= target:
+            return step, value
+    return None
