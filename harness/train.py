@@ -142,7 +142,8 @@ def train(model, corpus: Corpus, cfg: TrainConfig, seed: int, device="cpu",
     """Train for cfg.steps steps on batch_at(corpus.train, step, ...), evaluating held-out loss
     every eval_every steps and at the end. Raises Diverged on a non-finite train or val loss.
 
-    val_loss entries are [steps completed, loss]."""
+    val_loss entries are [steps completed, loss]; val_train_seconds holds, for each, the training
+    wall-clock spent so far (evaluation excluded), kept apart so the curve stays bit-reproducible."""
     if corpus.vocab_size > model.cfg.vocab_size:
         raise UserError(f"corpus {corpus.name} has vocab {corpus.vocab_size}, "
                         f"model vocab_size is {model.cfg.vocab_size}")
@@ -152,20 +153,26 @@ def train(model, corpus: Corpus, cfg: TrainConfig, seed: int, device="cpu",
     train_loss: list[float] = []
     val_loss: list[list] = []
 
+    train_seconds = 0.0
+    val_seconds: list[float] = []
+
     def eval_at(done: int) -> None:
         v = evaluate(model, val)
         if not math.isfinite(v):
             raise Diverged(done, v, "val")
         val_loss.append([done, v])
+        val_seconds.append(train_seconds)  # for time-to-target
 
     t0 = time.perf_counter()
     for step in range(cfg.steps):
+        t_step = time.perf_counter()
         x, y = batch_at(corpus.train, step, cfg.batch, seq_len, seed)
         set_lr(opt, lr_at(step, cfg))
         loss = train_step(model, opt, x.to(device), y.to(device), cfg)
         if not math.isfinite(loss):
             raise Diverged(step, loss)
         train_loss.append(loss)
+        train_seconds += time.perf_counter() - t_step
         if progress is not None:
             progress(step, loss)
         done = step + 1
@@ -182,4 +189,6 @@ def train(model, corpus: Corpus, cfg: TrainConfig, seed: int, device="cpu",
         "final_train_loss": sum(tail) / len(tail),
         "tokens_seen": cfg.steps * cfg.batch * seq_len,
         "seconds": seconds,
+        "train_seconds": train_seconds,
+        "val_train_seconds": val_seconds,
     }
