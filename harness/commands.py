@@ -23,7 +23,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    print(render(read_records(*args.results)))
+    records = read_records(*args.results)
+    if args.loss_study:
+        from .studies.loss import report
+
+        print(report(records, Path(args.loss_study)))
+        print(f"report and plots: {args.loss_study}", file=sys.stderr)
+    else:
+        print(render(records))
     return 0
 
 
@@ -39,4 +46,6 @@ def add_subcommands(sub) -> None:
 
     rep = sub.add_parser("report", help="re-render the tables of one or more results files")
     rep.add_argument("results", nargs="+", help="results JSONL file(s)")
+    rep.add_argument("--loss-study", metavar="DIR", help="render the loss-study report (statistics over seeds, "
+                     "compute-equivalence, time-to-target, dynamics) as DIR/report.md with PNG plots")
     rep.set_defaults(func=cmd_report)

@@ -67,6 +67,7 @@ class LossWorkload:
     eval_batches: int = 4
     corpus: str = "stdlib"
     corpus_bytes: int = 2_000_000
+    dynamics: bool = False  # record per-sublayer RMS, gradient norms and depth-mixing weights
 
 
 WORKLOAD_TYPES = {"throughput": ThroughputWorkload, "memory": MemoryWorkload, "loss": LossWorkload}

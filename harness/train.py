@@ -109,7 +109,7 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def _loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def lm_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     logits = model(x)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
 
@@ -118,7 +118,7 @@ def train_step(model, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tens
     """One optimizer step at the optimizer's current lr; returns the (pre-step) loss."""
     model.train()
     opt.zero_grad(set_to_none=True)
-    loss = _loss(model, x, y)
+    loss = lm_loss(model, x, y)
     loss.backward()
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -131,7 +131,7 @@ def evaluate(model, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     was_training = model.training
     model.eval()
     try:
-        total = sum(_loss(model, x, y).item() for x, y in batches)
+        total = sum(lm_loss(model, x, y).item() for x, y in batches)
     finally:
         model.train(was_training)
     return total / len(batches)

@@ -12,7 +12,8 @@ import statistics
 import torch
 
 from .config import Cell
-from .data import batch_at, load_corpus
+from .data import batch_at, load_corpus, val_batches
+from .dynamics import probe
 from .measure import (
     LiveBytesTracker,
     NvmlSampler,
@@ -29,7 +30,7 @@ from .measure import (
     time_interleaved,
 )
 from .model import ModelConfig, build_model, count_params
-from .train import TrainConfig, make_optimizer, train, train_step
+from .train import TrainConfig, lm_loss, make_optimizer, train, train_step
 
 BASELINE = "prenorm"
 
@@ -173,8 +174,19 @@ def run_loss(cell: Cell) -> tuple[str, str | None, dict]:
     tcfg = TrainConfig(steps=p["steps"], batch=p["batch"], lr=p["lr"], weight_decay=p["weight_decay"],
                        warmup=p["warmup"], schedule=p["schedule"], eval_every=p["eval_every"],
                        eval_batches=p["eval_batches"])
+    x, y = batch_at(corpus.train, 0, tcfg.batch, cfg.seq_len, cell.seed)
+    x, y = x.to(cell.device), y.to(cell.device)
+    # FLOPs of fwd + bwd (what FlopCounterMode sees of a step), counted without an optimizer
+    # step so the training that follows is untouched.
+    flops = count_flops(lambda: lm_loss(model, x, y).backward())
+    model.zero_grad(set_to_none=True)
     result = train(model, corpus, tcfg, seed=cell.seed, device=cell.device)
-    return "ok", None, {**_static_info(cell, cfg, model), **result, "corpus": corpus.describe()}
+    m = {**_static_info(cell, cfg, model), **result, "corpus": corpus.describe(),
+         "flops_per_step": flops, "train_flops": flops * tcfg.steps}
+    if p.get("dynamics"):
+        vx, vy = val_batches(corpus, tcfg.batch, cfg.seq_len, 1)[0]
+        m["dynamics"] = probe(model, vx.to(cell.device), vy.to(cell.device))
+    return "ok", None, m
 
 
 def classify(exc: BaseException) -> tuple[str, str, dict]:

@@ -1,0 +1,1 @@
+"""Studies built on the runner's records: depth scaling, loss."""

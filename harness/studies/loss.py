@@ -1,0 +1,264 @@
+"""The short-run loss study: records of a loss suite (seeds × sizes) → statistics, plots, report.
+
+- final validation loss per variant and size: mean ± 95% CI over seeds, Welch vs PreNorm, verdict
+  from the CI of the difference;
+- compute-equivalence: loss vs training FLOPs fitted per variant (power law over sizes), the
+  multiplier C_prenorm / C_variant at a loss both reach, with a bootstrap CI over seeds;
+- time-to-target at the largest size: steps, FLOPs and training seconds to first reach PreNorm's
+  mean final validation loss;
+- training dynamics (when recorded): per-sublayer input RMS, gradient norms, depth weights.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from tabulate import tabulate
+
+from ..errors import UserError
+from ..results import latest_by_key
+from ..stats import bootstrap_multiplier, first_reach, fit_power_law, mean_ci, welch_compare
+
+BASE = "prenorm"
+
+
+def _size_key(shape: dict) -> tuple:
+    return shape["d_model"], shape["n_blocks"]
+
+
+def collect(records: list[dict]) -> dict:
+    """{size: {label: [metrics per seed, ordered by seed]}} of ok loss records."""
+    out: dict = defaultdict(lambda: defaultdict(list))
+    recs = sorted((r for r in latest_by_key(records).values() if r["cell"]["workload"] == "loss"),
+                  key=lambda r: r["cell"]["seed"])
+    for r in recs:
+        if r["status"] == "ok":
+            out[_size_key(r["cell"]["shape"])][r["cell"]["label"]].append({**r["metrics"], "seed": r["cell"]["seed"]})
+    if not out:
+        raise UserError("no finished loss records in the given results")
+    return out
+
+
+def _base_label(by_label: dict) -> str | None:
+    return next((lab for lab in by_label if lab == BASE), None)
+
+
+def final_loss_table(data: dict) -> list[list]:
+    rows = []
+    for size in sorted(data):
+        by_label = data[size]
+        base = _base_label(by_label)
+        base_vals = [m["final_val_loss"] for m in by_label[base]] if base else []
+        for label, runs in by_label.items():
+            vals = [m["final_val_loss"] for m in runs]
+            ci = mean_ci(vals)
+            if base and label != base:
+                c = welch_compare(vals, base_vals)
+                diff = f"{c.diff:+.4f} [{c.lo:+.4f}, {c.hi:+.4f}]"
+                p, verdict = f"{c.p_value:.3g}", c.verdict
+            else:
+                diff, p, verdict = "—", "—", "baseline" if label == base else "—"
+            rows.append([f"d{size[0]}×{size[1]}b", label, len(vals), f"{ci.mean:.4f} ± {ci.half_width:.4f}",
+                         f"{runs[0]['params'] / 1e6:.3f}", diff, p, verdict])
+    return rows
+
+
+def compute_equivalence(data: dict) -> list[list]:
+    """Per variant: power-law fit over sizes, multiplier vs PreNorm at a loss both reach."""
+    per_label: dict = defaultdict(dict)
+    for size, by_label in data.items():
+        for label, runs in by_label.items():
+            per_label[label][size] = [(m["train_flops"], m["final_val_loss"]) for m in runs]
+    if BASE not in per_label or len(per_label[BASE]) < 2:
+        return []
+    base_runs = per_label[BASE]
+
+    def best(runs):  # mean final loss at the largest size
+        return float(np.mean([p[1] for p in runs[max(runs)]]))
+
+    rows = []
+    for label, runs in per_label.items():
+        if len(runs) < 2:
+            continue
+        fit = fit_power_law(*zip(*[p for v in runs.values() for p in v]))
+        if label == BASE:
+            rows.append([label, f"{fit.a:.3g}", f"{fit.b:.4f}", f"{fit.r2:.3f}", "—", "—"])
+            continue
+        target = max(best(base_runs), best(runs))  # a loss both reach inside the measured range
+        point, lo, hi = bootstrap_multiplier(base_runs, runs, target)
+        rows.append([label, f"{fit.a:.3g}", f"{fit.b:.4f}", f"{fit.r2:.3f}", f"{target:.4f}",
+                     f"{point:.3f} [{lo:.3f}, {hi:.3f}]"])
+    return rows
+
+
+def time_to_target(data: dict) -> tuple[tuple, float, list[list]]:
+    size = max(data)
+    by_label = data[size]
+    base = _base_label(by_label)
+    if base is None:
+        return size, math.nan, []
+    target = float(np.mean([m["final_val_loss"] for m in by_label[base]]))
+    rows = []
+    for label, runs in by_label.items():
+        steps, flops, secs = [], [], []
+        for m in runs:
+            hit = first_reach(m["val_loss"], target)
+            if hit is None:
+                continue
+            idx = [s for s, _ in m["val_loss"]].index(hit[0])
+            steps.append(hit[0])
+            flops.append(hit[0] * m["flops_per_step"])
+            secs.append(m["val_train_seconds"][idx])
+        if not steps:
+            rows.append([label, f"0/{len(runs)}", "not reached", "—", "—"])
+            continue
+
+        def fmt(v, f):
+            ci = mean_ci(v)
+            return f"{format(ci.mean, f)} ± {format(ci.half_width, f)}" if ci.n > 1 else format(ci.mean, f)
+
+        rows.append([label, f"{len(steps)}/{len(runs)}", fmt(steps, ".0f"), fmt([f / 1e12 for f in flops], ".3f"),
+                     fmt(secs, ".1f")])
+    return size, target, rows
+
+
+# -- plots ----------------------------------------------------------------------------------
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(data: dict, out: Path) -> list[str]:
+    plt = _plt()
+    files = []
+    sizes = sorted(data)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        for label, runs in data[size].items():
+            steps = [s for s, _ in runs[0]["val_loss"]]
+            curves = np.array([[v for _, v in m["val_loss"]] for m in runs])
+            mean = curves.mean(0)
+            ax.plot(steps, mean, label=label)
+            if len(runs) > 1:
+                ax.fill_between(steps, curves.min(0), curves.max(0), alpha=0.15)
+        ax.set(title=f"d{size[0]}, {size[1]} blocks", xlabel="step", ylabel="val loss (nats/byte)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "loss_curves.png", dpi=110)
+    plt.close(fig)
+    files.append("loss_curves.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    labels = sorted({lab for s in data for lab in data[s]})
+    for label in labels:
+        pts = [(m["train_flops"], m["final_val_loss"]) for s in sizes for m in data[s].get(label, [])]
+        c, y = np.array(pts).T
+        line = ax.scatter(c, y, s=12, label=label)
+        if len({s for s in sizes if label in data[s]}) >= 2:
+            fit = fit_power_law(c, y)
+            grid = np.geomspace(c.min(), c.max(), 50)
+            ax.plot(grid, fit.loss_at(grid), color=line.get_facecolor()[0], lw=1)
+    ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel="final val loss", title="loss vs compute")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "loss_vs_compute.png", dpi=110)
+    plt.close(fig)
+    files.append("loss_vs_compute.png")
+    return files
+
+
+def plot_dynamics(data: dict, out: Path) -> list[str]:
+    size = max(data)
+    dyn = {lab: runs[0]["dynamics"] for lab, runs in data[size].items() if runs and "dynamics" in runs[0]}
+    if not dyn:
+        return []
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for label, d in dyn.items():
+        axes[0].plot(d["input_rms"], label=label)
+        axes[1].plot(d["output_rms"], label=label)
+        axes[2].plot(d["grad_norm"], label=label)
+    for ax, title in zip(axes, ["RMS of sublayer input h_i", "RMS of sublayer output f_i(h_i)",
+                                "gradient norm per sublayer"]):
+        ax.set(title=title, xlabel="sublayer i", yscale="log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "dynamics_depth.png", dpi=110)
+    plt.close(fig)
+    files = ["dynamics_depth.png"]
+    mixers = {lab: d["depth_weights"] for lab, d in dyn.items() if d.get("depth_weights")}
+    if mixers:
+        fig, axes = plt.subplots(1, len(mixers), figsize=(4.5 * len(mixers), 4), squeeze=False)
+        for ax, (label, rows) in zip(axes[0], mixers.items()):
+            width = max(len(r) for r in rows)
+            mat = np.full((len(rows), width), np.nan)
+            for i, r in enumerate(rows):
+                mat[i, : len(r)] = r
+            im = ax.imshow(mat, aspect="auto", cmap="viridis", interpolation="nearest")
+            ax.set(title=label, xlabel="source", ylabel="reader")
+            fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.tight_layout()
+        fig.savefig(out / "depth_weights.png", dpi=110)
+        plt.close(fig)
+        files.append("depth_weights.png")
+    return files
+
+
+def findings(data: dict) -> list[str]:
+    """Plain statements of whether the paper's qualitative dynamics appear at this scale."""
+    size = max(data)
+    dyn = {lab: runs[0]["dynamics"] for lab, runs in data[size].items() if runs and "dynamics" in runs[0]}
+    out = []
+    if BASE in dyn:
+        r = dyn[BASE]["input_rms"]
+        out.append(f"PreNorm residual-stream RMS, first → last sublayer: {r[0]:.3g} → {r[-1]:.3g} "
+                   f"({'grows' if r[-1] > 1.5 * r[0] else 'does not grow much'} with depth).")
+    for label, d in dyn.items():
+        g = np.array(d["grad_norm"])
+        spread = float(g.max() / max(g.min(), 1e-30))
+        line = f"{label}: sublayer-input RMS max/min {max(d['input_rms']) / max(min(d['input_rms']), 1e-30):.2f}, " \
+               f"gradient-norm max/min {spread:.2f}"
+        w = d.get("depth_weights")
+        if w and label.startswith(("full-attnres", "block-attnres")):
+            emb = float(np.mean([row[0] for row in w[1:]]))
+            line += f", mean weight on the embedding across readers {emb:.3f}"
+        out.append(line + ".")
+    return out
+
+
+def report(records: list[dict], out: Path) -> str:
+    data = collect(records)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = plot_curves(data, out) + plot_dynamics(data, out)
+    lines = ["# Short-run loss study", ""]
+    lines += ["## Final validation loss (mean ± 95% CI over seeds; difference vs PreNorm, Welch)", ""]
+    lines.append(tabulate(final_loss_table(data), headers=["size", "variant", "seeds", "val loss", "params (M)",
+                                                           "Δ vs prenorm [95% CI]", "Welch p", "verdict"],
+                          tablefmt="github", disable_numparse=True))
+    ce = compute_equivalence(data)
+    if ce:
+        lines += ["", "## Compute-equivalence (loss = a·C^−b over sizes; multiplier = C_prenorm / C_variant)", ""]
+        lines.append(tabulate(ce, headers=["variant", "a", "b", "R²", "at loss", "multiplier [95% bootstrap CI]"],
+                              tablefmt="github", disable_numparse=True))
+    size, target, ttt = time_to_target(data)
+    if ttt:
+        lines += ["", f"## Time to PreNorm's final val loss ({target:.4f}) at d{size[0]}×{size[1]} blocks", ""]
+        lines.append(tabulate(ttt, headers=["variant", "seeds reaching", "steps", "TFLOPs", "train seconds"],
+                              tablefmt="github", disable_numparse=True))
+    facts = findings(data)
+    if facts:
+        lines += ["", "## Training dynamics (seed of the largest size)", ""] + [f"- {f}" for f in facts]
+    lines += [""] + [f"![{p}]({p})" for p in plots]
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text)
+    return text
