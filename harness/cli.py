@@ -1,4 +1,4 @@
-"""`resbench` command line: list | run | report.
+"""`resbench` command line: list | run | report | compare | dashboard | scale | project.
 
 Every user error (bad suite, bad option, unknown variant, unwritable path) is a one-line message
 on stderr and exit code 2, never a traceback.
@@ -58,9 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--heads", type=int, default=8)
     ls.set_defaults(func=cmd_list)
 
-    from .commands import add_subcommands  # measuring commands: run, report
+    from . import commands, history
+    from .studies import scaling
 
-    add_subcommands(sub)
+    commands.add_subcommands(sub)  # run, report
+    history.add_subcommands(sub)  # compare, dashboard
+    scaling.add_subcommands(sub)  # scale, project
     return p
 
 

@@ -185,6 +185,9 @@ def load_suite(spec: str) -> Suite:
 def parse_suite(raw: Any, default_name: str = "suite") -> Suite:
     if raw is None:
         raise ConfigError("suite is empty")
+    if isinstance(raw, dict) and raw.get("kind") in ("scaling", "projection"):
+        command = "scale" if raw["kind"] == "scaling" else "project"
+        raise ConfigError(f"this is a {raw['kind']} suite: run it with `resbench {command}`")
     _check_keys("suite", raw, SUITE_KEYS)
     for required in ("variants", "shapes", "workloads"):
         if required not in raw:

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils.checkpoint import checkpoint
 
 import variants
 from variants.base import RMS_EPS, Residual, VariantError, check_positive
@@ -125,13 +127,44 @@ class Transformer(nn.Module):
         pos = torch.arange(idx.shape[1], device=idx.device)
         return self.tok_emb(idx) + self.pos_emb(pos)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx [B, T] int64 → logits [B, T, vocab]."""
+    def forward(self, idx: torch.Tensor, checkpoint_every: int = 0) -> torch.Tensor:
+        """idx [B, T] int64 → logits [B, T, vocab]. checkpoint_every=k > 0: activation
+        checkpointing by segments of k blocks (only the residual state at segment boundaries is
+        kept for backward; each segment is recomputed in backward)."""
         state = self.residual.begin(self.embed(idx))
-        for i, f in enumerate(self.sublayers):
-            h = self.residual.read(state, i)
-            state = self.residual.write(state, i, f(h))
+        if checkpoint_every:
+            state = self._checkpointed(state, checkpoint_every)
+        else:
+            state = self.run_sublayers(state, 0, self.cfg.n_layers)
         return self.head(self.norm_f(self.residual.end(state)))
+
+    def run_sublayers(self, state: Any, start: int, stop: int) -> Any:
+        """Sublayers [start, stop) on a residual state: one pipeline stage or checkpoint segment."""
+        for i in range(start, stop):
+            h = self.residual.read(state, i)
+            state = self.residual.write(state, i, self.sublayers[i](h))
+        return state
+
+    def _segment(self, spec, start: int, stop: int, *leaves):
+        # Fresh containers on every call: variants mutate their state (dicts, lists) in place, and
+        # the recomputation in backward must start from the boundary state, not the later one.
+        return self.run_sublayers(tree_unflatten(list(leaves), spec), start, stop)
+
+    def _checkpointed(self, state: Any, every: int) -> Any:
+        """The state's tensors are the segment's saved inputs: a variant must not write into
+        them in place in a later segment (tests/test_scaling.py checks loss and grads)."""
+        check_positive("checkpoint_every", every)
+        step = 2 * every  # k blocks = 2k sublayers
+        for start in range(0, self.cfg.n_layers, step):
+            leaves, spec = tree_flatten(state)
+            bad = [type(x).__name__ for x in leaves if x is not None and not isinstance(x, (torch.Tensor, int, float, bool))]
+            if bad:
+                raise VariantError(f"checkpointing needs the residual state to be a pytree of tensors; "
+                                   f"{self.residual.name!r} holds {bad[0]} (register it with torch.utils._pytree)")
+            # no dropout anywhere in the model, so no RNG state needs saving for the recompute
+            state = checkpoint(self._segment, spec, start, min(start + step, self.cfg.n_layers), *leaves,
+                               use_reentrant=False, preserve_rng_state=False)
+        return state
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """nanoGPT's rule, made explicit: decay Linear/Embedding weights only; never gains,

@@ -1,0 +1,297 @@
+"""Depth-scaling memory study: `resbench scale` (measure, fit, classify, plot) and
+`resbench project` (the same views under fake tensors, for shapes beyond this machine).
+
+Cells run in-process, one after another: LiveBytesTracker counts only storages created inside
+the measured call, so an earlier cell's leftovers cannot enter a later cell's number.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+import variants
+from variants.base import VariantError
+
+from ..config import DTYPES, ConfigError, VariantSpec, _check_keys, _coerce, _parse_shapes, _parse_variants, \
+    resolve_suite_path
+from ..model import ModelConfig, build_model
+from ..results import REPO_ROOT
+from . import memory_views as V
+
+SCALING_KEYS = ("kind", "name", "dtype", "threads", "seed", "batch", "shape", "depths", "variants", "n_sweep",
+                "views", "checkpoint_every", "pipeline_stages")
+PROJECTION_KEYS = ("kind", "name", "dtype", "batch", "shapes", "variants", "views", "checkpoint_every",
+                   "pipeline_stages")
+SHAPE_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name != "n_blocks")
+DEFAULT_OUT = REPO_ROOT / "results" / "scaling"
+
+
+@dataclass(frozen=True)
+class NSweep:
+    variant: VariantSpec
+    blocks: int
+    values: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Study:
+    kind: str
+    name: str
+    dtype: str
+    batch: int
+    variants: tuple[VariantSpec, ...]
+    views: tuple[str, ...]
+    checkpoint_every: int
+    pipeline_stages: int
+    shapes: tuple[tuple[str, ModelConfig], ...] = ()  # projection
+    shape: dict = dataclasses.field(default_factory=dict)  # scaling: ModelConfig minus n_blocks
+    depths: tuple[int, ...] = ()
+    n_sweep: NSweep | None = None
+    threads: int = 0
+    seed: int = 0
+
+    def config(self, n_blocks: int) -> ModelConfig:
+        return ModelConfig(n_blocks=n_blocks, **self.shape)
+
+
+# -- the YAML schema --------------------------------------------------------------------------
+
+def load_study(spec: str, kind: str) -> Study:
+    path = resolve_suite_path(spec)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"{path}: malformed YAML{f' at line {mark.line + 1}' if mark else ''}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read suite {path}: {exc.strerror}") from None
+    return parse_study(raw, kind, default_name=path.stem)
+
+
+def _int_list(where: str, raw, at_least: int = 1) -> tuple[int, ...]:
+    if not isinstance(raw, list) or len(raw) < at_least or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw):
+        raise ConfigError(f"{where} must be a list of at least {at_least} positive integers, got {raw!r}")
+    if len(set(raw)) != len(raw):
+        raise ConfigError(f"{where} has duplicates: {raw!r}")
+    return tuple(sorted(raw))
+
+
+def _positive_int(where: str, raw) -> int:
+    v = _coerce(where, raw, int)
+    if v < 1:
+        raise ConfigError(f"{where} must be >= 1, got {v!r}")
+    return v
+
+
+def _check_builds(spec: VariantSpec, cfg: ModelConfig, where: str) -> None:
+    try:
+        with torch.device("meta"):
+            variants.build(spec.name, cfg.d_model, cfg.n_layers, spec.options)
+    except VariantError as exc:
+        raise ConfigError(f"variants[{spec.label}] at {where}: {exc}") from None
+
+
+def parse_study(raw: Any, kind: str, default_name: str = "study") -> Study:
+    if raw is None:
+        raise ConfigError("suite is empty")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"suite must be a mapping, got {type(raw).__name__}")
+    got = raw.get("kind")
+    if got != kind:  # checked first: a suite of another kind should say so, not list its keys
+        raise ConfigError(f"kind must be {kind!r} for `resbench {'scale' if kind == 'scaling' else 'project'}`, "
+                          f"got {got!r}")
+    _check_keys("suite", raw, SCALING_KEYS if kind == "scaling" else PROJECTION_KEYS)
+    required = ("shape", "depths", "variants") if kind == "scaling" else ("shapes", "variants")
+    for key in required:
+        if key not in raw:
+            raise ConfigError(f"suite: missing key {key!r}")
+    dtype = raw.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    views = raw.get("views", list(V.VIEWS))
+    if not isinstance(views, list) or not views or any(v not in V.VIEWS for v in views):
+        raise ConfigError(f"views must be a non-empty list of {', '.join(V.VIEWS)}; got {views!r}")
+    common = dict(
+        kind=kind, name=_coerce("name", raw.get("name", default_name), str), dtype=dtype,
+        batch=_positive_int("batch", raw.get("batch", 1)), variants=_parse_variants(raw["variants"]),
+        views=tuple(v for v in V.VIEWS if v in views),
+        checkpoint_every=_positive_int("checkpoint_every", raw.get("checkpoint_every", 1)),
+        pipeline_stages=_positive_int("pipeline_stages", raw.get("pipeline_stages", 4)),
+    )
+    if kind == "projection":
+        shapes = _parse_shapes(raw["shapes"])
+        for spec in common["variants"]:
+            for name, cfg in shapes:
+                _check_builds(spec, cfg, f"shape {name!r}")
+        return Study(shapes=shapes, **common)
+
+    _check_keys("shape", raw["shape"], SHAPE_KEYS)
+    shape = {k: _coerce(f"shape.{k}", v, float if k == "mlp_ratio" else int) for k, v in raw["shape"].items()}
+    depths = _int_list("depths", raw["depths"], at_least=2)
+    study = Study(shape=shape, depths=depths, threads=_coerce("threads", raw.get("threads", 0), int),
+                  seed=_coerce("seed", raw.get("seed", 0), int), n_sweep=_parse_n_sweep(raw.get("n_sweep")), **common)
+    try:
+        cfgs = [study.config(b) for b in depths]
+    except VariantError as exc:
+        raise ConfigError(f"shape: {exc}") from None
+    for spec in study.variants:
+        for cfg in cfgs:
+            _check_builds(spec, cfg, f"depth {cfg.n_blocks} blocks")
+    if study.n_sweep:
+        ns = study.n_sweep
+        for n in ns.values:
+            _check_builds(dataclasses.replace(ns.variant, options={**ns.variant.options, "n_blocks": n}),
+                          study.config(ns.blocks), f"n_sweep value {n}")
+    if common["pipeline_stages"] > depths[0]:
+        raise ConfigError(f"pipeline_stages ({common['pipeline_stages']}) must be <= the smallest depth ({depths[0]} blocks)")
+    return study
+
+
+def _parse_n_sweep(raw) -> NSweep | None:
+    if raw is None:
+        return None
+    _check_keys("n_sweep", raw, ("variant", "options", "blocks", "values"))
+    for key in ("blocks", "values"):
+        if key not in raw:
+            raise ConfigError(f"n_sweep: missing key {key!r}")
+    spec = _parse_variants([{"name": raw.get("variant", "block-attnres"), "options": raw.get("options") or {}}])[0]
+    if "n_blocks" in spec.options:
+        raise ConfigError("n_sweep.options must not set n_blocks: n_sweep.values does")
+    return NSweep(spec, _positive_int("n_sweep.blocks", raw["blocks"]), _int_list("n_sweep.values", raw["values"], 2))
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+def measure_cell(study: Study, cfg: ModelConfig, spec: VariantSpec) -> dict:
+    """All views of one (variant, shape), real tensors, this process."""
+    dtype = getattr(torch, study.dtype)
+    model = build_model(cfg, spec.name, spec.options, study.seed, "cpu", dtype)
+    g = torch.Generator().manual_seed(study.seed)
+    tok = torch.randint(0, cfg.vocab_size, (study.batch, cfg.seq_len + 1), generator=g)
+    idx, targets = tok[:, :-1], tok[:, 1:]
+    t0 = time.perf_counter()
+    out, extra = V.measure(model, idx, targets, study.views, study.checkpoint_every, study.pipeline_stages)
+    return {
+        "label": spec.label, "variant": spec.name, "options": spec.options, "n_blocks": cfg.n_blocks,
+        "L": cfg.n_layers, "d_model": cfg.d_model, "seq_len": cfg.seq_len, "batch": study.batch,
+        "dtype": study.dtype, "itemsize": torch.tensor([], dtype=dtype).element_size(),
+        "state_vectors": model.residual.state_vectors(), "checkpoint_every": study.checkpoint_every,
+        "pipeline_stages": study.pipeline_stages, "bytes": out, **extra, "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def cells(study: Study) -> list[tuple[str, ModelConfig, VariantSpec, int | None]]:
+    """(sweep, shape, variant, N) in run order: the depth sweep, then the N sweep. N-sweep cells
+    keep the sweep's label, so they fit as one series."""
+    out = [("depth", study.config(b), spec, None) for spec in study.variants for b in study.depths]
+    if study.n_sweep:
+        ns = study.n_sweep
+        for n in ns.values:
+            spec = dataclasses.replace(ns.variant, options={**ns.variant.options, "n_blocks": n})
+            out.append(("N", study.config(ns.blocks), spec, n))
+    return out
+
+
+def run_study(study: Study, progress: bool = True) -> list[dict]:
+    if study.threads:
+        torch.set_num_threads(study.threads)
+    records = []
+    todo = cells(study)
+    for n, (sweep, cfg, spec, N) in enumerate(todo, 1):
+        rec = {"sweep": sweep, "N": N, **measure_cell(study, cfg, spec)}
+        records.append(rec)
+        gc.collect()
+        if progress:
+            print(f"[{n}/{len(todo)}] {sweep:5s} {rec['label']:28s} L={rec['L']:<3d}"
+                  f"{'' if N is None else f' N={N}':6s} {rec['seconds']:.1f}s", file=sys.stderr)
+    return records
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+# -- commands -------------------------------------------------------------------------------
+
+def _out_dir(arg: str | None) -> Path:
+    out = Path(arg) if arg else DEFAULT_OUT
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create output directory {out}: {exc.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"output directory {out} is not writable")
+    return out
+
+
+def cmd_scale(args) -> int:
+    from .scaling_report import analyse, plot_depth, plot_n, render_table, write_csv
+
+    study = load_study(args.suite, "scaling")
+    out = _out_dir(args.out)
+    t0 = time.perf_counter()
+    records = run_study(study, progress=not args.quiet)
+    rows = analyse(records)
+    write_jsonl(out / f"{study.name}.jsonl", records)
+    write_csv(out / f"{study.name}_fits.csv", rows)
+    table = render_table(rows, records, study)
+    (out / f"{study.name}_table.md").write_text(table + "\n")
+    plots = [plot_depth(records, rows, out / f"{study.name}_vs_depth.png")]
+    if study.n_sweep:
+        plots.append(plot_n(records, rows, out / f"{study.name}_vs_n.png"))
+    print(table)
+    print(f"{len(records)} cells in {time.perf_counter() - t0:.0f} s; outputs in {out}: "
+          f"{study.name}.jsonl, {study.name}_fits.csv, {study.name}_table.md, "
+          + ", ".join(p.name for p in plots), file=sys.stderr)
+    return 0
+
+
+def cmd_project(args) -> int:
+    from ..measure.projection import project
+    from .scaling_report import render_projection
+
+    study = load_study(args.suite, "projection")
+    out = _out_dir(args.out)
+    records = []
+    for shape_name, cfg in study.shapes:
+        for spec in study.variants:
+            r = project(cfg, spec.name, spec.options, study.batch, getattr(torch, study.dtype), study.views,
+                        study.checkpoint_every, study.pipeline_stages)
+            records.append({"shape": shape_name, "label": spec.label, **cfg.to_dict(), "batch": study.batch,
+                            "dtype": study.dtype, "checkpoint_every": study.checkpoint_every,
+                            "pipeline_stages": study.pipeline_stages, **r})
+            if not args.quiet:
+                print(f"{shape_name} {spec.label}: projected in {r['seconds']:.1f} s", file=sys.stderr)
+    write_jsonl(out / f"{study.name}.jsonl", records)
+    table = render_projection(records, study)
+    (out / f"{study.name}.md").write_text(table + "\n")
+    print(table)
+    print(f"outputs in {out}: {study.name}.jsonl, {study.name}.md", file=sys.stderr)
+    return 0
+
+
+def add_subcommands(sub) -> None:
+    sc = sub.add_parser("scale", help="depth-scaling memory study: sweep L (and N), fit, classify, plot")
+    sc.add_argument("suite", nargs="?", default="scaling", help="scaling YAML path or shipped name (default: scaling)")
+    sc.add_argument("--out", help=f"output directory (default: {DEFAULT_OUT.relative_to(REPO_ROOT)})")
+    sc.add_argument("--quiet", action="store_true", help="no per-cell progress lines")
+    sc.set_defaults(func=cmd_scale)
+
+    pj = sub.add_parser("project", help="project peak memory at shapes beyond this machine (fake tensors)")
+    pj.add_argument("suite", nargs="?", default="projection", help="projection YAML path or shipped name (default: projection)")
+    pj.add_argument("--out", help=f"output directory (default: {DEFAULT_OUT.relative_to(REPO_ROOT)})")
+    pj.add_argument("--quiet", action="store_true", help="no per-shape progress lines")
+    pj.set_defaults(func=cmd_project)

@@ -1,0 +1,277 @@
+"""Depth-scaling study: fit and class logic, checkpointing by segments, pipeline traffic from a
+real split, fake-tensor projection vs real measurement, a mini sweep, the YAML schema and CLI."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import variants
+from harness.cli import main
+from harness.config import ConfigError
+from harness.measure.projection import project
+from harness.model import ModelConfig, build_model
+from harness.studies import memory_views as V
+from harness.studies.scaling import load_study, parse_study, run_study
+from harness.studies.scaling_fit import (
+    declared_depth_class,
+    declared_n_class,
+    depth_class,
+    fit_line,
+    n_class,
+)
+from harness.studies.scaling_report import analyse
+from variants.base import VariantError
+
+from conftest import TINY, perturb_variant, tokens
+
+# every registered variant, plus block-attnres's other code path and a partial last block
+CASES = [(n, {}) for n in variants.names()] + [
+    ("block-attnres", {"n_blocks": 2, "two_phase": True}),
+    ("block-attnres", {"n_blocks": 4}),
+]
+
+
+# -- fit and class logic on synthetic data --------------------------------------------------
+
+def test_fit_line_recovers_known_line():
+    f = fit_line([4, 8, 16, 32], [5 + 3 * x for x in (4, 8, 16, 32)])
+    assert f.slope == pytest.approx(3) and f.intercept == pytest.approx(5) and f.r2 == pytest.approx(1)
+
+
+def test_fit_line_constant_is_a_perfect_flat_fit():
+    f = fit_line([1, 2, 3], [7.0, 7.0, 7.0])
+    assert f.slope == pytest.approx(0, abs=1e-9) and f.r2 == 1.0
+
+
+def test_fit_line_r2_drops_with_scatter():
+    f = fit_line([1, 2, 3, 4], [1.0, 3.0, 2.0, 4.0])
+    assert f.slope == pytest.approx(0.8) and f.r2 == pytest.approx(0.64)
+    with pytest.raises(ValueError):
+        fit_line([3, 3], [1, 2])
+
+
+def test_classes_and_thresholds():
+    assert depth_class(0.0) == "O(d)" and depth_class(0.2) == "O(d)"
+    assert depth_class(0.25) == "O(L·d)" and depth_class(1.0) == "O(L·d)"
+    assert depth_class(0.5, floor_dvec=0.5) == "O(d)"  # checkpoint floor subtracted
+    assert n_class(1.0) == "O(N·d)" and n_class(0.25) == "O(N·d)" and n_class(0.1) == "O(d)"
+    # declared state per variant: 1 (prenorm), L_b + 1 (densenet), L + 1 (full), N + 1 (block)
+    assert declared_depth_class(1, 1, 8, 64) == "O(d)"
+    assert declared_depth_class(5, 33, 8, 64) == "O(L·d)"
+    assert declared_depth_class(9, 65, 8, 64) == "O(L·d)"
+    assert declared_depth_class(9, 9, 8, 64) == "O(d)"
+    assert declared_n_class(2, 33, 1, 32) == "O(N·d)"
+
+
+def _rec(label, L, sv, views, sweep="depth", N=None, d=16):
+    return {"sweep": sweep, "label": label, "L": L, "N": N, "d_model": d, "itemsize": 4, "batch": 1,
+            "seq_len": 1, "state_vectors": sv, "checkpoint_every": 1, "bytes": views}
+
+
+def test_analyse_synthetic_known_answers():
+    unit = 16 * 4
+    recs = []
+    for L in (8, 16, 32):
+        recs.append(_rec("flat", L, 1, {"inference": 10 * unit, "checkpointed": 3 * unit + L * unit / 2}))
+        recs.append(_rec("linear", L, L + 1, {"inference": 10 * unit + L * unit, "checkpointed": 3 * unit + L * unit}))
+        recs.append(_rec("liar", L, L + 1, {"inference": 10 * unit, "checkpointed": 3 * unit}))  # declares O(L·d)
+    rows = {(r["variant"], r["view"]): r for r in analyse(recs)}
+    assert rows[("flat", "inference")]["class"] == "O(d)" and rows[("flat", "inference")]["agrees"]
+    assert rows[("flat", "checkpointed")]["slope_dvec"] == pytest.approx(0.5)
+    assert rows[("flat", "checkpointed")]["class"] == "O(d)"  # exactly the one-vector-per-boundary floor
+    assert rows[("linear", "inference")]["slope_dvec"] == pytest.approx(1.0)
+    assert rows[("linear", "inference")]["class"] == "O(L·d)" and rows[("linear", "inference")]["agrees"]
+    assert rows[("linear", "checkpointed")]["class"] == "O(L·d)"
+    assert not rows[("liar", "inference")]["agrees"]  # measured flat, declared O(L·d): flagged
+
+
+# -- checkpointing by segments ----------------------------------------------------------------
+
+def _loss_and_grads(model, idx, y, k):
+    model.zero_grad(set_to_none=True)
+    logits = model(idx, checkpoint_every=k)
+    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("name,options", CASES, ids=[f"{n}{o or ''}" for n, o in CASES])
+def test_checkpointed_loss_and_grads_equal_plain(name, options):
+    model = build_model(TINY, name, options, seed=3, dtype=torch.float64)
+    perturb_variant(model, seed=5)
+    idx, y = tokens(TINY, seed=1), tokens(TINY, seed=2)
+    ref_loss, ref_grads = _loss_and_grads(model, idx, y, 0)
+    for k in (1, 2, TINY.n_blocks + 1):  # per block, uneven segments, a single segment
+        loss, grads = _loss_and_grads(model, idx, y, k)
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
+
+def test_checkpointing_actually_saves_memory():
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_blocks=8, n_heads=4, seq_len=32)
+    model = build_model(cfg, "prenorm")
+    idx = tokens(cfg, batch=1)
+    assert V.train_bytes(model, idx, idx, 1) < 0.5 * V.train_bytes(model, idx, idx, 0)
+
+
+def test_checkpointing_rejects_a_state_that_is_not_a_pytree():
+    model = build_model(TINY, "prenorm")
+
+    class Box:
+        def __init__(self, x):
+            self.x = x
+
+    r = model.residual
+    r.begin, r.read, r.end = Box, (lambda s, i: s.x), (lambda s: s.x)
+    r.write = lambda s, i, y: Box(s.x + y)
+    with pytest.raises(VariantError, match="pytree"):
+        model(tokens(TINY), checkpoint_every=1)
+
+
+# -- pipeline traffic from a real split --------------------------------------------------------
+
+def test_state_bytes_dedups_by_storage():
+    buf = torch.zeros(4, 10)
+    assert V.state_bytes({"a": buf, "b": [buf, buf[1]]}) == 160  # same storage counts once
+    assert V.state_bytes([buf[0], buf[2]]) == 80  # two slices of one buffer: just the slices
+    assert V.state_bytes([buf[0:2], buf[1:3]]) == 120  # overlap merged
+    assert V.state_bytes((torch.zeros(3), None, 1)) == 12
+    assert V.state_bytes([torch.zeros(2, 5, 10), torch.zeros(2, 10)], width=10) == 400  # d-vectors only
+
+
+@pytest.mark.parametrize("name", ["prenorm", "highway"])
+def test_pipeline_traffic_is_one_dvector(name):
+    model = build_model(TINY, name)
+    idx = tokens(TINY, batch=2)
+    vec = 2 * TINY.seq_len * TINY.d_model * 4  # B·T·d·itemsize
+    cuts = list(range(1, TINY.n_layers + 1))
+    assert V.boundary_bytes(model, idx, cuts) == [vec] * len(cuts)  # a real split, every sublayer
+    pipe = V.pipeline_bytes(model, idx, 3)
+    assert list(pipe["boundaries"]) == [2, 4] and set(pipe["boundaries"].values()) == {vec}
+    assert set(pipe["fixed"].values()) == {0}
+
+
+def _dvector_bytes(model, idx, stop):
+    """Bytes of the [B, T, d] leaves of the state after `stop` sublayers (d-vectors only)."""
+    return V.boundary_bytes(model, idx, [stop], width=model.cfg.d_model)[0]
+
+
+@torch.no_grad()
+def test_pipeline_traffic_attnres_counts_exactly_the_sources():
+    """Full: after m sublayers the sources are v_0 = e, v_1 .. v_m: (m + 1) d-vectors per token.
+    Block (S sublayers per block): the embedding, the completed blocks and, mid-block, the
+    partial sum. (Per-token scalars such as cached logits are bounded in the next test.)"""
+    B, T, d, L = 2, TINY.seq_len, TINY.d_model, TINY.n_layers
+    vec = B * T * d * 4
+    idx = tokens(TINY, batch=B)
+    full = build_model(TINY, "full-attnres")
+    for m in range(1, L + 1):
+        assert _dvector_bytes(full, idx, m) == (m + 1) * vec
+    block = build_model(TINY, "block-attnres", {"n_blocks": 2})  # S = 3
+    S = math.ceil(L / 2)
+    for m in range(1, L + 1):
+        assert _dvector_bytes(block, idx, m) == (1 + m // S + (m % S != 0)) * vec, m
+
+
+def test_pipeline_traffic_densenet_and_full_per_token():
+    idx = tokens(TINY, batch=2)
+    vec = 2 * TINY.seq_len * TINY.d_model * 4
+    dense = V.pipeline_bytes(build_model(TINY, "densenet"), idx, 3)["boundaries"]
+    for m, b in dense.items():  # after block m/2: X_0 .. X_{m/2} and the mixed stream
+        assert (m // 2 + 1) * vec <= b <= (m // 2 + 2) * vec
+    full = V.pipeline_bytes(build_model(TINY, "full-attnres"), idx, 3)
+    for m, b in full["boundaries"].items():  # sources, plus at most one fp32 logit per later reader
+        assert full["vectors"][m] == (m + 1) * vec
+        assert (m + 1) * vec <= b <= (m + 1) * (vec + (TINY.n_layers + 1) * 2 * TINY.seq_len * 4)
+
+
+# -- projection under fake tensors vs real measurement ---------------------------------------
+
+@pytest.mark.parametrize("name,options", [("prenorm", {}), ("densenet", {}), ("full-attnres", {}),
+                                          ("block-attnres", {"n_blocks": 2}), ("highway", {})])
+def test_projection_matches_real_within_5_percent(name, options):
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_blocks=2, n_heads=4, seq_len=16)
+    model = build_model(cfg, name, options)
+    idx = tokens(cfg, batch=2)
+    real = {"inference": V.inference_bytes(model, idx), "checkpointed": V.train_bytes(model, idx, idx, 1),
+            "train": V.train_bytes(model, idx, idx, 0), "pipeline": V.pipeline_bytes(model, idx, 2)["max"]}
+    fake = project(cfg, name, options, 2, torch.float32, tuple(real), checkpoint_every=1, stages=2)
+    for view, r in real.items():
+        assert r > 0 and abs(fake[view] - r) <= 0.05 * r, (view, fake[view], r)
+
+
+def test_projection_runs_a_production_shape_quickly():
+    cfg = ModelConfig(vocab_size=256, d_model=7168, n_blocks=2, n_heads=56, seq_len=131072)
+    r = project(cfg, "prenorm", {}, 1, torch.bfloat16, ("inference",))
+    vec = 131072 * 7168 * 2
+    assert 2 * vec < r["inference"] < 20 * vec  # O(T) attention: no T² score matrix
+    assert r["seconds"] < 20
+
+
+# -- a mini sweep gives the expected classes --------------------------------------------------
+
+MINI = {
+    "kind": "scaling", "name": "mini", "threads": 1, "batch": 1,
+    "shape": {"d_model": 64, "n_heads": 4, "seq_len": 32, "vocab_size": 32, "mlp_ratio": 2},
+    "depths": [2, 4, 8],
+    "variants": ["prenorm", "highway", "densenet", "full-attnres",
+                 {"name": "block-attnres", "options": {"n_blocks": 2}}],  # S >= 2 at every depth
+    "n_sweep": {"variant": "block-attnres", "blocks": 4, "values": [1, 2, 4, 8]},
+    "checkpoint_every": 1, "pipeline_stages": 2,
+}
+
+
+def test_mini_sweep_classes():
+    rows = analyse(run_study(parse_study(MINI, "scaling"), progress=False))
+    got = {(r["sweep"], r["variant"], r["view"]): r["class"] for r in rows}
+    for view in ("inference", "pipeline", "checkpointed"):
+        assert got[("depth", "prenorm", view)] == "O(d)"
+        assert got[("depth", "highway", view)] == "O(d)"
+        assert got[("depth", "densenet", view)] == "O(L·d)"
+        assert got[("depth", "full-attnres", view)] == "O(L·d)"
+        assert got[("depth", "block-attnres(n_blocks=2)", view)] == "O(d)"
+        assert got[("N", "block-attnres", view)] == "O(N·d)"
+    for label in ("prenorm", "highway", "densenet", "full-attnres", "block-attnres(n_blocks=2)"):
+        assert got[("depth", label, "train")] == "O(L·d)"  # plain training saves everything
+    assert all(r["agrees"] for r in rows), [r for r in rows if not r["agrees"]]
+
+
+# -- schema and CLI ---------------------------------------------------------------------------
+
+def test_shipped_suites_parse_and_cover_every_variant():
+    scaling = load_study("scaling", "scaling")
+    assert {s.name for s in scaling.variants} == set(variants.names())
+    assert scaling.n_sweep.variant.name == "block-attnres"
+    proj = load_study("projection", "projection")
+    (_, cfg), = proj.shapes
+    assert (cfg.d_model, cfg.n_blocks, cfg.seq_len, proj.dtype, proj.batch) == (7168, 27, 131072, "bfloat16", 1)
+
+
+@pytest.mark.parametrize("patch,match", [
+    ({"kind": "projection"}, "kind must be 'scaling'"),
+    ({"depth": [1, 2]}, "unknown key 'depth'"),
+    ({"depths": [4]}, "depths must be a list of at least 2"),
+    ({"views": ["inference", "bogus"]}, "views must be"),
+    ({"n_sweep": {"blocks": 8, "values": [1, 2], "options": {"n_blocks": 2}}}, "n_sweep.options"),
+    ({"n_sweep": {"blocks": 2, "values": [1, 8]}}, "n_sweep value 8"),
+    ({"shape": {"d_model": 64, "n_blocks": 3}}, "shape: unknown key 'n_blocks'"),
+    ({"pipeline_stages": 5}, "pipeline_stages"),
+])
+def test_bad_scaling_yaml_is_one_line_error(patch, match):
+    with pytest.raises(ConfigError, match=match) as exc:
+        parse_study({**MINI, **patch}, "scaling")
+    assert "\n" not in str(exc.value)
+
+
+def test_cli_bad_suite_exits_2(tmp_path, capsys):
+    bad = tmp_path / "s.yaml"
+    bad.write_text("kind: scaling\nshape: {d_model: 64}\ndepths: [1, 2]\nvariants: [nope]\n")
+    assert main(["scale", str(bad), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resbench: error:") and "unknown variant 'nope'" in err
+    assert main(["project", "scaling"]) == 2
+    assert "kind must be 'projection'" in capsys.readouterr().err
