@@ -17,7 +17,7 @@ from scipy.stats import mannwhitneyu
 from tabulate import tabulate
 
 from .errors import UserError
-from .report import _peak
+from .report import primary_peak
 from .results import latest_by_key, read_records
 
 MiB = 2**20
@@ -39,7 +39,7 @@ def _timing(ms: dict | None):
 
 
 def _mib(view: dict | None):
-    value, _ = _peak(view)
+    value, _ = primary_peak(view)
     return None if value is None else value / MiB
 
 
@@ -159,6 +159,18 @@ def env_warnings(base: dict[str, dict], head: dict[str, dict]) -> list[str]:
             for k in ("device", "cpu", "gpu", "torch", "threads") if eb.get(k) != eh.get(k)]
 
 
+def machine_drift(base: dict[str, dict], head: dict[str, dict]) -> float | None:
+    """HEAD/BASE of the matmul peak each CPU run measured for MFU: how much faster the machine
+    itself was. Repeats within a run cannot see a shift between runs (a busy neighbour)."""
+    def peak(recs):
+        vals = sorted(r["metrics"]["peak_flops"] for r in recs.values() if r["status"] == "ok"
+                      and str(r["metrics"].get("peak_flops_source", "")).startswith("measured"))
+        return vals[len(vals) // 2] if vals else None
+
+    b, h = peak(base), peak(head)
+    return h / b if b and h else None
+
+
 def render(rows: list[Row]) -> str:
     fmt = {m: f for m, (_, _, f) in METRICS.items()}
 
@@ -181,6 +193,11 @@ def cmd_compare(args) -> int:
     print(f"BASE {base_name}  vs  HEAD {head_name}\nregression: HEAD/BASE > {1 + args.threshold:.2f} and, "
           f"for timings with raw repeats, one-sided Mann-Whitney U p < {args.alpha:g}\n")
     print(render(rows))
+    drift = machine_drift(base, head)
+    if drift is not None and abs(drift - 1) > args.threshold / 2:
+        print(f"resbench: warning: the machine ran {abs(drift - 1):.0%} {'slower' if drift < 1 else 'faster'} "
+              "in HEAD's run than in BASE's (measured matmul peak): timing ratios include that; "
+              "measure both on a quiet machine, or use `asv continuous`", file=sys.stderr)
     bad = [r for r in rows if r.regressed]
     print(f"\n{len(bad)} regression(s)" + (": " + "; ".join(f"{r.cell} {r.metric}" for r in bad) if bad else ""))
     return 1 if bad else 0

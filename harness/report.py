@@ -26,7 +26,7 @@ def _num(x, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
 
-def _peak(view: dict | None) -> tuple[float | None, str]:
+def primary_peak(view: dict | None) -> tuple[float | None, str]:
     """The primary counter for a view: torch.cuda peak allocated on GPU, else the tracker."""
     if not view:
         return None, ""
@@ -88,8 +88,8 @@ def _table(rs: list[dict]) -> str:
         mem = [r["metrics"] for r in ok.get("memory", [])]
         loss = [r["metrics"]["final_val_loss"] for r in ok.get("loss", [])]
         any_m = (tp or mem or [r["metrics"] for r in ok.get("loss", [])] or [{}])[0]
-        train_peak, c1 = _peak(mem[0]["train"]) if mem else (None, "")
-        inf_peak, c2 = _peak(mem[0]["inference"]) if mem else (None, "")
+        train_peak, c1 = primary_peak(mem[0]["train"]) if mem else (None, "")
+        inf_peak, c2 = primary_peak(mem[0]["inference"]) if mem else (None, "")
         counters.update(c for c in (c1, c2) if c)
         rows.append([
             label,

@@ -156,3 +156,12 @@ def test_bad_input_is_exit_2(tmp_path, capsys):
     assert main(["compare", str(empty), good]) == 2
     err = capsys.readouterr().err
     assert err.count("resbench: error:") == 5 and "Traceback" not in err
+
+
+def test_a_slower_machine_is_named(tmp_path, capsys):
+    # each CPU run measures a matmul peak for MFU: a 30% lower one means the machine, not the code
+    base, head = throughput(draws(1), draws(2)), throughput(draws(3, scale=1.3), draws(4))
+    for r, peak in ((base, 100e9), (head, 70e9)):
+        r["metrics"].update(peak_flops=peak, peak_flops_source="measured float32 matmul")
+    run_compare(tmp_path, [base], [head])
+    assert "machine ran 30% slower in HEAD's run" in capsys.readouterr().err

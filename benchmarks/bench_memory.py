@@ -1,0 +1,45 @@
+"""Peak memory in bytes of a training step and of a prefill, variant × depth.
+
+The harness's own memory workload (`run_memory`) defines the views: train = params + AdamW state
++ the steady-state step's peak live tensors; inference = params + the no-grad prefill's peak.
+On GPU the number is torch.cuda's peak allocated, as in `resbench report`. Not asv's peakmem_*,
+which is host RSS and blind to the GPU.
+"""
+from . import _common as c
+
+
+def _measure(variant, blocks):
+    Cell = c.need("config", "Cell")
+    run_memory = c.need("workloads", "run_memory")
+    name, options = c.VARIANTS[variant]
+    dev = c.device()
+    cfg = c.model_config(blocks)
+    cell = Cell(variant=name, options=dict(options), label=variant, shape_name="asv", shape=cfg.to_dict(),
+                workload="memory", params={"batch": c.BATCH}, device=dev, dtype="float32", seed=c.SEED,
+                threads=1)
+    status, message, m = run_memory(cell)
+    if status != "ok":
+        raise RuntimeError(f"{variant}/{blocks}: {status}: {message}")
+    pick = "cuda_peak_allocated" if dev.startswith("cuda") else "peak_bytes"
+    return {view: m[view][pick] for view in ("train", "inference")}
+
+
+class PeakMemory:
+    params = c.PARAMS
+    param_names = c.PARAM_NAMES
+    unit = "bytes"
+
+    def setup_cache(self):
+        c.pin_threads()
+        return c.cached_grid(_measure)
+
+    setup_cache.timeout = 300
+
+    def setup(self, cache, variant, blocks):
+        self.value = c.cached(cache, variant, blocks)
+
+    def track_train_peak_bytes(self, cache, variant, blocks):
+        return self.value["train"]
+
+    def track_inference_peak_bytes(self, cache, variant, blocks):
+        return self.value["inference"]
