@@ -10,19 +10,233 @@ Block AttnRes. The L sublayers form N blocks of S = ceil(L/N) (the last block pa
 are the embedding b_0, the completed block sums b_1 .. b_{n-1}, and, from the second sublayer of
 a block on, the running partial sum b_n^{i-1} of the current block. N = L is Full AttnRes.
 
-Because queries do not depend on the input, a source's logits against *every* later reader are
-computed once, when the source is produced: logit = (g_l * w_l) . (v / rms(v)), one small matmul.
-Keys are never stored; logits and softmax are fp32.
+Efficient form (both variants share it; design/VARIANTS.md, issue 6):
+- Sources are stored once, as references; nothing is re-stacked per sublayer.
+- Queries do not depend on the input, so a source's logits against *every* later reader are
+  computed once, when it is produced (`_Keys`: one small matmul with the key gain folded into the
+  query, times 1/rms). Keys are never stored; logits and softmax are fp32 (fp64 for fp64).
+- A reader (`_Read`) is one autograd node that saves only references to the sources and per-token
+  scalars (softmax weights), never a stacked copy. Its output is the softmax over the completed
+  sources, merged with the block's partial sum by online softmax (exact):
+      o = sum_i softmax(s)_i v_i,  w = sigmoid(s_p - logsumexp(s)),  h = o + w (p - o).
+  The partial sum is not saved either: backward rebuilds it from h, o and w (see `_Read`).
+- Block `two_phase`: the completed-source part `o` of every sublayer of a block is computed at the
+  block's start, reading each source once per block instead of once per sublayer.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from . import register
-from .base import Residual, VariantError, check_positive, inv_rms, mix_dtype
+from .base import Residual, VariantError, check_positive, fast_inv_rms, inv_rms, mix_dtype
+
+
+def _weighted_sum(values, weights: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_i weights[i] * values[i] (+ out); weights [n, ..] fp32, one scalar per token."""
+    dt = values[0].dtype
+    ws = weights.unsqueeze(-1).to(dt).unbind(0)
+    if out is None:
+        out = values[0] * ws[0]
+        values, ws = values[1:], ws[1:]
+    for v, a in zip(values, ws):
+        out.addcmul_(v, a)
+    return out
+
+
+def _softmax_stats(cols) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax weights [n, B, T] over sources and their log-sum-exp [B, T]."""
+    s = torch.stack(cols)
+    lse = torch.logsumexp(s, dim=0)
+    return torch.exp(s - lse), lse
+
+
+def _partial_logit(p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logit of the partial sum p for one reader (query q, key gain folded in) and 1/rms(p)."""
+    mt = mix_dtype(p.dtype)
+    r = fast_inv_rms(p).squeeze(-1)
+    return (p.to(mt) @ q.to(mt)) * r, r
+
+
+def _read(reader, qk, p, pre, values, cols):
+    """Forward math of a reader: (h, a, w, r, s_p) with a [n, B, T] the weights of the completed
+    sources in h and w [B, T] that of the partial sum (None without one)."""
+    dt = values[0].dtype
+    if p is None:
+        a = torch.softmax(torch.stack(cols), dim=0)
+        return _weighted_sum(values, a), a, None, None, None
+    s_p, r = _partial_logit(p, qk[reader])
+    if pre is None:  # one softmax over the completed sources and the partial sum
+        a = torch.softmax(torch.stack([*cols, s_p]), dim=0)
+        a, w = a[:-1], a[-1]
+        h = _weighted_sum(values, a)
+        h.addcmul_(p, w.unsqueeze(-1).to(dt))
+    else:  # two-phase: o and log-sum-exp were computed at the block's start; online softmax
+        A, lse, o = pre
+        w = torch.sigmoid(s_p - lse)
+        a = A * (1 - w)
+        h = torch.lerp(o, p, w.unsqueeze(-1).to(dt))
+    return h, a, w, r, s_p
+
+
+class _Store:
+    """Per-forward scratch shared by the backward nodes. Each reader leaves its output gradient
+    g_l, its weights a_l and <g_l, h_l> here; the source-side work (the per-token dots
+    <g_l, v_k> that the softmax gradient needs and the source gradient sum_l a_l[k] g_l) is done
+    once per source, in its `_Keys` backward, which autograd runs after all of its readers
+    (they consume its logits). One pass over each g_l per source, with v_k in cache, instead of
+    a pass over every source and a gradient buffer update per (reader, source) pair. Carried in
+    the state as a pytree node without leaves, so activation checkpointing can carry it."""
+
+    def __init__(self):
+        self.readers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._scratch: dict[int, torch.Tensor] = {}
+
+    def scratch(self, slot: int, like: torch.Tensor) -> torch.Tensor:
+        """A reusable buffer shaped like `like`: fresh multi-MB temporaries cost page faults on CPU."""
+        buf = self._scratch.get(slot)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._scratch[slot] = torch.empty_like(like, memory_format=torch.contiguous_format)
+        return buf
+
+    def clear(self) -> None:
+        self.readers.clear()
+        self._scratch.clear()
+
+
+pytree.register_pytree_node(_Store, lambda s: ([], s), lambda _, s: s,
+                            serialized_type_name="variants.attnres._Store")
+
+
+def _dot(g: torch.Tensor, v: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    """<g, v> per token, through a reusable product buffer."""
+    return torch.mul(g, v, out=buf).sum(-1)
+
+
+def _keys(v, qk, first):
+    """Logits [R, BT] of source v against readers first..L, and 1/rms(v) [BT]."""
+    mt = mix_dtype(v.dtype)
+    r = fast_inv_rms(v).reshape(-1)
+    return (qk[first:].to(mt) @ v.reshape(-1, v.shape[-1]).to(mt).t()) * r, r
+
+
+class _Keys(torch.autograd.Function):
+    """Logits of source k against readers first..L: s_l = (g_l * w_l) . v / rms(v), one [B, T]
+    tensor per reader. Saves v (a reference), 1/rms and the logits.
+
+    Backward computes the whole gradient of v: the readers return none for their sources and
+    logits, leaving (g_l, a_l, <g_l, h_l>) in the store instead (see `_Store`)."""
+
+    @staticmethod
+    def forward(ctx, v, qk, k, first, store):
+        s, r = _keys(v, qk, first)
+        ctx.k, ctx.first, ctx.store = k, first, store
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(v, qk, r, s)
+        return tuple(s.view(-1, *v.shape[:-1]).unbind(0))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *_):
+        v, qk, r, s = ctx.saved_tensors
+        store, k, first = ctx.store, ctx.k, ctx.first
+        d, dt, mt = v.shape[-1], v.dtype, s.dtype
+        buf = store.scratch(0, v)
+        gv, g_s = None, []
+        for l in range(first, first + s.shape[0]):
+            if l not in store.readers:  # a reader backward did not reach: it contributes nothing
+                g_s.append(torch.zeros_like(r).view(v.shape[:-1]))
+                continue
+            g, a, gh = store.readers[l]
+            a = a[k]
+            g_s.append(a * (_dot(g, v, buf).to(mt) - gh))  # softmax gradient of logit s_l
+            wa = a.unsqueeze(-1).to(dt)
+            gv = g * wa if gv is None else gv.addcmul_(g, wa)  # g_l again, now in cache
+        if gv is None:
+            gv = torch.zeros_like(v)
+        if k == 0:  # the embedding is the last source: this backward pass is done
+            store.clear()
+        gs = torch.stack(g_s).reshape(s.shape)
+        u = gs * r  # d loss / d (v . q_l)
+        q = qk[first:].to(mt)
+        v2 = v.reshape(-1, d).to(mt)
+        coef = (-(r * r) / d * (gs * s).sum(0)).unsqueeze(-1)  # through 1/rms: d r / d v = -r^3 v / d
+        if dt == mt:
+            gv2 = gv.view(-1, d)
+            gv2.addmm_(u.t(), q)
+            gv2.addcmul_(v2, coef)
+        else:
+            gv.add_(torch.addcmul(u.t() @ q, v2, coef).view_as(v).to(dt))
+        gq = torch.zeros_like(qk)
+        gq[first:] = (u @ v2).to(qk.dtype)
+        return gv, gq, None, None, None
+
+
+class _Read(torch.autograd.Function):
+    """h = sum_i a_i v_i + w p: softmax attention over the completed sources v_i and the
+    partial sum p of the current block (w = 0 without one).
+
+    Saves the sources (references), the weights a and w, 1/rms(p), its logit and h (which the
+    sublayer's norm keeps alive anyway). p itself is not kept: backward rebuilds it as
+    (h - sum_i a_i v_i) / w. Its error, about eps|h|/w, only enters terms scaled by the logit
+    gradient of p, itself proportional to w, so it stays near eps; w is floored at eps so a
+    vanishing weight cannot turn 0/0 into NaN. Gradients of the sources and of their logits are
+    left to their `_Keys` nodes."""
+
+    @staticmethod
+    def forward(ctx, reader, qk, p, pre, store, *args):
+        n = len(args) // 2
+        values, cols = args[:n], args[n:]
+        h, a, w, r, s_p = _read(reader, qk, p, pre, values, cols)
+        ctx.reader, ctx.n, ctx.store = reader, n, store
+        if p is None:
+            ctx.save_for_backward(a, h)
+        else:
+            ctx.save_for_backward(a, h, w, r, s_p, qk, *values)
+        return h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        l, store = ctx.reader, ctx.store
+        a, h, *rest = ctx.saved_tensors
+        dt, mt = g.dtype, a.dtype
+        g = g.contiguous()
+        prod = store.scratch(0, g)
+        gh = _dot(g, h, prod).to(mt)
+        store.readers[l] = (g, a, gh)
+        none = (None,) * (2 * ctx.n)
+        if not rest:
+            return (None, None, None, None, None, *none)
+        w, r, s_p, qk, *values = rest
+        o = _weighted_sum(values, a, out=None)  # sum_i a_i v_i, as in forward
+        g_sp = (1 - w) * gh - _dot(g, o, prod).to(mt)  # = w (<g, p> - <g, h>), free of 1/w
+        # p = (h - o) / w: keep nd = o - h = -w p and fold -1/w into its uses
+        nd = o.sub_(h)
+        inv_w = -1 / w.clamp_min(torch.finfo(dt).eps)
+        c = g_sp * r  # d loss / d (p . q)
+        gp = g * w.unsqueeze(-1).to(dt)
+        gp.addcmul_(c.unsqueeze(-1).to(dt), qk[l].to(dt))
+        gp.addcmul_(nd, (-c * r * s_p / nd.shape[-1] * inv_w).unsqueeze(-1).to(dt))
+        gq = torch.zeros_like(qk)
+        gq[l] = ((c * inv_w).reshape(-1) @ nd.reshape(-1, nd.shape[-1]).to(mt)).to(qk.dtype)
+        return (None, gq, gp, None, None, *none)
+
+
+def keys(v, qk, k, first, store):
+    if torch.is_grad_enabled():
+        return _Keys.apply(v, qk, k, first, store)
+    return tuple(_keys(v, qk, first)[0].view(-1, *v.shape[:-1]).unbind(0))
+
+
+def read(reader, qk, p, pre, store, values, cols):
+    if torch.is_grad_enabled():
+        return _Read.apply(reader, qk, p, pre, store, *values, *cols)
+    return _read(reader, qk, p, pre, values, cols)[0]  # inference: no autograd node
 
 
 class _DepthAttention(Residual):
@@ -38,43 +252,100 @@ class _DepthAttention(Residual):
         nn.init.ones_(self.key_gain)
 
     def logits(self, v: torch.Tensor, readers: slice | None = None) -> torch.Tensor:
-        """fp32 logits of source v [.., d] against readers (default all): [.., n_readers]."""
+        """fp32 logits of source v [.., d] against readers (default all): [.., n_readers].
+        The plain form, for inspection; the model runs `_Keys`."""
         q = self.key_gain * self.query
         if readers is not None:
             q = q[readers]
         dt = mix_dtype(v.dtype)
         return (v.to(dt) * inv_rms(v)) @ q.to(dt).t()
 
-    @staticmethod
-    def mix(values: list[torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
-        """sum_i softmax(logits)_i * values[i]; logits [.., n] fp32."""
-        a = torch.softmax(logits, dim=-1).to(values[0].dtype)
-        out = a[..., 0:1] * values[0]
-        for n in range(1, len(values)):
-            out = out + a[..., n : n + 1] * values[n]
-        return out
-
     def declared_extra_params(self) -> int:
         return 2 * self.d_model * (self.n_layers + 1)
+
+    # -- the engine shared by Full and Block: a block of `block_size` readers -------------------
+    # State (a pytree of tensors, so activation checkpointing can carry it): completed sources
+    # "v", their logits against every later reader "s" (one tuple per source), the folded
+    # queries "qk", the running partial sum "p" of the current block and the two-phase
+    # precomputations "pre". Source k is first read by reader first[k].
+    block_size = 1
+    two_phase = False
+
+    def _first(self, k: int) -> int:
+        return min(k * self.block_size, self.n_layers)
+
+    def begin(self, e):
+        qk = self.key_gain * self.query
+        store = _Store()
+        return {"v": [e], "s": [keys(e, qk, 0, 0, store)], "qk": qk, "p": None, "pre": None, "store": store}
+
+    def read(self, state, i):
+        pos = i % self.block_size
+        values = state["v"]
+        cols = [s[i - self._first(k)] for k, s in enumerate(state["s"])]
+        pre = None
+        if self.two_phase and pos == 0:
+            stop = min(i + self.block_size, self.n_layers)
+            state["pre"] = self._phase_one(values, state["s"], i + 1, stop)
+        elif self.two_phase:
+            pre = state["pre"][pos - 1]
+        self._note_weights(state, i, cols)
+        return read(i, state["qk"], state["p"], pre, state["store"], values, cols)
+
+    @torch.no_grad()
+    def _phase_one(self, values, logits, start, stop):
+        """(softmax weights, lse, o) for readers start..stop-1 over the completed sources, with
+        one pass over each source for all of them."""
+        if stop <= start:
+            return []
+        dt = values[0].dtype
+        stats = [_softmax_stats([s[j - self._first(k)] for k, s in enumerate(logits)])
+                 for j in range(start, stop)]
+        A = torch.stack([a for a, _ in stats], dim=1)  # [n, readers, B, T]
+        o = values[0].unsqueeze(0) * A[0].unsqueeze(-1).to(dt)
+        for v, a in zip(values[1:], A[1:]):
+            o.addcmul_(v.unsqueeze(0), a.unsqueeze(-1).to(dt))
+        return [(a, lse, o[j]) for j, (a, lse) in enumerate(stats)]
+
+    def write(self, state, i, y):
+        pos = i % self.block_size
+        state["p"] = y if pos == 0 else state["p"] + y
+        if pos == self.block_size - 1 or i == self.n_layers - 1:  # block complete: a new source
+            state["v"].append(state["p"])
+            state["s"].append(keys(state["p"], state["qk"], len(state["v"]) - 1, i + 1, state["store"]))
+            state["p"] = state["pre"] = None
+        return state
+
+    def end(self, state):
+        L = self.n_layers
+        cols = [s[L - self._first(k)] for k, s in enumerate(state["s"])]
+        self._note_weights(state, L, cols)
+        return read(L, state["qk"], None, None, state["store"], state["v"], cols)
+
+    # -- dynamics (opt-in, off the hot path): token-averaged softmax weights per reader ---------
+    _weights: list | None = None
+
+    def record_weights(self, on: bool) -> None:
+        self._weights = [] if on else None
+
+    def depth_weights(self) -> list[list[float]] | None:
+        """Rows = readers (sublayers, then the output readout); columns = that reader's sources
+        in order: embedding, completed blocks, then the running partial sum when there is one."""
+        return self._weights
+
+    @torch.no_grad()
+    def _note_weights(self, state, i, cols) -> None:
+        if self._weights is None:
+            return
+        logits = [c.float() for c in cols]
+        if state["p"] is not None:
+            logits.append(self.logits(state["p"], slice(i, i + 1))[..., 0].float())
+        a = torch.softmax(torch.stack(logits, dim=-1), dim=-1)
+        self._weights.append(a.reshape(-1, a.shape[-1]).mean(0).tolist())
 
 
 @register("full-attnres")
 class FullAttnRes(_DepthAttention):
-    def begin(self, e):
-        return {"v": [e], "s": [self.logits(e)]}
-
-    def read(self, state, i):
-        logits = torch.stack([s[..., i] for s in state["s"]], dim=-1)
-        return self.mix(state["v"], logits)
-
-    def write(self, state, i, y):
-        state["v"].append(y)
-        state["s"].append(self.logits(y))
-        return state
-
-    def end(self, state):
-        return self.read(state, self.n_layers)
-
     def state_vectors(self) -> int:
         return self.n_layers + 1
 
@@ -85,7 +356,9 @@ class BlockAttnRes(_DepthAttention):
 
     `two_phase`: at the start of each block, attend over the completed blocks for all of the
     block's sublayers at once, then merge each sublayer's partial-sum term by online softmax.
-    Exact; reads each block representation once per block instead of once per sublayer.
+    Exact, and equal to the direct form. Off by default: in eager CPU PyTorch there is no fused
+    kernel that reads a source once and writes S outputs, so batching saves little (measured
+    in issue 6) and holds S-1 extra d-vectors per token during the block.
     """
 
     def __init__(self, d_model: int, n_layers: int, *, n_blocks: int | None = None, block_size: int | None = None,
@@ -105,56 +378,6 @@ class BlockAttnRes(_DepthAttention):
         if not isinstance(two_phase, bool):  # bool("false") is True: never coerce
             raise VariantError(f"two_phase must be true or false, got {two_phase!r}")
         self.two_phase = two_phase
-
-    def _block_of(self, i: int) -> tuple[int, int]:
-        """(block start, position of sublayer i inside its block)."""
-        start = (i // self.block_size) * self.block_size
-        return start, i - start
-
-    def begin(self, e):
-        return {"b": [e], "s": [self.logits(e)], "partial": None, "phase1": None}
-
-    def read(self, state, i):
-        start, pos = self._block_of(i)
-        if self.two_phase:
-            return self._read_two_phase(state, i, start, pos)
-        logits = [s[..., i] for s in state["s"]]
-        values = list(state["b"])
-        if pos > 0:
-            values.append(state["partial"])
-            logits.append(self.logits(state["partial"], slice(i, i + 1))[..., 0])
-        return self.mix(values, torch.stack(logits, dim=-1))
-
-    def _read_two_phase(self, state, i, start, pos):
-        if pos == 0:
-            # phase 1: all readers of this block against the completed blocks at once.
-            stop = min(start + self.block_size, self.n_layers)
-            s = torch.stack([s[..., start:stop] for s in state["s"]], dim=-2)  # [.., n_src, S]
-            m = s.amax(dim=-2, keepdim=True)
-            p = torch.exp(s - m)
-            b = torch.stack(state["b"], dim=-1)  # [.., d, n_src]
-            o = b @ p.to(b.dtype)  # unnormalised outputs [.., d, S]
-            state["phase1"] = (o, m.squeeze(-2), p.sum(dim=-2))
-            return o[..., 0] / state["phase1"][2][..., 0:1].to(o.dtype)
-        o, m1, l1 = (t[..., pos] for t in state["phase1"])
-        # phase 2: merge the one partial-sum source by online softmax (exact).
-        s2 = self.logits(state["partial"], slice(i, i + 1))[..., 0]
-        m = torch.maximum(m1, s2)
-        c1, c2 = torch.exp(m1 - m), torch.exp(s2 - m)
-        num = c1.unsqueeze(-1).to(o.dtype) * o + c2.unsqueeze(-1).to(o.dtype) * state["partial"]
-        return num / (c1 * l1 + c2).unsqueeze(-1).to(o.dtype)
-
-    def write(self, state, i, y):
-        start, pos = self._block_of(i)
-        state["partial"] = y if pos == 0 else state["partial"] + y
-        if pos == self.block_size - 1 or i == self.n_layers - 1:  # block complete
-            state["b"].append(state["partial"])
-            state["s"].append(self.logits(state["partial"]))
-            state["partial"] = state["phase1"] = None
-        return state
-
-    def end(self, state):
-        return self.mix(state["b"], torch.stack([s[..., self.n_layers] for s in state["s"]], dim=-1))
 
     def state_vectors(self) -> int:
         return self.n_blocks + 1

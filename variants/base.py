@@ -108,3 +108,9 @@ def inv_rms(v: torch.Tensor) -> torch.Tensor:
     """1/rms(v) over the last dim, in fp32 (fp64 for fp64 input), keepdim; the key normalisation of AttnRes."""
     v32 = v.to(mix_dtype(v.dtype))
     return torch.rsqrt(v32.pow(2).mean(-1, keepdim=True) + RMS_EPS)
+
+
+def fast_inv_rms(v: torch.Tensor) -> torch.Tensor:
+    """inv_rms in one pass and without a squared temporary (a vector norm); same value, keepdim."""
+    norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True, dtype=mix_dtype(v.dtype))
+    return torch.rsqrt(norm * norm / v.shape[-1] + RMS_EPS)

@@ -4,14 +4,46 @@ Transformer blocks (attention + MLP) stay PreNorm inside. After block i:
     X_i = Block_i(Y_{i-1}),   Y_i = sum_{j <= i} alpha_{i,j} X_j,   X_0 = e.
 alpha_{i,i} = 1 and the rest 0 at init, so step 0 equals PreNorm exactly. Options: `dilation`
 k keeps only j = i (mod k); `period` p applies DWA after every p-th block only.
+
+Efficient form: block outputs are kept as references (no copies, nothing re-stacked) and each DWA
+is one autograd node (`_DWA`): forward accumulates in place into one fresh tensor, backward saves
+no temporaries (alpha gradients are full dot products <g, X_j>).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from . import register
 from .base import Residual, VariantError, check_positive
+
+
+class _DWA(torch.autograd.Function):
+    """Y = sum_n alpha[n] * X_n; saves references to the X_n and alpha."""
+
+    @staticmethod
+    def forward(ctx, alpha, *xs):
+        a = alpha.to(xs[0].dtype)
+        y = xs[0] * a[0]
+        for n in range(1, len(xs)):
+            y.addcmul_(xs[n], a[n])
+        ctx.save_for_backward(a, *xs)
+        ctx.alpha_dtype = alpha.dtype
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        a, *xs = ctx.saved_tensors
+        g = g.contiguous()
+        flat = g.reshape(-1)
+        if g.dtype in (torch.float32, torch.float64):
+            ga = torch.stack([torch.dot(flat, x.reshape(-1)) for x in xs])
+        else:  # low precision: accumulate the dot products in fp32
+            ga = torch.stack([torch.dot(flat.float(), x.reshape(-1).float()) for x in xs])
+        gx = [g * a[n] if ctx.needs_input_grad[1 + n] else None for n in range(len(xs))]
+        return (ga.to(ctx.alpha_dtype), *gx)
 
 
 @register("densenet")
@@ -55,13 +87,23 @@ class DenseFormerDWA(Residual):
             if self.keep[k]:
                 X[k] = x
             if self.sources[k] is not None:
-                a = self.alpha[str(k)].to(x.dtype)
-                x = sum(a[n] * (x if j == k else X[j]) for n, j in enumerate(self.sources[k]))
+                x = _DWA.apply(self.alpha[str(k)], *(x if j == k else X[j] for j in self.sources[k]))
         state["x"] = x
         return state
 
     def end(self, state):
         return state["x"]
+
+    def depth_weights(self) -> list[list[float]]:
+        """alpha as a matrix: one row per DWA block i, columns j = 0..i (0 where dilation skips)."""
+        rows = []
+        for i, src in enumerate(self.sources):
+            if src is not None:
+                row = [0.0] * (i + 1)
+                for n, j in enumerate(src):
+                    row[j] = float(self.alpha[str(i)][n].detach())
+                rows.append(row)
+        return rows
 
     def declared_extra_params(self) -> int:
         return sum(len(s) for s in self.sources if s is not None)
