@@ -107,8 +107,8 @@ def _reader_inputs(dtype, gap, n=3, B=2, T=5, d=16, L=4, reader=2, seed=0):
     return [t.to(dtype).requires_grad_() for t in (qk, p, *values)]
 
 
-def _fast_reader(reader, qk, p, *values):
-    store = _Store()
+def _fast_reader(reader, defer, qk, p, *values):
+    store = _Store(defer)
     cols = [_Keys.apply(v, qk, k, 0, store)[reader] for k, v in enumerate(values)]
     return _Read.apply(reader, qk, p, None, store, *values, *cols)
 
@@ -120,8 +120,9 @@ def _naive_reader(reader, qk, p, *values):
     return sum(a[i].unsqueeze(-1) * v for i, v in enumerate((*values, p)))
 
 
+@pytest.mark.parametrize("defer", [False, True])
 @pytest.mark.parametrize("gap", [-50.0, -12.0, 0.0, 12.0, 50.0])
-def test_partial_reconstruction_is_stable(gap):
+def test_partial_reconstruction_is_stable(gap, defer):
     """The partial sum is rebuilt in backward from h, the sources and its weight w; float32
     gradients stay within float error of float64 ones even where w under- or overflows."""
     reader = 2
@@ -129,7 +130,7 @@ def test_partial_reconstruction_is_stable(gap):
     probe = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     h64 = _naive_reader(reader, *t64)
     want = torch.autograd.grad((h64 * probe).sum(), t64)
-    h32 = _fast_reader(reader, *t32)
+    h32 = _fast_reader(reader, defer, *t32)
     got = torch.autograd.grad((h32 * probe.float()).sum(), t32)
     torch.testing.assert_close(h32.double(), h64, rtol=1e-5, atol=1e-5)
     for a, b in zip(got, want):

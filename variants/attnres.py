@@ -15,13 +15,14 @@ Efficient form (both variants share it; design/VARIANTS.md, issue 6):
 - Queries do not depend on the input, so a source's logits against *every* later reader are
   computed once, when it is produced (`_Keys`: one small matmul with the key gain folded into the
   query, times 1/rms). Keys are never stored; logits and softmax are fp32 (fp64 for fp64).
-- A reader (`_Read`) is one autograd node that saves only references to the sources and per-token
-  scalars (softmax weights), never a stacked copy. Its output is the softmax over the completed
-  sources, merged with the block's partial sum by online softmax (exact):
-      o = sum_i softmax(s)_i v_i,  w = sigmoid(s_p - logsumexp(s)),  h = o + w (p - o).
-  The partial sum is not saved either: backward rebuilds it from h, o and w (see `_Read`).
-- Block `two_phase`: the completed-source part `o` of every sublayer of a block is computed at the
-  block's start, reading each source once per block instead of once per sublayer.
+- A reader (`_Read`) is one autograd node: one softmax over the completed sources and the block's
+  partial sum, a weighted sum read straight from the stored sources. It saves references and
+  per-token scalars only; not even the partial sum, which backward rebuilds from h.
+- The source side of the backward (per-token dots and source gradients) runs once per source in
+  its `_Keys` node (see `_Store`), not once per (reader, source) pair in the readers.
+- Inference (no grad) runs the same math without autograd nodes.
+- Block `two_phase`: the completed-source part of every sublayer of a block is computed at the
+  block's start, then merged with the partial sum by online softmax (exact).
 """
 from __future__ import annotations
 
@@ -36,14 +37,11 @@ from . import register
 from .base import Residual, VariantError, check_positive, fast_inv_rms, inv_rms, mix_dtype
 
 
-def _weighted_sum(values, weights: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """sum_i weights[i] * values[i] (+ out); weights [n, ..] fp32, one scalar per token."""
-    dt = values[0].dtype
-    ws = weights.unsqueeze(-1).to(dt).unbind(0)
-    if out is None:
-        out = values[0] * ws[0]
-        values, ws = values[1:], ws[1:]
-    for v, a in zip(values, ws):
+def _weighted_sum(values, weights: torch.Tensor) -> torch.Tensor:
+    """sum_i weights[i] * values[i], a fresh tensor; weights [n, ..] fp32, one scalar per token."""
+    ws = weights.unsqueeze(-1).to(values[0].dtype).unbind(0)
+    out = values[0] * ws[0]
+    for v, a in zip(values[1:], ws[1:]):
         out.addcmul_(v, a)
     return out
 
@@ -84,16 +82,26 @@ def _read(reader, qk, p, pre, values, cols):
 
 
 class _Store:
-    """Per-forward scratch shared by the backward nodes. Each reader leaves its output gradient
-    g_l, its weights a_l and <g_l, h_l> here; the source-side work (the per-token dots
-    <g_l, v_k> that the softmax gradient needs and the source gradient sum_l a_l[k] g_l) is done
-    once per source, in its `_Keys` backward, which autograd runs after all of its readers
-    (they consume its logits). One pass over each g_l per source, with v_k in cache, instead of
-    a pass over every source and a gradient buffer update per (reader, source) pair. Carried in
-    the state as a pytree node without leaves, so activation checkpointing can carry it."""
+    """Per-forward scratch shared by the backward nodes, for the source-side work of the softmax
+    backward: per-token dots <g_l, v_k> (reader l's output gradient against source k) and the
+    source gradients sum_l a_l[k] g_l. Every source's `_Keys` node returns its gradient; autograd
+    runs it after all of the source's readers (they consume its logits).
 
-    def __init__(self):
+    defer=True (Full AttnRes, one source per sublayer): readers leave (g_l, a_l, <g_l, h_l>)
+    here and each `_Keys` backward does its source's work in one sweep over the g_l, with v_k in
+    cache: one pass over each g_l per source instead of a pass over v_k and a read-modify-write
+    of a gradient buffer per (reader, source) pair. It keeps every g_l until the embedding's
+    turn, O(L d) like the sources themselves.
+    defer=False (Block AttnRes): each reader does the dots and accumulates into one buffer per
+    source at once, so backward holds O(N d), never O(L d), as the method promises (this is
+    what activation checkpointing sees).
+
+    Carried in the state as a pytree node without leaves, so checkpointing can carry it."""
+
+    def __init__(self, defer: bool):
+        self.defer = defer
         self.readers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.grads: dict[int, torch.Tensor] = {}
         self._scratch: dict[int, torch.Tensor] = {}
 
     def scratch(self, slot: int, like: torch.Tensor) -> torch.Tensor:
@@ -103,8 +111,16 @@ class _Store:
             buf = self._scratch[slot] = torch.empty_like(like, memory_format=torch.contiguous_format)
         return buf
 
+    def accumulate(self, k: int, g: torch.Tensor, wa: torch.Tensor) -> None:
+        buf = self.grads.get(k)
+        if buf is None:
+            self.grads[k] = g * wa
+        else:
+            buf.addcmul_(g, wa)
+
     def clear(self) -> None:
         self.readers.clear()
+        self.grads.clear()
         self._scratch.clear()
 
 
@@ -126,10 +142,8 @@ def _keys(v, qk, first):
 
 class _Keys(torch.autograd.Function):
     """Logits of source k against readers first..L: s_l = (g_l * w_l) . v / rms(v), one [B, T]
-    tensor per reader. Saves v (a reference), 1/rms and the logits.
-
-    Backward computes the whole gradient of v: the readers return none for their sources and
-    logits, leaving (g_l, a_l, <g_l, h_l>) in the store instead (see `_Store`)."""
+    tensor per reader. Saves v (a reference), 1/rms and the logits. Backward returns the whole
+    gradient of v: the softmax part from the store (see `_Store`), plus the logit part."""
 
     @staticmethod
     def forward(ctx, v, qk, k, first, store):
@@ -141,26 +155,30 @@ class _Keys(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, *_):
+    def backward(ctx, *gs):
         v, qk, r, s = ctx.saved_tensors
         store, k, first = ctx.store, ctx.k, ctx.first
         d, dt, mt = v.shape[-1], v.dtype, s.dtype
-        buf = store.scratch(0, v)
-        gv, g_s = None, []
-        for l in range(first, first + s.shape[0]):
-            if l not in store.readers:  # a reader backward did not reach: it contributes nothing
-                g_s.append(torch.zeros_like(r).view(v.shape[:-1]))
-                continue
-            g, a, gh = store.readers[l]
-            a = a[k]
-            g_s.append(a * (_dot(g, v, buf).to(mt) - gh))  # softmax gradient of logit s_l
-            wa = a.unsqueeze(-1).to(dt)
-            gv = g * wa if gv is None else gv.addcmul_(g, wa)  # g_l again, now in cache
+        if store.defer:
+            gv, gs = None, []
+            buf = store.scratch(0, v)
+            for l in range(first, first + s.shape[0]):
+                if l not in store.readers:  # a reader that backward did not reach contributes nothing
+                    gs.append(torch.zeros_like(r))
+                    continue
+                g, a, gh = store.readers[l]
+                a = a[k]
+                gs.append((a * (_dot(g, v, buf).to(mt) - gh)).reshape(-1))  # softmax grad of s_l
+                wa = a.unsqueeze(-1).to(dt)
+                gv = g * wa if gv is None else gv.addcmul_(g, wa)  # g_l again, now in cache
+        else:
+            gv = store.grads.pop(k, None)
+            gs = [torch.zeros_like(r) if x is None else x.reshape(-1) for x in gs]
         if gv is None:
             gv = torch.zeros_like(v)
         if k == 0:  # the embedding is the last source: this backward pass is done
             store.clear()
-        gs = torch.stack(g_s).reshape(s.shape)
+        gs = torch.stack(gs)
         u = gs * r  # d loss / d (v . q_l)
         q = qk[first:].to(mt)
         v2 = v.reshape(-1, d).to(mt)
@@ -184,36 +202,45 @@ class _Read(torch.autograd.Function):
     sublayer's norm keeps alive anyway). p itself is not kept: backward rebuilds it as
     (h - sum_i a_i v_i) / w. Its error, about eps|h|/w, only enters terms scaled by the logit
     gradient of p, itself proportional to w, so it stays near eps; w is floored at eps so a
-    vanishing weight cannot turn 0/0 into NaN. Gradients of the sources and of their logits are
-    left to their `_Keys` nodes."""
+    vanishing weight cannot turn 0/0 into NaN. Source gradients go to the sources' `_Keys`
+    nodes through the store."""
 
     @staticmethod
     def forward(ctx, reader, qk, p, pre, store, *args):
         n = len(args) // 2
         values, cols = args[:n], args[n:]
         h, a, w, r, s_p = _read(reader, qk, p, pre, values, cols)
-        ctx.reader, ctx.n, ctx.store = reader, n, store
+        ctx.reader, ctx.n, ctx.store, ctx.partial = reader, n, store, p is not None
         if p is None:
-            ctx.save_for_backward(a, h)
+            ctx.save_for_backward(a, h, *values)
         else:
-            ctx.save_for_backward(a, h, w, r, s_p, qk, *values)
+            ctx.save_for_backward(a, h, *values, w, r, s_p, qk)
         return h
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
-        l, store = ctx.reader, ctx.store
+        l, n, store = ctx.reader, ctx.n, ctx.store
         a, h, *rest = ctx.saved_tensors
+        values = rest[:n]
         dt, mt = g.dtype, a.dtype
         g = g.contiguous()
         prod = store.scratch(0, g)
         gh = _dot(g, h, prod).to(mt)
-        store.readers[l] = (g, a, gh)
-        none = (None,) * (2 * ctx.n)
-        if not rest:
-            return (None, None, None, None, None, *none)
-        w, r, s_p, qk, *values = rest
-        o = _weighted_sum(values, a, out=None)  # sum_i a_i v_i, as in forward
+        if store.defer:
+            store.readers[l] = (g, a, gh)
+        ws = a.unsqueeze(-1).to(dt).unbind(0)
+        e, o = [], store.scratch(1, g) if ctx.partial else None
+        for k, (v, wk) in enumerate(zip(values, ws)):  # one pass over each source while in cache
+            if not store.defer:
+                e.append(_dot(g, v, prod))
+                store.accumulate(k, g, wk)
+            if o is not None:  # sum_k a_k v_k, as in forward
+                torch.mul(v, wk, out=o) if k == 0 else o.addcmul_(v, wk)
+        g_cols = (None,) * n if store.defer else (a * (torch.stack(e).to(mt) - gh)).unbind(0)
+        if not ctx.partial:
+            return (None, None, None, None, None, *(None,) * n, *g_cols)
+        w, r, s_p, qk = rest[n:]
         g_sp = (1 - w) * gh - _dot(g, o, prod).to(mt)  # = w (<g, p> - <g, h>), free of 1/w
         # p = (h - o) / w: keep nd = o - h = -w p and fold -1/w into its uses
         nd = o.sub_(h)
@@ -224,7 +251,7 @@ class _Read(torch.autograd.Function):
         gp.addcmul_(nd, (-c * r * s_p / nd.shape[-1] * inv_w).unsqueeze(-1).to(dt))
         gq = torch.zeros_like(qk)
         gq[l] = ((c * inv_w).reshape(-1) @ nd.reshape(-1, nd.shape[-1]).to(mt)).to(qk.dtype)
-        return (None, gq, gp, None, None, *none)
+        return (None, gq, gp, None, None, *(None,) * n, *g_cols)
 
 
 def keys(v, qk, k, first, store):
@@ -276,7 +303,7 @@ class _DepthAttention(Residual):
 
     def begin(self, e):
         qk = self.key_gain * self.query
-        store = _Store()
+        store = _Store(defer=self.block_size == 1)
         return {"v": [e], "s": [keys(e, qk, 0, 0, store)], "qk": qk, "p": None, "pre": None, "store": store}
 
     def read(self, state, i):
@@ -356,9 +383,10 @@ class BlockAttnRes(_DepthAttention):
 
     `two_phase`: at the start of each block, attend over the completed blocks for all of the
     block's sublayers at once, then merge each sublayer's partial-sum term by online softmax.
-    Exact, and equal to the direct form. Off by default: in eager CPU PyTorch there is no fused
-    kernel that reads a source once and writes S outputs, so batching saves little (measured
-    in issue 6) and holds S-1 extra d-vectors per token during the block.
+    Exact, and equal to the direct form. Off by default: in eager CPU PyTorch the S-1 batched
+    outputs go out to memory and come back between sublayers, which costs about what the shared
+    source reads save (shape A, 1 thread: 124 ms vs 114 ms of mixing per forward, issue 6), and
+    they hold S-1 extra d-vectors per token during the block. A fused kernel would change that.
     """
 
     def __init__(self, d_model: int, n_layers: int, *, n_blocks: int | None = None, block_size: int | None = None,

@@ -12,6 +12,7 @@ no temporaries (alpha gradients are full dot products <g, X_j>).
 from __future__ import annotations
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 from torch.autograd.function import once_differentiable
 
@@ -19,17 +20,51 @@ from . import register
 from .base import Residual, VariantError, check_positive
 
 
+class _Store:
+    """Per-forward store for the backward of the block outputs X_j. Each DWA i leaves its output
+    gradient g_i and weights here; X_j's gradient sum_i alpha_{i,j} g_i over the DWAs that read
+    it is summed once, by the node that hands X_j on (DWA j itself, or a `_Tap` where block j
+    has no DWA), which autograd runs after every later DWA. One pass over each g_i per X_j,
+    instead of a fresh alpha * g tensor and a gradient-buffer update per (i, j) pair. Carried in
+    the state as a pytree node without leaves, so activation checkpointing can carry it."""
+
+    def __init__(self):
+        self.dwa: dict[int, tuple[torch.Tensor, torch.Tensor, list[int]]] = {}
+
+    def grad_of(self, j: int, g: torch.Tensor | None = None) -> torch.Tensor | None:
+        """sum_i alpha_{i,j} g_i over the stored DWAs i reading X_j (+ g, the direct gradient)."""
+        out, owned = g, False
+        for i in sorted(self.dwa):
+            g_i, a, src = self.dwa[i]
+            if j not in src:
+                continue
+            w = a[src.index(j)]
+            if out is None:
+                out, owned = g_i * w, True
+            elif not owned:  # never write into autograd's incoming gradient
+                out, owned = torch.addcmul(out, g_i, w), True
+            else:
+                out.addcmul_(g_i, w)
+        return out
+
+
+pytree.register_pytree_node(_Store, lambda s: ([], s), lambda _, s: s,
+                            serialized_type_name="variants.densenet._Store")
+
+
 class _DWA(torch.autograd.Function):
-    """Y = sum_n alpha[n] * X_n; saves references to the X_n and alpha."""
+    """Y_i = sum_n alpha[n] * X_{src[n]}, the last source being X_i itself. Saves references to the
+    X_j and alpha; returns the alpha gradient (<g, X_j>, full dot products) and X_i's whole
+    gradient, leaving the older X_j to the store."""
 
     @staticmethod
-    def forward(ctx, alpha, *xs):
+    def forward(ctx, store, i, src, alpha, *xs):
         a = alpha.to(xs[0].dtype)
         y = xs[0] * a[0]
         for n in range(1, len(xs)):
             y.addcmul_(xs[n], a[n])
         ctx.save_for_backward(a, *xs)
-        ctx.alpha_dtype = alpha.dtype
+        ctx.store, ctx.i, ctx.src, ctx.alpha_dtype = store, i, src, alpha.dtype
         return y
 
     @staticmethod
@@ -37,13 +72,28 @@ class _DWA(torch.autograd.Function):
     def backward(ctx, g):
         a, *xs = ctx.saved_tensors
         g = g.contiguous()
+        ctx.store.dwa[ctx.i] = (g, a.detach(), ctx.src)
         flat = g.reshape(-1)
         if g.dtype in (torch.float32, torch.float64):
             ga = torch.stack([torch.dot(flat, x.reshape(-1)) for x in xs])
         else:  # low precision: accumulate the dot products in fp32
             ga = torch.stack([torch.dot(flat.float(), x.reshape(-1).float()) for x in xs])
-        gx = [g * a[n] if ctx.needs_input_grad[1 + n] else None for n in range(len(xs))]
-        return (ga.to(ctx.alpha_dtype), *gx)
+        g_new = ctx.store.grad_of(ctx.i)
+        return (None, None, None, ga.to(ctx.alpha_dtype), *(None,) * (len(xs) - 1), g_new)
+
+
+class _Tap(torch.autograd.Function):
+    """Identity on a kept X_j that no DWA of its own mixes; backward adds the later DWAs' part."""
+
+    @staticmethod
+    def forward(ctx, store, j, x):
+        ctx.store, ctx.j = store, j
+        return x.view_as(x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        return None, None, ctx.store.grad_of(ctx.j, g)
 
 
 @register("densenet")
@@ -74,7 +124,14 @@ class DenseFormerDWA(Residual):
                 a[-1] = 1.0  # alpha_{i,i}
 
     def begin(self, e):
-        return {"x": e, "X": {0: e} if self.keep[0] else {}}
+        store = _Store()
+        if self.keep[0]:
+            e = self._tap(store, 0, e)
+        return {"x": e, "X": {0: e} if self.keep[0] else {}, "store": store}
+
+    @staticmethod
+    def _tap(store, j, x):
+        return _Tap.apply(store, j, x) if torch.is_grad_enabled() else x
 
     def read(self, state, i):
         return state["x"]
@@ -83,11 +140,13 @@ class DenseFormerDWA(Residual):
         x = state["x"] + y
         if i % 2 == 1:  # the MLP closes block k
             k = i // 2 + 1
-            X = state["X"]
+            X, src = state["X"], self.sources[k]
+            if src is None and self.keep[k]:
+                x = self._tap(state["store"], k, x)
             if self.keep[k]:
                 X[k] = x
-            if self.sources[k] is not None:
-                x = _DWA.apply(self.alpha[str(k)], *(x if j == k else X[j] for j in self.sources[k]))
+            if src is not None:
+                x = _DWA.apply(state["store"], k, src, self.alpha[str(k)], *(x if j == k else X[j] for j in src))
         state["x"] = x
         return state
 
