@@ -18,6 +18,7 @@ def test_add_a_variant_snippet_registers_and_runs(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     variants.names()  # discover the package's own first, so the restored registry is complete
     monkeypatch.setattr(variants, "_REGISTRY", dict(variants._REGISTRY))
+    monkeypatch.setattr(variants, "loaded_modules", list(variants.loaded_modules))  # workers must not inherit it
     variants.load_module("readme_rezero")
     assert "rezero" in variants.names()
     cfg = ModelConfig(d_model=16, n_blocks=2, n_heads=2, seq_len=8)
