@@ -40,6 +40,7 @@ FAST_CASES = [
     ("block-attnres", {"block_size": 5, "two_phase": True}, lambda m, x: ref_block_attnres(m, x, 5)),
     ("densenet", {}, ref_densenet),
     ("densenet", {"dilation": 3, "period": 1}, lambda m, x: ref_densenet(m, x, dilation=3)),
+    ("densenet", {"period": 3}, lambda m, x: ref_densenet(m, x, period=3)),  # kept X_j without a DWA
 ]
 IDS = [n + "".join(f"-{k}={v}" for k, v in o.items()) for n, o, _ in FAST_CASES]
 
@@ -63,6 +64,16 @@ def test_fast_form_float32_close_to_float64_reference(name, options, ref):
     for (n, _), a, b in zip(m64.named_parameters(), g32, g64):
         scale = b.abs().max().item() + 1e-12
         assert (a.double() - b).abs().max().item() <= 2e-4 * scale, n
+
+
+@pytest.mark.parametrize("name,options,ref", FAST_CASES, ids=IDS)
+def test_inference_path_equals_autograd_path(name, options, ref):
+    """Without grad the readers run the same math without autograd nodes: same output, bitwise."""
+    model = make_model(CFG, name, options, seed=5, perturb=True)
+    idx = tokens(CFG, seed=8)
+    with torch.no_grad():
+        fast = model(idx)
+    assert torch.equal(fast, model(idx))
 
 
 @pytest.mark.parametrize("block_size", [1, 2, 3, 4, 8])
@@ -200,8 +211,9 @@ def test_checkpointing_carries_the_state():
     if "checkpoint_every" not in inspect.signature(Transformer.forward).parameters:
         pytest.skip("model has no activation checkpointing")
     idx = tokens(CFG, seed=3)
-    for name, options in [("full-attnres", {}), ("block-attnres", {"block_size": 3, "two_phase": True}),
-                          ("densenet", {})]:
+    for name, options in [("full-attnres", {}), ("block-attnres", {"block_size": 3}),
+                          ("block-attnres", {"block_size": 3, "two_phase": True}), ("densenet", {}),
+                          ("densenet", {"period": 3})]:
         model = make_model(CFG, name, options, seed=2, perturb=True)
         out, g = grads(model, idx)
         probe = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=out.dtype)
