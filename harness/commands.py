@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 from .config import load_suite
+from .overhead import render_overhead
 from .report import render
 from .results import default_results_path, read_records, warn_to_stderr
 from .runner import run_suite
@@ -18,6 +19,8 @@ def cmd_run(args) -> int:
     if not records:
         print(f"all cells of {suite.name!r} already finished in {out} (use --force to redo them)", file=sys.stderr)
     print(render(read_records(out)))
+    if suite.targets:
+        print(render_overhead(read_records(out), suite.targets)[0])
     print(f"records: {out}", file=sys.stderr)
     return 0
 
@@ -29,6 +32,10 @@ def cmd_report(args) -> int:
 
         print(report(records, Path(args.loss_study)))
         print(f"report and plots: {args.loss_study}", file=sys.stderr)
+    elif args.targets:
+        text, met = render_overhead(records, load_suite(args.targets).targets)
+        print(text)
+        return 0 if met else 1
     else:
         print(render(records))
     return 0
@@ -48,4 +55,6 @@ def add_subcommands(sub) -> None:
     rep.add_argument("results", nargs="+", help="results JSONL file(s)")
     rep.add_argument("--loss-study", metavar="DIR", help="render the loss-study report (statistics over seeds, "
                      "compute-equivalence, time-to-target, dynamics) as DIR/report.md with PNG plots")
+    rep.add_argument("--targets", metavar="SUITE", help="the cost-vs-prenorm table, checked against the suite's "
+                     "targets (e.g. overhead); exit 1 if one is not met")
     rep.set_defaults(func=cmd_report)

@@ -25,6 +25,9 @@ SUITES_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "suites"
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
 WORKLOADS = ("throughput", "memory", "loss")
+GROUPS = ("shape", "pair")
+BASELINE = "prenorm"
+TARGET_METRICS = ("train", "prefill", "train_memory", "infer_state")
 
 
 class ConfigError(UserError):
@@ -48,6 +51,10 @@ class ThroughputWorkload:
     batch: int = 8
     warmup: int = 2
     repeats: int = 7
+    # "shape": every variant of a (shape, seed) in one process, interleaved. "pair": each variant
+    # in its own process with the baseline only, for shapes where all models (with gradients and
+    # AdamW state) do not fit in memory at once; ratios are then per pair.
+    group: str = "shape"
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,8 @@ class Suite:
     seeds: tuple[int, ...] = (0,)
     threads: int = 0  # 0: leave torch's default
     timeout_s: float = 300.0
+    shape_overrides: dict = field(default_factory=dict)  # shape -> {batch|warmup|repeats: value}
+    targets: dict = field(default_factory=dict)  # shape -> variant label -> metric -> bound (see report)
 
 
 @dataclass(frozen=True)
@@ -151,7 +160,8 @@ def _positive(where: str, value) -> None:
 
 # -- the suite ------------------------------------------------------------------------------
 
-SUITE_KEYS = ("name", "variants", "shapes", "workloads", "device", "dtype", "seeds", "threads", "timeout_s")
+SUITE_KEYS = ("name", "variants", "shapes", "workloads", "device", "dtype", "seeds", "threads", "timeout_s",
+              "targets")
 
 
 def resolve_suite_path(spec: str) -> Path:
@@ -210,7 +220,8 @@ def parse_suite(raw: Any, default_name: str = "suite") -> Suite:
     timeout = _coerce("timeout_s", raw.get("timeout_s", 300.0), float)
     _positive("timeout_s", timeout)
 
-    shapes = _parse_shapes(raw["shapes"])
+    shape_items, shape_overrides = _shape_overrides(raw["shapes"])
+    shapes = _parse_shapes(shape_items)
     specs = _parse_variants(raw["variants"])
     for spec in specs:  # fail now, not in cell 37: every variant must build at every shape
         for shape_name, cfg in shapes:
@@ -219,8 +230,62 @@ def parse_suite(raw: Any, default_name: str = "suite") -> Suite:
                     variants.build(spec.name, cfg.d_model, cfg.n_layers, spec.options)
             except VariantError as exc:
                 raise ConfigError(f"variants[{spec.label}] at shape {shape_name!r}: {exc}") from None
-    return Suite(name=name, variants=specs, shapes=shapes, workloads=_parse_workloads(raw["workloads"]),
-                 device=device, dtype=dtype, seeds=tuple(seeds), threads=threads, timeout_s=timeout)
+    workloads = _parse_workloads(raw["workloads"])
+    tp = workloads.get("throughput")
+    if tp is not None and tp.group == "pair" and BASELINE not in [s.name for s in specs]:
+        raise ConfigError(f"workloads.throughput.group 'pair' times every variant against {BASELINE!r}; "
+                          f"add {BASELINE!r} to variants")
+    targets = _parse_targets(raw.get("targets"), [n for n, _ in shapes], [s.label for s in specs])
+    return Suite(name=name, variants=specs, shapes=shapes, workloads=workloads, device=device, dtype=dtype,
+                 seeds=tuple(seeds), threads=threads, timeout_s=timeout, shape_overrides=shape_overrides,
+                 targets=targets)
+
+
+SHAPE_OVERRIDES = ("batch", "warmup", "repeats")
+
+
+def _shape_overrides(raw) -> tuple[Any, dict[str, dict[str, int]]]:
+    """Split the optional per-shape workload settings (batch, warmup, repeats: tokens per step
+    and affordable repeats differ by shape) from the model fields. They override every
+    workload that has the field, at that shape only."""
+    if isinstance(raw, dict):
+        raw = [{"name": k, **(v or {})} for k, v in raw.items()]
+    if not isinstance(raw, list):
+        return raw, {}
+    items, overrides = [], {}
+    for n, item in enumerate(raw):
+        if isinstance(item, dict) and any(k in item for k in SHAPE_OVERRIDES):
+            item = dict(item)
+            name = str(item.get("name", f"shape{n}"))
+            over = overrides[name] = {}
+            for key in SHAPE_OVERRIDES:
+                if key in item:
+                    value = over[key] = _coerce(f"shapes[{name}].{key}", item.pop(key), int)
+                    if key == "warmup" and value < 0:
+                        raise ConfigError(f"shapes[{name}].warmup must be >= 0, got {value!r}")
+                    if key != "warmup":
+                        _positive(f"shapes[{name}].{key}", value)
+        items.append(item)
+    return items, overrides
+
+
+def _parse_targets(raw, shapes: list[str], labels: list[str]) -> dict:
+    """targets: {shape: {variant label: {metric: bound}}}; a bound is the largest acceptable
+    ratio to the baseline (infer_state: measured extra inference bytes / declared state bytes)."""
+    if raw is None:
+        return {}
+    _check_keys("targets", raw, shapes)
+    out = {}
+    for shape, per_variant in raw.items():
+        _check_keys(f"targets.{shape}", per_variant, labels)
+        out[shape] = {}
+        for label, bounds in per_variant.items():
+            _check_keys(f"targets.{shape}.{label}", bounds, TARGET_METRICS)
+            for metric, bound in bounds.items():
+                where = f"targets.{shape}.{label}.{metric}"
+                _positive(where, _coerce(where, bound, float))
+            out[shape][label] = {m: float(b) for m, b in bounds.items()}
+    return out
 
 
 def _meta():
@@ -284,6 +349,8 @@ def _parse_workloads(raw) -> dict[str, Any]:
                 _positive(f"workloads.{kind}.{f.name}", v)
             elif isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
                 raise ConfigError(f"workloads.{kind}.{f.name} must be >= 0, got {v!r}")
+        if kind == "throughput" and wl.group not in GROUPS:
+            raise ConfigError(f"workloads.throughput.group must be one of {', '.join(GROUPS)}; got {wl.group!r}")
         if kind == "loss" and wl.schedule not in SCHEDULES:
             raise ConfigError(f"workloads.loss.schedule must be one of {', '.join(SCHEDULES)}; got {wl.schedule!r}")
         out[kind] = wl
@@ -296,8 +363,9 @@ def expand_cells(suite: Suite, device: str) -> list[Cell]:
     for kind in WORKLOADS:
         if kind not in suite.workloads:
             continue
-        params = dataclasses.asdict(suite.workloads[kind])
         for shape_name, cfg in suite.shapes:
+            params = dataclasses.asdict(suite.workloads[kind])
+            params.update((k, v) for k, v in suite.shape_overrides.get(shape_name, {}).items() if k in params)
             for seed in suite.seeds:
                 for spec in suite.variants:
                     cells.append(Cell(spec.name, spec.options, spec.label, shape_name, cfg.to_dict(), kind,

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 import variants
 
-from .config import Cell, Suite, expand_cells
+from .config import BASELINE, Cell, Suite, expand_cells
 from .data import load_corpus
 from .errors import UserError
 from .results import REPO_ROOT, append_record, check_writable, environment, finished_keys, now
@@ -37,7 +37,8 @@ def resolve_device(requested: str) -> str:
 
 def plan_jobs(cells: list[Cell], todo: set[str]) -> list[list[Cell]]:
     """Jobs holding at least one unfinished cell. A throughput group reruns whole when any of
-    its cells is unfinished: its ratios need the baseline interleaved in the same process."""
+    its cells is unfinished: its ratios need the baseline interleaved in the same process.
+    With group "pair" a group is split into (baseline, variant) pairs."""
     groups: dict[tuple, list[Cell]] = defaultdict(list)
     jobs = []
     for cell in cells:
@@ -45,7 +46,22 @@ def plan_jobs(cells: list[Cell], todo: set[str]) -> list[list[Cell]]:
             groups[(cell.shape_name, cell.seed)].append(cell)
         elif cell.key in todo:
             jobs.append([cell])
-    return [g for g in groups.values() if any(c.key in todo for c in g)] + jobs
+    tp_jobs = []
+    for group in groups.values():
+        if group[0].params.get("group", "shape") == "pair":
+            tp_jobs += _pairs(group, todo)
+        elif any(c.key in todo for c in group):
+            tp_jobs.append(group)
+    return tp_jobs + jobs
+
+
+def _pairs(group: list[Cell], todo: set[str]) -> list[list[Cell]]:
+    base = [c for c in group if c.variant == BASELINE][:1]
+    others = [c for c in group if c not in base]
+    pairs = [base + [c] for c in others if c.key in todo]
+    if base and base[0].key in todo and not pairs:  # only the baseline is missing: any partner will do
+        pairs = [base + others[:1]]
+    return pairs
 
 
 def preflight(suite: Suite) -> None:
@@ -107,13 +123,14 @@ def run_suite(suite: Suite, out: Path, force: bool = False, device: str | None =
         bar.set_postfix_str(f"{job[0].workload} {job[0].shape_name} " + ",".join(c.label for c in job)[:60])
         outcome = _run_job(job, suite.timeout_s * len(job))
         for cell in job:
-            if cell.key in done:  # a finished cell rerun only as a throughput partner
+            if cell.key in done:  # a finished cell reruns only as a throughput partner
                 continue
             res = outcome.get(cell.key) or {"status": "error", "message": "no result for this cell",
                                             "metrics": {}, "env": {}}
             record = {"key": cell.key, "suite": suite.name, "time": now(), "cell": cell.to_dict(), **res}
             append_record(out, record)
             records.append(record)
+            done.add(cell.key)  # pairs: the baseline's record comes from its first pair
             bar.update(1)
     bar.close()
     return records

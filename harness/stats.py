@@ -36,6 +36,24 @@ def mean_ci(values, confidence: float = 0.95) -> MeanCI:
     return MeanCI(m, m - h, m + h, n)
 
 
+def median_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(median, lo, hi): the distribution-free interval for the median from order statistics
+    (x_(k), x_(n-k+1)) with the largest k whose binomial coverage is still >= confidence.
+    Needs only independent samples; too few of them (n < 6 at 95%) gives (-inf, inf)."""
+    x = np.sort(np.asarray(values, dtype=float))
+    n = len(x)
+    if n == 0:
+        raise ValueError("median_ci of no values")
+    tail = (1 - confidence) / 2
+    k = int(stats.binom.ppf(tail, n, 0.5))  # smallest k with P(B <= k) >= tail
+    if stats.binom.cdf(k, n, 0.5) > tail:
+        k -= 1  # P(B <= k) <= tail: x_(k+1) .. x_(n-k) covers the median with >= confidence
+    med = float(np.median(x))
+    if k < 0:
+        return med, -math.inf, math.inf
+    return med, float(x[k]), float(x[n - 1 - k])
+
+
 @dataclass(frozen=True)
 class Comparison:
     diff: float  # mean(variant) − mean(baseline); negative = lower loss

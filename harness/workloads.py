@@ -7,11 +7,11 @@ loss:       K steps of byte-level LM on the corpus, held-out validation loss, cu
 """
 from __future__ import annotations
 
-import statistics
+import math
 
 import torch
 
-from .config import Cell
+from .config import BASELINE, Cell
 from .data import batch_at, load_corpus, val_batches
 from .dynamics import probe
 from .measure import (
@@ -30,9 +30,8 @@ from .measure import (
     time_interleaved,
 )
 from .model import ModelConfig, build_model, count_params
+from .stats import median_ci
 from .train import TrainConfig, lm_loss, make_optimizer, train, train_step
-
-BASELINE = "prenorm"
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -110,9 +109,12 @@ def run_throughput(cells: list[Cell]) -> dict[str, tuple[str, str | None, dict]]
                 m[f"{view}_tokens_per_s"] = m["tokens_per_step"] / s["median"]
                 m[f"{view}_mfu"] = mfu(m[f"{view}_flops"], s["median"], peak)
                 if base_key is not None:
-                    # median of per-round ratios: each pair ran back to back, so drift cancels
-                    base = times[view][base_key]
-                    m[f"{view}_ratio_vs_{BASELINE}"] = statistics.median(a / b for a, b in zip(samples, base))
+                    # median of per-round ratios (each pair ran back to back, so slow drift
+                    # cancels) and its distribution-free 95% interval
+                    ratios = [a / b for a, b in zip(samples, times[view][base_key])]
+                    med, lo, hi = median_ci(ratios)
+                    m[f"{view}_ratio_vs_{BASELINE}"] = med
+                    m[f"{view}_ratio_ci"] = [lo, hi] if math.isfinite(lo) else None
             out[cell.key] = ("ok", None, m)
     return out
 

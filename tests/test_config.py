@@ -33,6 +33,17 @@ def test_good_suite_expands_to_cells():
     assert len({c.key for c in cells}) == len(cells)
 
 
+def test_shape_overrides_apply_to_workloads_with_the_field_at_that_shape_only():
+    shapes = [{**GOOD["shapes"][0], "batch": 5, "repeats": 9}, {**GOOD["shapes"][0], "name": "t"}]
+    suite = parse_suite(bad(shapes=shapes, targets={"s": {"prenorm": {"train": 1.1}}}))
+    params = {(c.shape_name, c.workload): c.params for c in expand_cells(suite, "cpu")}
+    assert params[("s", "throughput")]["batch"] == 5 and params[("s", "throughput")]["repeats"] == 9
+    assert params[("s", "memory")] == {"batch": 5}  # memory has no repeats
+    assert params[("t", "throughput")]["batch"] == 2 and params[("t", "throughput")]["repeats"] == 2
+    assert suite.targets == {"s": {"prenorm": {"train": 1.1}}}
+    assert load_suite("overhead").shape_overrides["B"]["batch"] == 2
+
+
 def test_cell_key_ignores_label_but_not_options():
     a, b = expand_cells(parse_suite(GOOD), "cpu")[:2]
     relabel = parse_suite(bad(variants=[{"name": "prenorm", "label": "base"}, GOOD["variants"][1]]))
@@ -61,6 +72,14 @@ def test_cell_key_ignores_label_but_not_options():
     (bad(seeds=["a"]), "seeds must be"),
     (bad(threads=-1), "threads must be >= 0"),
     (bad(variants=KeyError), "missing key 'variants'"),
+    (bad(workloads={"throughput": {"group": "all"}}), "workloads.throughput.group must be one of shape, pair"),
+    (bad(variants=["densenet"], workloads={"throughput": {"group": "pair"}}), "add 'prenorm' to variants"),
+    (bad(shapes=[{"name": "s", "batch": 0}]), "shapes[s].batch must be > 0"),
+    (bad(shapes=[{"name": "s", "repeats": "many"}]), "shapes[s].repeats must be int"),
+    (bad(targets={"z": {}}), "targets: unknown key 'z'; allowed: s"),
+    (bad(targets={"s": {"highway": {}}}), "targets.s: unknown key 'highway'"),
+    (bad(targets={"s": {"prenorm": {"speed": 1}}}), "allowed: train, prefill, train_memory, infer_state"),
+    (bad(targets={"s": {"prenorm": {"train": "fast"}}}), "targets.s.prenorm.train must be float"),
     (None, "suite is empty"),
 ])
 def test_bad_suite_is_one_line_error(raw, needle):

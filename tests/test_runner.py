@@ -11,7 +11,8 @@ from harness.cli import main
 from harness.config import parse_suite
 from harness.report import render
 from harness.results import append_record, read_records
-from harness.runner import run_suite
+from harness.config import expand_cells
+from harness.runner import plan_jobs, run_suite
 
 BOMBS = textwrap.dedent('''
     import os
@@ -127,3 +128,31 @@ def test_cli_run_then_report(tmp_path, capsys):
     assert dense["train_ms"]["n"] == 2 and dense["train_ratio_vs_prenorm"] > 0 and 0 < dense["train_mfu"]
     assert main(["report", str(out)]) == 0
     assert capsys.readouterr().out == printed
+
+
+def _tp_suite(group):
+    return suite(variants=["prenorm", "densenet", "full-attnres"],
+                 workloads={"throughput": {"batch": 2, "warmup": 0, "repeats": 2, "group": group}})
+
+
+def test_pair_groups_split_into_baseline_pairs_and_resume_per_pair():
+    cells = expand_cells(_tp_suite("pair"), "cpu")
+    base, dense, full = cells
+    everything = {c.key for c in cells}
+    assert plan_jobs(cells, everything) == [[base, dense], [base, full]]
+    assert plan_jobs(cells, {full.key}) == [[base, full]]
+    assert plan_jobs(cells, {base.key}) == [[base, dense]]  # only the baseline is missing
+    assert plan_jobs(cells, set()) == []
+    shape_cells = expand_cells(_tp_suite("shape"), "cpu")
+    assert plan_jobs(shape_cells, {shape_cells[2].key}) == [shape_cells]
+
+
+def test_pair_run_writes_one_record_per_cell(tmp_path):
+    out = tmp_path / "r.jsonl"
+    recs = run_suite(_tp_suite("pair"), out, progress=False)
+    assert sorted(r["cell"]["variant"] for r in recs) == ["densenet", "full-attnres", "prenorm"]
+    assert all(r["status"] == "ok" for r in recs)
+    by = {r["cell"]["variant"]: r["metrics"] for r in recs}
+    assert by["prenorm"]["train_ratio_vs_prenorm"] == 1.0
+    assert by["full-attnres"]["train_ratio_vs_prenorm"] > 0
+    assert run_suite(_tp_suite("pair"), out, progress=False) == []
