@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from .config import BASELINE, Cell, Suite, expand_cells
 from .data import load_corpus
 from .errors import UserError
 from .results import REPO_ROOT, append_record, check_writable, environment, finished_keys, now
+from .worker import PROGRESS
 
 
 def resolve_device(requested: str) -> str:
@@ -71,23 +73,42 @@ def preflight(suite: Suite) -> None:
         load_corpus(loss.corpus, max_bytes=loss.corpus_bytes)
 
 
-def _run_job(cells: list[Cell], timeout: float) -> dict[str, dict]:
+def _run_job(cells: list[Cell], timeout: float, on_progress=None) -> dict[str, dict]:
+    """Run one job in a fresh worker process. ``on_progress(done, total)`` gets the worker's
+    progress lines (throughput: one per timed call) as they arrive."""
     with tempfile.TemporaryDirectory(prefix="resbench-") as tmp:
         job_path, result_path = os.path.join(tmp, "job.json"), os.path.join(tmp, "result.json")
         with open(job_path, "w") as fh:
             json.dump({"cells": [c.to_dict() for c in cells]}, fh)
         cmd = [sys.executable, "-m", "harness.worker", job_path, result_path]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_child_env())
-        except subprocess.TimeoutExpired:
-            return _same(cells, "timeout", f"cell exceeded timeout_s={timeout:g}")
+        with open(os.path.join(tmp, "stderr"), "w+") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=_child_env())
+            reader = threading.Thread(target=_read_progress, args=(proc.stdout, on_progress), daemon=True)
+            reader.start()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                return _same(cells, "timeout", f"cell exceeded timeout_s={timeout:g}")
+            finally:
+                reader.join(timeout=5)
+            err.seek(0)
+            stderr = err.read()
         if os.path.exists(result_path):
             with open(result_path) as fh:
                 return json.load(fh)
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:500]
+        tail = (stderr.strip().splitlines() or ["(no output)"])[-1][:500]
         if proc.returncode == -signal.SIGKILL:
             return _same(cells, "oom", f"worker killed by SIGKILL (out of memory?): {tail}")
         return _same(cells, "error", f"worker exited with code {proc.returncode}: {tail}")
+
+
+def _read_progress(stream, on_progress) -> None:
+    for line in stream:  # drains stdout to EOF, so the worker never blocks on a full pipe
+        parts = line.split()
+        if on_progress is not None and len(parts) == 3 and parts[0] == PROGRESS:
+            on_progress(int(parts[1]), int(parts[2]))
 
 
 def _child_env() -> dict[str, str]:
@@ -121,7 +142,12 @@ def run_suite(suite: Suite, out: Path, force: bool = False, device: str | None =
                desc=f"{suite.name} ({len(cells) - len(todo)} done before)" if done else suite.name)
     for job in jobs:
         bar.set_postfix_str(f"{job[0].workload} {job[0].shape_name} " + ",".join(c.label for c in job)[:60])
-        outcome = _run_job(job, suite.timeout_s * len(job))
+        with tqdm(total=0, unit="call", desc="  timed calls", leave=False, position=1, file=sys.stderr,
+                  disable=not progress or job[0].workload != "throughput") as inner:
+            def on_progress(done, total, inner=inner):
+                inner.total = total
+                inner.update(done - inner.n)
+            outcome = _run_job(job, suite.timeout_s * len(job), on_progress)
         for cell in job:
             if cell.key in done:  # a finished cell reruns only as a throughput partner
                 continue

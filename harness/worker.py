@@ -18,6 +18,14 @@ from .results import environment
 from .workloads import classify, run_loss, run_memory, run_throughput
 
 
+PROGRESS = "resbench-progress"
+
+
+def _report_progress(done: int, total: int) -> None:
+    """One stdout line per timed call; the parent turns them into a progress bar."""
+    print(PROGRESS, done, total, flush=True)
+
+
 def run_job(job: dict) -> dict:
     cells = [Cell(**c) for c in job["cells"]]
     if cells[0].threads:
@@ -26,7 +34,7 @@ def run_job(job: dict) -> dict:
     if kind == "loss":  # bit-for-bit curves; not for timing, where it may pick slower kernels
         torch.use_deterministic_algorithms(True, warn_only=True)
     if kind == "throughput":
-        outcomes = run_throughput(cells)
+        outcomes = run_throughput(cells, progress=_report_progress)
     else:
         runner = {"memory": run_memory, "loss": run_loss}[kind]
         outcomes = {}

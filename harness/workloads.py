@@ -8,6 +8,7 @@ loss:       K steps of byte-level LM on the corpus, held-out validation loss, cu
 from __future__ import annotations
 
 import math
+import statistics
 
 import torch
 
@@ -20,7 +21,7 @@ from .measure import (
     count_flops,
     cuda_memory_snapshot,
     device_peak_flops,
-    measure_matmul_peak,
+    matmul_probe,
     mfu,
     peak_rss_bytes,
     reset_cuda_peak,
@@ -62,15 +63,19 @@ def _static_info(cell: Cell, cfg: ModelConfig, model) -> dict:
     }
 
 
-def run_throughput(cells: list[Cell]) -> dict[str, tuple[str, str | None, dict]]:
-    """All cells share shape, seed and workload params. Returns {key: (status, message, metrics)}."""
+def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | None, dict]]:
+    """All cells share shape, seed and workload params. Returns {key: (status, message, metrics)}.
+    ``progress(done, total)`` is called after every timed call (warm-up included)."""
     first = cells[0]
     device, wl = first.device, first.params
     out: dict[str, tuple[str, str | None, dict]] = {}
     peak = device_peak_flops(device, _dtype(first.dtype))
-    peak_source = "datasheet"
+    peak_source, probe = "datasheet", None
     if peak is None:
-        peak, peak_source = measure_matmul_peak(_dtype(first.dtype), device), f"measured {first.dtype} matmul"
+        # timed inside the train rounds: a peak measured once, up front, sees a different
+        # machine state than the steps do on a shared host (it moved 30% within one run here)
+        probe = matmul_probe(_dtype(first.dtype), device)
+        peak_source = f"measured {first.dtype} matmul, median over the train rounds"
     train_fns, prefill_fns, info = {}, {}, {}
     for cell in cells:
         try:
@@ -89,18 +94,32 @@ def run_throughput(cells: list[Cell]) -> dict[str, tuple[str, str | None, dict]]
             flops_train = count_flops(train_fn)
             flops_prefill = count_flops(prefill_fn)
             info[cell.key] = {**_static_info(cell, cfg, model), "train_flops": flops_train,
-                              "prefill_flops": flops_prefill, "peak_flops": peak, "peak_flops_source": peak_source}
+                              "prefill_flops": flops_prefill, "peak_flops_source": peak_source}
             train_fns[cell.key], prefill_fns[cell.key] = train_fn, prefill_fn
         except Exception as exc:  # noqa: BLE001 - one bad variant must not stop the group
             out[cell.key] = classify(exc)
     if train_fns:
-        times = {"train": time_interleaved(train_fns, device, wl["warmup"], wl["repeats"]),
-                 "prefill": time_interleaved(prefill_fns, device, wl["warmup"], wl["repeats"])}
+        probe_key = "matmul probe"  # cell keys are hex digests: no clash
+        timed_train = {**train_fns, **({probe_key: probe[0]} if probe else {})}
+        calls = (len(timed_train) + len(prefill_fns)) * (wl["warmup"] + wl["repeats"])
+        done = 0
+
+        def tick(n):
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(done, calls)
+
+        times = {"train": time_interleaved(timed_train, device, wl["warmup"], wl["repeats"], tick),
+                 "prefill": time_interleaved(prefill_fns, device, wl["warmup"], wl["repeats"], tick)}
+        if probe:
+            peak = probe[1] / statistics.median(times["train"].pop(probe_key))
         base_key = next((c.key for c in cells if c.variant == BASELINE and c.key in train_fns), None)
         for cell in cells:
             if cell.key not in train_fns:
                 continue
             m = info[cell.key]
+            m["peak_flops"] = peak
             for view in ("train", "prefill"):
                 samples = times[view][cell.key]
                 s = summarize(samples)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from harness.measure import count_flops, device_peak_flops, measure_matmul_peak, mfu
+from harness.measure import count_flops, device_peak_flops, matmul_probe, measure_matmul_peak, mfu
 
 
 def test_count_flops_matmul():
@@ -95,3 +95,10 @@ def test_mfu():
     for bad in ((1e12, 0.0, 1e12), (1e12, 1.0, 0.0), (1e12, float("nan"), 1e12), (1e12, 1.0, None)):
         with pytest.raises(ValueError):
             mfu(*bad)
+
+
+def test_matmul_probe_counts_2n3_and_runs_the_product():
+    fn, flops = matmul_probe(torch.float32, "cpu", n=64)
+    assert flops == 2 * 64**3
+    out = fn()
+    assert out.shape == (64, 64) and torch.isfinite(out).all()

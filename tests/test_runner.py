@@ -12,7 +12,7 @@ from harness.config import parse_suite
 from harness.report import render
 from harness.results import append_record, read_records
 from harness.config import expand_cells
-from harness.runner import plan_jobs, run_suite
+from harness.runner import _run_job, plan_jobs, run_suite
 
 BOMBS = textwrap.dedent('''
     import os
@@ -126,6 +126,10 @@ def test_cli_run_then_report(tmp_path, capsys):
     recs = read_records(out)
     dense = next(r for r in recs if r["cell"]["variant"] == "densenet")["metrics"]
     assert dense["train_ms"]["n"] == 2 and dense["train_ratio_vs_prenorm"] > 0 and 0 < dense["train_mfu"]
+    # MFU is against the probe timed in the same rounds: flops / median step time / that peak
+    assert dense["train_mfu"] == pytest.approx(dense["train_flops"] / (dense["train_ms"]["median"] / 1e3)
+                                               / dense["peak_flops"])
+    assert "train rounds" in dense["peak_flops_source"]
     assert main(["report", str(out)]) == 0
     assert capsys.readouterr().out == printed
 
@@ -156,3 +160,12 @@ def test_pair_run_writes_one_record_per_cell(tmp_path):
     assert by["prenorm"]["train_ratio_vs_prenorm"] == 1.0
     assert by["full-attnres"]["train_ratio_vs_prenorm"] > 0
     assert run_suite(_tp_suite("pair"), out, progress=False) == []
+
+
+def test_throughput_worker_streams_progress_to_the_parent():
+    cells = expand_cells(_tp_suite("shape"), "cpu")
+    seen = []
+    outcome = _run_job(cells, 300, lambda done, total: seen.append((done, total)))
+    assert all(outcome[c.key]["status"] == "ok" for c in cells)
+    # (3 variants + the matmul probe) x 2 train calls + 3 variants x 2 prefill calls, one line each
+    assert [d for d, _ in seen] == list(range(1, 15)) and {t for _, t in seen} == {14}

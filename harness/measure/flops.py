@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .timing import synchronize, time_once
 
-__all__ = ["count_flops", "measure_matmul_peak", "device_peak_flops", "mfu"]
+__all__ = ["count_flops", "matmul_probe", "measure_matmul_peak", "device_peak_flops", "mfu"]
 
 
 def count_flops(fn) -> int:
@@ -22,16 +23,10 @@ def count_flops(fn) -> int:
     return int(counter.get_total_flops())
 
 
-def measure_matmul_peak(dtype: torch.dtype = torch.float32, device="cpu", n: int | None = None,
-                        repeats: int = 5, target_s: float = 0.1) -> float:
-    """Achieved FLOP/s of an n x n @ n x n matmul (2 n^3 FLOPs), best of ``repeats`` after a
-    warm-up. The CPU "peak" for MFU: measured in the same process, dtype and thread count as
-    the model, so it is a practical ceiling, not a datasheet number.
-
-    With ``n=None``, n is grown until one matmul takes about ``target_s`` seconds.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+def matmul_probe(dtype: torch.dtype = torch.float32, device="cpu", n: int | None = None,
+                 target_s: float = 0.1) -> tuple[Callable[[], object], float]:
+    """(fn, flops): an n x n @ n x n matmul (2 n^3 FLOPs) ready to time, warmed up. With
+    ``n=None``, n is grown until one call takes about ``target_s`` seconds."""
     dev = torch.device(device)
     cap = 16384 if dev.type == "cuda" else 8192  # keeps 3 n^2 buffers within a few GiB
 
@@ -56,8 +51,20 @@ def measure_matmul_peak(dtype: torch.dtype = torch.float32, device="cpu", n: int
         a, b, c = make(n)
     torch.mm(a, b, out=c)
     synchronize(dev)
-    best = min(time_once(lambda: torch.mm(a, b, out=c), dev) for _ in range(repeats))
-    return 2.0 * n**3 / best
+    return (lambda: torch.mm(a, b, out=c)), 2.0 * n**3
+
+
+def measure_matmul_peak(dtype: torch.dtype = torch.float32, device="cpu", n: int | None = None,
+                        repeats: int = 5, target_s: float = 0.1) -> float:
+    """Achieved FLOP/s of a square matmul, best of ``repeats`` after a warm-up. The CPU "peak"
+    for MFU: measured in the same process, dtype and thread count as the model, so it is a
+    practical ceiling, not a datasheet number. (The throughput workload times the same probe
+    inside its timing rounds instead, so the peak sees the same machine state as the steps.)"""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    fn, flops = matmul_probe(dtype, device, n, target_s)
+    dev = torch.device(device)
+    return flops / min(time_once(fn, dev) for _ in range(repeats))
 
 
 # Dense (no structured sparsity) peak FLOP/s, from NVIDIA's datasheets; they print the sparse
