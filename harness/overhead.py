@@ -8,23 +8,17 @@ push it far above.
 """
 from __future__ import annotations
 
-import statistics
 from collections import defaultdict
 
 import torch
 from tabulate import tabulate
 
 from .config import BASELINE
-from .report import primary_peak
+from .report import median_present, primary_peak
 from .results import latest_by_key
 
 COLUMNS = (("train", "train ×"), ("prefill", "prefill ×"), ("train_memory", "train peak mem ×"),
            ("infer_state", "infer extra / declared state"))
-
-
-def _median(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
 
 
 def overhead_metrics(records: list[dict]) -> dict[str, dict[str, dict]]:
@@ -42,13 +36,13 @@ def overhead_metrics(records: list[dict]) -> dict[str, dict[str, dict]]:
         tp = [r["metrics"] for r in wl.get("throughput", [])]
         mem = wl.get("memory", [])
         m = {"variant": names[(shape, label)],
-             "train": _median(t.get(f"train_ratio_vs_{BASELINE}") for t in tp),
-             "prefill": _median(t.get(f"prefill_ratio_vs_{BASELINE}") for t in tp),
+             "train": median_present(t.get(f"train_ratio_vs_{BASELINE}") for t in tp),
+             "prefill": median_present(t.get(f"prefill_ratio_vs_{BASELINE}") for t in tp),
              # the interval of a single seed's run (several seeds: the first one's)
              "train_ci": next((t.get("train_ratio_ci") for t in tp), None),
              "prefill_ci": next((t.get("prefill_ratio_ci") for t in tp), None),
-             "train_mfu": _median(t.get("train_mfu") for t in tp),
-             "prefill_mfu": _median(t.get("prefill_mfu") for t in tp)}
+             "train_mfu": median_present(t.get("train_mfu") for t in tp),
+             "prefill_mfu": median_present(t.get("prefill_mfu") for t in tp)}
         if mem:
             mm, cell = mem[0]["metrics"], mem[0]["cell"]
             m["train_peak"] = primary_peak(mm["train"])[0]

@@ -17,7 +17,8 @@ def _fmt_ms(ms: dict | None) -> str:
     return f"{ms['median']:.1f} [{ms['min']:.1f}–{ms['max']:.1f}]"
 
 
-def _median(xs):
+def median_present(xs):
+    """Median of the values that are not None; None if there are none."""
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
 
@@ -95,11 +96,11 @@ def _table(rs: list[dict]) -> str:
             label,
             _num(any_m.get("params") and any_m["params"] / 1e6, ".3f"),
             _fmt_ms(tp[0]["train_ms"]) if tp else "-",
-            _num(_median(m["train_tokens_per_s"] for m in tp), ",.0f"),
-            _num(_median(m.get("train_ratio_vs_prenorm") for m in tp), ".3f"),
+            _num(median_present(m["train_tokens_per_s"] for m in tp), ",.0f"),
+            _num(median_present(m.get("train_ratio_vs_prenorm") for m in tp), ".3f"),
             _fmt_ms(tp[0]["prefill_ms"]) if tp else "-",
-            _num(_median(m.get("prefill_ratio_vs_prenorm") for m in tp), ".3f"),
-            _num(_median(m["train_mfu"] for m in tp), ".1%"),
+            _num(median_present(m.get("prefill_ratio_vs_prenorm") for m in tp), ".3f"),
+            _num(median_present(m["train_mfu"] for m in tp), ".1%"),
             _num(train_peak and train_peak / MiB, ".1f"),
             _num(inf_peak and inf_peak / MiB, ".1f"),
             any_m.get("state_vectors", "-"),

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from harness.measure import count_flops, device_peak_flops, matmul_probe, measure_matmul_peak, mfu
+from harness.measure import time_once
+from harness.measure import count_flops, device_peak_flops, matmul_probe, mfu
 
 
 def test_count_flops_matmul():
@@ -28,12 +29,13 @@ def test_count_flops_under_fake_tensors():
         assert count_flops(lambda: a @ b) == 2 * 4096 * 8192 * 1024
 
 
-def test_measure_matmul_peak_is_positive_finite():
-    for kwargs in ({"n": 128, "repeats": 2}, {"n": None, "repeats": 1, "target_s": 0.005}):
-        peak = measure_matmul_peak(torch.float32, "cpu", **kwargs)
+def test_matmul_probe_rate_is_positive_finite():
+    for kwargs in ({"n": 128}, {"n": None, "target_s": 0.005}):
+        fn, flops = matmul_probe(torch.float32, "cpu", **kwargs)
+        peak = flops / time_once(fn, "cpu")
         assert math.isfinite(peak) and peak > 0
     with pytest.raises(ValueError):
-        measure_matmul_peak(n=64, repeats=0)
+        matmul_probe(n=0)
 
 
 @pytest.fixture

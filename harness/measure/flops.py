@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .timing import synchronize, time_once
 
-__all__ = ["count_flops", "matmul_probe", "measure_matmul_peak", "device_peak_flops", "mfu"]
+__all__ = ["count_flops", "matmul_probe", "device_peak_flops", "mfu"]
 
 
 def count_flops(fn) -> int:
@@ -25,8 +25,12 @@ def count_flops(fn) -> int:
 
 def matmul_probe(dtype: torch.dtype = torch.float32, device="cpu", n: int | None = None,
                  target_s: float = 0.1) -> tuple[Callable[[], object], float]:
-    """(fn, flops): an n x n @ n x n matmul (2 n^3 FLOPs) ready to time, warmed up. With
-    ``n=None``, n is grown until one call takes about ``target_s`` seconds."""
+    """(fn, flops): an n x n @ n x n matmul (2 n^3 FLOPs) ready to time, warmed up. The CPU
+    "peak" for MFU is its measured rate in the same process, dtype and thread count as the
+    model: a practical ceiling, not a datasheet number. With ``n=None``, n is grown until one
+    call takes about ``target_s`` seconds."""
+    if n is not None and n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
     dev = torch.device(device)
     cap = 16384 if dev.type == "cuda" else 8192  # keeps 3 n^2 buffers within a few GiB
 
@@ -52,19 +56,6 @@ def matmul_probe(dtype: torch.dtype = torch.float32, device="cpu", n: int | None
     torch.mm(a, b, out=c)
     synchronize(dev)
     return (lambda: torch.mm(a, b, out=c)), 2.0 * n**3
-
-
-def measure_matmul_peak(dtype: torch.dtype = torch.float32, device="cpu", n: int | None = None,
-                        repeats: int = 5, target_s: float = 0.1) -> float:
-    """Achieved FLOP/s of a square matmul, best of ``repeats`` after a warm-up. The CPU "peak"
-    for MFU: measured in the same process, dtype and thread count as the model, so it is a
-    practical ceiling, not a datasheet number. (The throughput workload times the same probe
-    inside its timing rounds instead, so the peak sees the same machine state as the steps.)"""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    fn, flops = matmul_probe(dtype, device, n, target_s)
-    dev = torch.device(device)
-    return flops / min(time_once(fn, dev) for _ in range(repeats))
 
 
 # Dense (no structured sparsity) peak FLOP/s, from NVIDIA's datasheets; they print the sparse
@@ -112,7 +103,7 @@ def peak_flops_for_name(name: str, dtype: torch.dtype) -> float | None:
 
 def device_peak_flops(device, dtype: torch.dtype) -> float | None:
     """Dense datasheet peak FLOP/s of a CUDA device for ``dtype``; None off CUDA or when the
-    device or dtype is not in the table (the caller then uses measure_matmul_peak)."""
+    device or dtype is not in the table (the caller then times matmul_probe)."""
     dev = torch.device(device)
     if dev.type != "cuda" or not torch.cuda.is_available():
         return None
