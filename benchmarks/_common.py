@@ -32,14 +32,20 @@ LOSS_STEPS = 20
 
 
 def need(module: str, *names: str):
-    """Import `harness.<module>` names; NotImplementedError (asv: skipped) if this commit lacks them."""
-    try:
-        mod = importlib.import_module(f"harness.{module}")
-    except ImportError as exc:
-        raise NotImplementedError(f"harness.{module} not in this commit: {exc}") from None
+    """Import `resbench.<module>` names (`harness.<module>` before the package was renamed);
+    NotImplementedError (asv: skipped) if this commit lacks them."""
+    mod = None
+    for top in ("resbench", "harness"):
+        try:
+            mod = importlib.import_module(f"{top}.{module}")
+            break
+        except ImportError as exc:
+            why = exc
+    if mod is None:
+        raise NotImplementedError(f"resbench.{module} not in this commit: {why}") from None
     missing = [n for n in names if not hasattr(mod, n)]
     if missing:
-        raise NotImplementedError(f"harness.{module} lacks {', '.join(missing)} in this commit")
+        raise NotImplementedError(f"{mod.__name__} lacks {', '.join(missing)} in this commit")
     return [getattr(mod, n) for n in names] if len(names) != 1 else getattr(mod, names[0])
 
 

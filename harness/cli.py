@@ -11,8 +11,8 @@ import sys
 import torch
 from tabulate import tabulate
 
-import variants
-from variants.base import VariantError
+from . import variants
+from .variants.base import VariantError
 
 from .errors import UserError
 from .model import ModelConfig, Transformer, count_params

@@ -15,8 +15,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
-import variants
-from variants.base import VariantError
+from . import variants
+from .variants.base import VariantError
 
 from .errors import UserError
 from .model import ModelConfig

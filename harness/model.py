@@ -15,8 +15,8 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.checkpoint import checkpoint
 
-import variants
-from variants.base import RMS_EPS, Residual, VariantError, check_positive
+from . import variants
+from .variants.base import RMS_EPS, Residual, VariantError, check_positive
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-import variants
+from . import variants
 
 from .config import BASELINE, Cell, Suite, expand_cells
 from .data import load_corpus
@@ -80,7 +80,7 @@ def _run_job(cells: list[Cell], timeout: float, on_progress=None) -> dict[str, d
         job_path, result_path = os.path.join(tmp, "job.json"), os.path.join(tmp, "result.json")
         with open(job_path, "w") as fh:
             json.dump({"cells": [c.to_dict() for c in cells]}, fh)
-        cmd = [sys.executable, "-m", "harness.worker", job_path, result_path]
+        cmd = [sys.executable, "-m", f"{__package__}.worker", job_path, result_path]
         with open(os.path.join(tmp, "stderr"), "w+") as err:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=_child_env())
             reader = threading.Thread(target=_read_progress, args=(proc.stdout, on_progress), daemon=True)

@@ -1,6 +1,6 @@
 """One cell (or one interleaved throughput group) in its own fresh process.
 
-    python -m harness.worker JOB.json RESULT.json
+    python -m resbench.worker JOB.json RESULT.json
 
 A fresh process per job keeps peak-memory counters clean and keeps a crash, an OOM kill or a
 hang inside its cell. The parent (runner.py) turns a missing RESULT.json into a status.

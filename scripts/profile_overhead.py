@@ -17,10 +17,8 @@ import torch
 import yaml
 from tabulate import tabulate
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from harness.model import ModelConfig, build_model  # noqa: E402
-from harness.train import TrainConfig, make_optimizer, train_step  # noqa: E402
+from resbench.model import ModelConfig, build_model
+from resbench.train import TrainConfig, make_optimizer, train_step
 
 
 def step_fn(variant: str, options: dict, cfg: ModelConfig, batch: int, view: str):

@@ -96,7 +96,7 @@ def main() -> int:
     if shutil.which(args.chromium) is None:
         sys.exit(f"needs {args.chromium} (Debian: apt-get install chromium)")
 
-    out = subprocess.run([sys.executable, "-m", "harness.cli", "dashboard", "--no-serve"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "resbench", "dashboard", "--no-serve"], cwd=ROOT,
                          check=True, capture_output=True, text=True).stdout  # = asv publish
     html_dir = Path(out.strip().splitlines()[-1]).parent
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import harness.model
-import variants.base
-from harness.model import ModelConfig, build_model
+import resbench.model
+import resbench.variants.base
+from resbench.model import ModelConfig, build_model
 
 # vocab 64, d 32, 3 blocks (L = 6 sublayers), 4 heads, seq 16: every test runs in milliseconds.
 TINY = ModelConfig(vocab_size=64, d_model=32, n_blocks=3, n_heads=4, mlp_ratio=2.0, seq_len=16)
@@ -22,8 +22,8 @@ def tiny_cfg() -> ModelConfig:
 @pytest.fixture
 def tiny_eps(monkeypatch):
     # PreNorm-equivalence of AttnRes holds up to the eps only (its mean of sources has a smaller RMS).
-    monkeypatch.setattr(variants.base, "RMS_EPS", 1e-30)
-    monkeypatch.setattr(harness.model, "RMS_EPS", 1e-30)
+    monkeypatch.setattr(resbench.variants.base, "RMS_EPS", 1e-30)
+    monkeypatch.setattr(resbench.model, "RMS_EPS", 1e-30)
     return 1e-30
 
 

@@ -6,9 +6,9 @@ import re
 import pytest
 import torch
 
-import variants
-from harness.cli import main
-from harness.model import ModelConfig, Transformer, count_params
+from resbench import variants
+from resbench.cli import main
+from resbench.model import ModelConfig, Transformer, count_params
 
 MISSION = ["prenorm", "highway", "densenet", "full-attnres", "block-attnres"]
 
@@ -37,7 +37,7 @@ def test_lists_every_registered_variant(capsys):
     assert set(MISSION) <= set(rows)
     assert rows["highway"][1] == "gate=vector, gate_bias=-2.0"
     assert rows["prenorm"][1] == "-"
-    assert rows["block-attnres"][5] == "variants.attnres"
+    assert rows["block-attnres"][5] == "resbench.variants.attnres"
 
 
 def test_default_shape_costs_match_formulas(capsys):

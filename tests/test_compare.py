@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from harness.cli import main
-from harness.compare import compare, load_side
-from harness.config import Cell
+from resbench.cli import main
+from resbench.compare import compare, load_side
+from resbench.config import Cell
 
 SHAPE = {"vocab_size": 256, "d_model": 64, "n_blocks": 2, "n_heads": 4, "mlp_ratio": 4.0, "seq_len": 64}
 

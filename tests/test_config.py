@@ -4,8 +4,8 @@ import copy
 import pytest
 import yaml
 
-from harness.cli import main
-from harness.config import ConfigError, expand_cells, load_suite, parse_suite
+from resbench.cli import main
+from resbench.config import ConfigError, expand_cells, load_suite, parse_suite
 
 GOOD = {
     "name": "t",

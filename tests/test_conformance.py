@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import variants
+from resbench import variants
 from conftest import make_model, tokens
-from harness.model import count_params
+from resbench.model import count_params
 
 NAMES = variants.names()
 # a few non-default option sets, checked where they change the wiring or the parameter count
@@ -119,7 +119,7 @@ def test_runs_in_bfloat16_close_to_float32(tiny_cfg, name):
 
 
 def test_depth_mixing_precision_is_at_least_fp32():
-    from variants.base import inv_rms
+    from resbench.variants.base import inv_rms
 
     for dtype, want in [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),
                         (torch.float32, torch.float32), (torch.float64, torch.float64)]:

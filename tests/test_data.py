@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness import data
-from harness.data import batch_at, load_corpus, val_batches
-from harness.errors import UserError
+from resbench import data
+from resbench.data import batch_at, load_corpus, val_batches
+from resbench.errors import UserError
 
 
 def _byte_entropy(c) -> float:

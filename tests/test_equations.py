@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-import variants.base
+import resbench.variants.base
 from conftest import make_model, perturb_variant, tokens
-from harness.model import ModelConfig
+from resbench.model import ModelConfig
 
 TOL = dict(rtol=1e-10, atol=1e-12)
 
@@ -19,7 +19,7 @@ TOL = dict(rtol=1e-10, atol=1e-12)
 
 def rms_normalize(v):
     """v / rms(v) over the width, with the library's eps (read at call time)."""
-    return v / torch.sqrt((v * v).mean(-1, keepdim=True) + variants.base.RMS_EPS)
+    return v / torch.sqrt((v * v).mean(-1, keepdim=True) + resbench.variants.base.RMS_EPS)
 
 
 def finish(model, x):

@@ -8,19 +8,19 @@ import textwrap
 import pytest
 import torch
 
-import variants
+from resbench import variants
 from conftest import tokens
-from harness.cli import main
-from harness.model import build_model
-from variants.base import VariantError
+from resbench.cli import main
+from resbench.model import build_model
+from resbench.variants.base import VariantError
 
 MODULE = "resbench_tmp_scaled_variant"
 SOURCE = textwrap.dedent('''
     import torch
     from torch import nn
 
-    from variants import register
-    from variants.base import Residual
+    from resbench.variants import register
+    from resbench.variants.base import Residual
 
 
     @register("tmp-scaled")

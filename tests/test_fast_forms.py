@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from conftest import make_model, tokens
-from harness.measure import LiveBytesTracker
-from harness.model import ModelConfig, Transformer
+from resbench.measure import LiveBytesTracker
+from resbench.model import ModelConfig, Transformer
 from test_equations import assert_matches, ref_block_attnres, ref_densenet, ref_full_attnres
-from variants.attnres import _Keys, _Read, _Store
+from resbench.variants.attnres import _Keys, _Read, _Store
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_blocks=4, n_heads=4, mlp_ratio=2.0, seq_len=10)  # L = 8
 

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from harness.cli import main
-from harness.config import expand_cells, parse_suite
-from harness.results import append_record
-from harness.studies.loss import collect, compute_equivalence, final_loss_table, report, time_to_target
-from harness.workloads import run_loss
+from resbench.cli import main
+from resbench.config import expand_cells, parse_suite
+from resbench.results import append_record
+from resbench.studies.loss import collect, compute_equivalence, final_loss_table, report, time_to_target
+from resbench.workloads import run_loss
 
 
 def _record(label, d, blocks, seed, final, flops_per_step, curve):

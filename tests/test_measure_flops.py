@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from harness.measure import time_once
-from harness.measure import count_flops, device_peak_flops, matmul_probe, mfu
+from resbench.measure import time_once
+from resbench.measure import count_flops, device_peak_flops, matmul_probe, mfu
 
 
 def test_count_flops_matmul():

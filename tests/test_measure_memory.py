@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from harness.measure import (
+from resbench.measure import (
     LiveBytesTracker,
     NvmlSampler,
     cuda_memory_snapshot,
@@ -188,7 +188,7 @@ def _model_step_peak(model, params, idx):
 
 
 def test_fake_model_matches_real_model():
-    from harness.model import ModelConfig, build_model
+    from resbench.model import ModelConfig, build_model
 
     cfg = ModelConfig(vocab_size=64, d_model=32, n_blocks=2, n_heads=2, seq_len=16)
     model = build_model(cfg, "prenorm")
@@ -224,7 +224,7 @@ def _profiler_peak(fn):
 
 
 def test_tracker_agrees_with_profiler_allocator_events():
-    from harness.model import ModelConfig, build_model
+    from resbench.model import ModelConfig, build_model
 
     cfg = ModelConfig(vocab_size=128, d_model=64, n_blocks=2, n_heads=4, seq_len=64)
     model = build_model(cfg, "prenorm")

@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from harness.measure import summarize, synchronize, time_interleaved, time_once
+from resbench.measure import summarize, synchronize, time_interleaved, time_once
 
 
 def recorder(log, name):

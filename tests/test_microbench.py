@@ -13,9 +13,9 @@ import math
 import pytest
 import torch
 
-import variants
-from harness.model import ModelConfig, build_model
-from harness.train import TrainConfig, make_optimizer, train_step
+from resbench import variants
+from resbench.model import ModelConfig, build_model
+from resbench.train import TrainConfig, make_optimizer, train_step
 
 CFG = ModelConfig(vocab_size=256, d_model=64, n_blocks=4, n_heads=4, mlp_ratio=4.0, seq_len=64)
 BATCH = 4

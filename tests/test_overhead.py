@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from harness.cli import main
-from harness.overhead import overhead_metrics, render_overhead
+from resbench.cli import main
+from resbench.overhead import overhead_metrics, render_overhead
 
 MiB = 2**20
 SHAPE = {"d_model": 64, "seq_len": 16, "n_blocks": 2}

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import torch
 
-import variants
-from harness.model import ModelConfig, build_model
+from resbench import variants
+from resbench.model import ModelConfig, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -6,19 +6,19 @@ import warnings
 import pytest
 import yaml
 
-import variants
-from harness.cli import main
-from harness.config import parse_suite
-from harness.report import render
-from harness.results import append_record, read_records
-from harness.config import expand_cells
-from harness.runner import _run_job, plan_jobs, run_suite
+from resbench import variants
+from resbench.cli import main
+from resbench.config import parse_suite
+from resbench.report import render
+from resbench.results import append_record, read_records
+from resbench.config import expand_cells
+from resbench.runner import _run_job, plan_jobs, run_suite
 
 BOMBS = textwrap.dedent('''
     import os
     import torch
-    from variants import register
-    from variants.prenorm import PreNorm
+    from resbench.variants import register
+    from resbench.variants.prenorm import PreNorm
 
     @register("oom-bomb")
     class OomBomb(PreNorm):

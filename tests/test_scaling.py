@@ -8,22 +8,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import variants
-from harness.cli import main
-from harness.config import ConfigError
-from harness.measure.projection import project
-from harness.model import ModelConfig, build_model
-from harness.studies import memory_views as V
-from harness.studies.scaling import load_study, parse_study, run_study
-from harness.studies.scaling_fit import (
+from resbench import variants
+from resbench.cli import main
+from resbench.config import ConfigError
+from resbench.measure.projection import project
+from resbench.model import ModelConfig, build_model
+from resbench.studies import memory_views as V
+from resbench.studies.scaling import load_study, parse_study, run_study
+from resbench.studies.scaling_fit import (
     declared_depth_class,
     declared_n_class,
     depth_class,
     fit_line,
     n_class,
 )
-from harness.studies.scaling_report import analyse
-from variants.base import VariantError
+from resbench.studies.scaling_report import analyse
+from resbench.variants.base import VariantError
 
 from conftest import TINY, perturb_variant, tokens
 

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.stats import (
+from resbench.stats import (
     median_ci,
     bootstrap_multiplier,
     compute_multiplier,

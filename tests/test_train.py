@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 
-import variants
-from harness import train as train_mod
-from harness.data import batch_at, load_corpus
-from harness.errors import UserError
-from harness.model import ModelConfig, build_model
-from harness.train import Diverged, TrainConfig, lr_at, make_optimizer, train, train_step
+from resbench import variants
+from resbench import train as train_mod
+from resbench.data import batch_at, load_corpus
+from resbench.errors import UserError
+from resbench.model import ModelConfig, build_model
+from resbench.train import Diverged, TrainConfig, lr_at, make_optimizer, train, train_step
 
 CFG = ModelConfig(d_model=32, n_blocks=2, n_heads=2, seq_len=32)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-import variants
-from harness.cli import main
-from harness.model import ModelConfig, Transformer, build_model
-from variants.base import VariantError
+from resbench import variants
+from resbench.cli import main
+from resbench.model import ModelConfig, Transformer, build_model
+from resbench.variants.base import VariantError
 
 D, L = 32, 6
 

@@ -14,8 +14,8 @@ import time
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-import variants
-from harness.model import ModelConfig, Transformer
+from .. import variants
+from ..model import ModelConfig, Transformer
 
 
 def meta_model(cfg: ModelConfig, variant: str, options: dict | None = None) -> Transformer:
@@ -39,7 +39,7 @@ def param_bytes(model: Transformer, dtype: torch.dtype) -> int:
 def project(cfg: ModelConfig, variant: str, options: dict | None, batch: int, dtype: torch.dtype,
             views: tuple[str, ...], checkpoint_every: int = 1, stages: int = 4) -> dict:
     """Projected bytes per view (same functions and tracker as the real measurement)."""
-    from harness.studies import memory_views as V  # the views live with the study that reports them
+    from ..studies import memory_views as V  # the views live with the study that reports them
 
     model = meta_model(cfg, variant, options)
     out = {"param_bytes": param_bytes(model, dtype), "state_vectors": model.residual.state_vectors()}

@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils._pytree import tree_leaves
 
-from harness.measure import LiveBytesTracker
+from ..measure import LiveBytesTracker
 
 VIEWS = ("inference", "checkpointed", "pipeline", "train")
 

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 import yaml
 
-import variants
-from variants.base import VariantError
+from .. import variants
+from ..variants.base import VariantError
 
 from ..config import DTYPES, ConfigError, VariantSpec, _check_keys, _coerce, _parse_shapes, _parse_variants, \
     resolve_suite_path
