@@ -11,7 +11,7 @@ import sys
 import torch
 from tabulate import tabulate
 
-from . import variants
+from . import __version__, variants
 from .variants.base import VariantError
 
 from .errors import UserError
@@ -48,6 +48,7 @@ def cmd_list(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resbench", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"resbench {__version__}")
     p.add_argument("--variants-module", action="append", default=[], metavar="MOD",
                    help="import MOD (dotted path, on PYTHONPATH) to register variants living outside resbench")
     sub = p.add_subparsers(dest="command", required=True)

@@ -5,24 +5,40 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import load_suite
+from .config import expand_cells, load_suite
 from .overhead import render_overhead
+from .provenance import checkout_root, environment, producer
 from .report import render
-from .results import default_results_path, read_records, warn_to_stderr
-from .runner import run_suite
+from .results import default_results_path, read_records, results_root, warn_to_stderr
+from .runner import resolve_device, run_suite
 
 
 def cmd_run(args) -> int:
     suite = load_suite(args.suite)
     out = Path(args.out) if args.out else default_results_path(suite.name)
-    records = run_suite(suite, out, force=args.force, device=args.device, progress=not args.quiet)
+    _warn_other_checkout()
+    records = run_suite(suite, out, force=args.force, device=args.device, progress=not args.quiet,
+                        resume_any=args.resume_any)
     if not records:
         print(f"all cells of {suite.name!r} already finished in {out} (use --force to redo them)", file=sys.stderr)
-    print(render(read_records(out)))
+    # this suite's cells as this code on this machine measured them (other lines of the file: `report`)
+    keys = {c.key for c in expand_cells(suite, resolve_device(args.device or suite.device))}
+    mine = producer(environment("cpu"))
+    shown = [r for r in read_records(out) if r["key"] in keys
+             and (args.resume_any or producer(r.get("env") or {}) == mine)]
+    print(render(shown))
     if suite.targets:
-        print(render_overhead(read_records(out), suite.targets)[0])
+        print(render_overhead(shown, suite.targets)[0])
     print(f"records: {out}", file=sys.stderr)
     return 0
+
+
+def _warn_other_checkout() -> None:
+    """An editable install runs the checkout it was installed from, wherever the user stands."""
+    here, code = results_root().parent, checkout_root()
+    if code is not None and (here / "harness").is_dir() and here.resolve() != code.resolve():
+        warnings.warn(f"you are in the checkout {here}, but resbench runs the code of {code} (its editable "
+                      f"install); records carry that code's commit. Install this checkout to measure it.", stacklevel=2)
 
 
 def cmd_report(args) -> int:
@@ -45,8 +61,12 @@ def add_subcommands(sub) -> None:
     warnings.showwarning = warn_to_stderr
     run = sub.add_parser("run", help="run a suite (default: the shipped quick suite) and print the table")
     run.add_argument("suite", nargs="?", default="quick", help="suite YAML path or shipped suite name (default: quick)")
-    run.add_argument("--out", help="results JSONL (default: results/<suite name>.jsonl)")
+    run.add_argument("--out", help="results JSONL (default: results/local/<suite name>.jsonl under the resbench "
+                     "checkout you are in, else under the working directory)")
     run.add_argument("--force", action="store_true", help="redo cells that already have a finished record")
+    run.add_argument("--resume-any", action="store_true",
+                     help="also skip cells finished by other code or on another machine (default: only this code, "
+                          "this machine and this torch count as finished)")
     run.add_argument("--device", choices=("cpu", "cuda", "auto"), help="override the suite's device")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)

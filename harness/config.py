@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -21,7 +22,6 @@ from .variants.base import VariantError
 from .errors import UserError
 from .model import ModelConfig
 
-SUITES_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "suites"
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
 WORKLOADS = ("throughput", "memory", "loss")
@@ -111,6 +111,7 @@ class Cell:
     dtype: str
     seed: int
     threads: int
+    variant_source: str = ""  # module:Class@sha of the registered class (variants.source_of)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -164,17 +165,22 @@ SUITE_KEYS = ("name", "variants", "shapes", "workloads", "device", "dtype", "see
               "targets")
 
 
+def suites_dir() -> Path:
+    """The shipped suites: package data `resbench.suites` (benchmarks/suites/ in a checkout)."""
+    return Path(str(resources.files(__package__ + ".suites")))
+
+
 def resolve_suite_path(spec: str) -> Path:
-    """A path, or the name of a shipped suite (benchmarks/suites/NAME.yaml)."""
+    """A path, or the name of a shipped suite (benchmarks/suites/NAME.yaml in the repository)."""
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise ConfigError(f"suite file not found: {spec}")
         return path
-    shipped = SUITES_DIR / f"{spec}.yaml"
+    shipped = suites_dir() / f"{spec}.yaml"
     if shipped.is_file():
         return shipped
-    known = ", ".join(sorted(p.stem for p in SUITES_DIR.glob("*.yaml")))
+    known = ", ".join(sorted(p.stem for p in suites_dir().glob("*.yaml")))
     raise ConfigError(f"no suite {spec!r}: not a file, and the shipped suites are: {known}")
 
 
@@ -369,5 +375,6 @@ def expand_cells(suite: Suite, device: str) -> list[Cell]:
             for seed in suite.seeds:
                 for spec in suite.variants:
                     cells.append(Cell(spec.name, spec.options, spec.label, shape_name, cfg.to_dict(), kind,
-                                      params, device, suite.dtype, seed, suite.threads))
+                                      params, device, suite.dtype, seed, suite.threads,
+                                      variants.source_of(spec.name)))
     return cells

@@ -10,12 +10,15 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
-from .results import REPO_ROOT
+from .provenance import checkout_root
+from .results import results_root
 
 
 def find_asv_config(given: str | None) -> Path:
-    """--config, else ./asv.conf.json, else the one beside the harness (a source checkout)."""
-    for cand in ([Path(given)] if given else [Path.cwd() / "asv.conf.json", REPO_ROOT / "asv.conf.json"]):
+    """--config, else the one of the resbench checkout you are in, else the checkout the code runs from."""
+    here, code = results_root().parent, checkout_root()
+    cands = [Path(given)] if given else [here / "asv.conf.json"] + ([code / "asv.conf.json"] if code else [])
+    for cand in cands:
         if cand.is_file():
             return cand.resolve()
     raise UserError(f"asv config not found: {given or 'asv.conf.json (run from the repository root)'}")

@@ -15,7 +15,7 @@ from tabulate import tabulate
 
 from .config import BASELINE
 from .report import median_present, primary_peak
-from .results import latest_by_key
+from .results import newest_per_cell, newest_producer_only
 
 COLUMNS = (("train", "train ×"), ("prefill", "prefill ×"), ("train_memory", "train peak mem ×"),
            ("infer_state", "infer extra / declared state"))
@@ -25,7 +25,7 @@ def overhead_metrics(records: list[dict]) -> dict[str, dict[str, dict]]:
     """{shape name: {variant label: {metric: value}}} from the latest ok records."""
     by: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     names: dict[tuple, str] = {}
-    for r in latest_by_key(records).values():
+    for r in newest_per_cell(newest_producer_only(records, "overhead table")):
         if r["status"] != "ok":
             continue
         c = r["cell"]

@@ -6,7 +6,8 @@ from collections import defaultdict
 
 from tabulate import tabulate
 
-from .results import latest_by_key
+from .provenance import producer
+from .results import newest_per_cell
 
 MiB = 2**20
 
@@ -45,23 +46,29 @@ def _loss_cell(values: list[float]) -> str:
 
 
 def render(records: list[dict]) -> str:
-    """Markdown-friendly text: a heading line and a table per (shape, device, dtype)."""
-    recs = list(latest_by_key(records).values())
+    """Markdown-friendly text: a heading line and a table per (shape, device, dtype) and per
+    producer (code, machine, torch: provenance.producer). Records of another producer are never
+    merged into a row; within a table each (variant, workload, seed) shows its newest record."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in recs:
+    for r in newest_per_cell(records):
         c = r["cell"]
-        groups[(c["shape_name"], tuple(sorted(c["shape"].items())), c["device"], c["dtype"])].append(r)
+        env = r.get("env") or {}
+        groups[(c["shape_name"], tuple(sorted(c["shape"].items())), c["device"], c["dtype"], producer(env))].append(r)
     out = []
-    for (shape_name, shape, device, dtype), rs in groups.items():
+    for (shape_name, shape, device, dtype, _), rs in groups.items():
         shape = dict(shape)
-        env = next((r.get("env") or {} for r in rs if r.get("env")), {})
-        hw = env.get("gpu") or env.get("cpu", "?")
+        envs = [r.get("env") or {} for r in rs]
+        env = next((e for e in envs if e), {})
+        commits = sorted({str(e.get("commit") or "no git")[:10] + (" (dirty)" if e.get("dirty") else "") for e in envs if e})
+        runs = sorted({r.get("run") or "?" for r in rs})
         out.append(
             f"## {shape_name}: d_model={shape['d_model']}, {shape['n_blocks']} blocks (L={2 * shape['n_blocks']}), "
-            f"{shape['n_heads']} heads, seq {shape['seq_len']} — {device} {dtype}, {hw}, "
-            f"{env.get('threads', '?')} threads, torch {env.get('torch', '?')}, commit {str(env.get('commit'))[:10]}"
-            + (" (dirty)" if env.get("dirty") else "")
+            f"{shape['n_heads']} heads, seq {shape['seq_len']} — {device} {dtype}, {env.get('gpu') or env.get('cpu', '?')}, "
+            f"{env.get('threads', '?')} threads, torch {env.get('torch', '?')}"
         )
+        out.append(f"measured by: commit {', '.join(commits) or '?'} · code {env.get('code_hash', '?')} · "
+                   f"machine {env.get('machine_id', '?')} ({(env.get('machine') or {}).get('hostname', '?')}) · "
+                   f"{len(runs)} run{'s' if len(runs) != 1 else ''} ({', '.join(runs)})")
         out.append("")
         out.append(_table(rs))
         out.append("")

@@ -1,66 +1,21 @@
-"""Records: one JSON line per cell, appended atomically; environment fingerprint; resume."""
+"""Records: one JSON line per cell, appended atomically; where a user's results go; resume."""
 from __future__ import annotations
 
 import json
 import os
-import platform
-import subprocess
 import sys
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
 from .errors import UserError
+from .provenance import producer
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 STATUSES = ("ok", "oom", "diverged", "timeout", "error")
 FINISHED = ("ok", "oom", "diverged")  # deterministic outcomes; timeout/error are retried on resume
-HARNESS_VERSION = "0.1.0"
-
-
-def git_fingerprint(root: Path = REPO_ROOT) -> dict:
-    def git(*args):
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
-
-    try:
-        head = git("rev-parse", "HEAD")
-        if head.returncode != 0:
-            return {"commit": None, "dirty": None}
-        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip() != ""
-        return {"commit": head.stdout.strip(), "dirty": dirty}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(device: str) -> dict:
-    """Where and with what a record was measured (taken inside the cell's process)."""
-    env = {
-        **git_fingerprint(),
-        "harness_version": HARNESS_VERSION,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "device": device,
-    }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
-    return env
+# a cell as a reader names it (not its key: settings such as repeats or batch stay out)
+IDENTITY = ("label", "shape_name", "shape", "device", "dtype", "workload", "seed")
+LOCAL_DIR = "local"  # results/local/: a user's own runs (git-ignored); results/reference/: committed
 
 
 def now() -> str:
@@ -126,14 +81,61 @@ def latest_by_key(records: list[dict]) -> dict[str, dict]:
     return out
 
 
-def finished_keys(path: Path) -> set[str]:
+def newest_per_cell(records: list[dict]) -> list[dict]:
+    """The newest record per (producer, label, shape, device, dtype, workload, seed), in file
+    order: a rerun or a changed setting (repeats, batch) replaces the older line instead of being
+    averaged with it."""
+    out: dict[tuple, dict] = {}
+    for r in records:
+        c = r["cell"]
+        ident = (producer(r.get("env") or {}), json.dumps([c.get(k) for k in IDENTITY], sort_keys=True))
+        out.pop(ident, None)  # re-insert: later lines come later
+        out[ident] = r
+    return list(out.values())
+
+
+def newest_producer_only(records: list[dict], what: str) -> list[dict]:
+    """The records of the producer (code, machine, torch) of the newest record; a warning names
+    how many of other producers were left out, so a study never pools two machines' seeds."""
+    if not records:
+        return records
+    keep = producer(records[-1].get("env") or {})
+    mine = [r for r in records if producer(r.get("env") or {}) == keep]
+    if len(mine) < len(records):
+        warnings.warn(f"{what}: left out {len(records) - len(mine)} record(s) measured by other code or on another "
+                      "machine than the newest one; report each producer's results on their own", stacklevel=2)
+    return mine
+
+
+def finished_keys(path: Path, current: tuple | None = None) -> tuple[set[str], int]:
+    """Keys of cells finished in `path` by the producer `current` (see provenance.producer; None:
+    by anyone), and how many finished records were passed over for another producer."""
     if not path.is_file():
-        return set()
-    return {k for k, r in latest_by_key(read_records(path)).items() if r["status"] in FINISHED}
+        return set(), 0
+    done, foreign = set(), set()
+    for rec in read_records(path):
+        if rec["status"] not in FINISHED:
+            continue
+        if current is None or producer(rec.get("env") or {}) == current:
+            done.add(rec["key"])
+        else:
+            foreign.add(rec["key"])
+    return done, len(foreign - done)
+
+
+def results_root(cwd: Path | None = None) -> Path:
+    """results/ of the resbench checkout the user stands in (its root, from any subfolder), else
+    results/ under the working directory. Never where the package is installed."""
+    cwd = (cwd or Path.cwd()).resolve()
+    for d in (cwd, *cwd.parents):
+        if (d / "asv.conf.json").is_file() and (d / "harness").is_dir() and (d / "variants").is_dir():
+            return d / "results"
+    return cwd / "results"
 
 
 def default_results_path(suite_name: str) -> Path:
-    return REPO_ROOT / "results" / f"{suite_name}.jsonl"
+    """results/local/<suite>.jsonl: a user's own runs, apart from the committed reference results."""
+    return results_root() / LOCAL_DIR / f"{suite_name}.jsonl"
 
 
 def warn_to_stderr(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import uuid
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,7 +26,8 @@ from . import variants
 from .config import BASELINE, Cell, Suite, expand_cells
 from .data import load_corpus
 from .errors import UserError
-from .results import REPO_ROOT, append_record, check_writable, environment, finished_keys, now
+from .provenance import environment, producer, system
+from .results import append_record, check_writable, finished_keys, now
 from .worker import PROGRESS
 
 
@@ -73,13 +76,13 @@ def preflight(suite: Suite) -> None:
         load_corpus(loss.corpus, max_bytes=loss.corpus_bytes)
 
 
-def _run_job(cells: list[Cell], timeout: float, on_progress=None) -> dict[str, dict]:
+def _run_job(cells: list[Cell], timeout: float, on_progress=None, sysinfo: dict | None = None) -> dict[str, dict]:
     """Run one job in a fresh worker process. ``on_progress(done, total)`` gets the worker's
     progress lines (throughput: one per timed call) as they arrive."""
     with tempfile.TemporaryDirectory(prefix="resbench-") as tmp:
         job_path, result_path = os.path.join(tmp, "job.json"), os.path.join(tmp, "result.json")
         with open(job_path, "w") as fh:
-            json.dump({"cells": [c.to_dict() for c in cells]}, fh)
+            json.dump({"cells": [c.to_dict() for c in cells], "system": sysinfo}, fh)
         cmd = [sys.executable, "-m", f"{__package__}.worker", job_path, result_path]
         with open(os.path.join(tmp, "stderr"), "w+") as err:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=_child_env())
@@ -90,7 +93,7 @@ def _run_job(cells: list[Cell], timeout: float, on_progress=None) -> dict[str, d
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-                return _same(cells, "timeout", f"cell exceeded timeout_s={timeout:g}")
+                return _same(cells, "timeout", f"cell exceeded timeout_s={timeout:g}", sysinfo)
             finally:
                 reader.join(timeout=5)
             err.seek(0)
@@ -100,8 +103,8 @@ def _run_job(cells: list[Cell], timeout: float, on_progress=None) -> dict[str, d
                 return json.load(fh)
         tail = (stderr.strip().splitlines() or ["(no output)"])[-1][:500]
         if proc.returncode == -signal.SIGKILL:
-            return _same(cells, "oom", f"worker killed by SIGKILL (out of memory?): {tail}")
-        return _same(cells, "error", f"worker exited with code {proc.returncode}: {tail}")
+            return _same(cells, "oom", f"worker killed by SIGKILL (out of memory?): {tail}", sysinfo)
+        return _same(cells, "error", f"worker exited with code {proc.returncode}: {tail}", sysinfo)
 
 
 def _read_progress(stream, on_progress) -> None:
@@ -112,31 +115,41 @@ def _read_progress(stream, on_progress) -> None:
 
 
 def _child_env() -> dict[str, str]:
-    """The worker must see what this process sees: the harness itself and every variant module
-    loaded so far (--variants-module, RESBENCH_VARIANTS), importable from the same places."""
+    """The worker must see what this process sees: the same resbench (an installed or editable
+    package is found the same way; a PYTHONPATH is inherited) and every variant module loaded so
+    far (--variants-module, RESBENCH_VARIANTS), importable from the same places (the working
+    directory too)."""
     env = dict(os.environ)
-    paths = [str(REPO_ROOT), os.getcwd()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    paths = [os.getcwd()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     mods = [m for m in env.get("RESBENCH_VARIANTS", "").split(",") if m.strip()] + variants.loaded_modules
     env["RESBENCH_VARIANTS"] = ",".join(dict.fromkeys(mods))
     return env
 
 
-def _same(cells: list[Cell], status: str, message: str) -> dict[str, dict]:
-    env = environment(cells[0].device)
+def _same(cells: list[Cell], status: str, message: str, sysinfo: dict | None = None) -> dict[str, dict]:
+    env = environment(cells[0].device, sysinfo)
     return {c.key: {"status": status, "message": message, "metrics": {}, "env": env} for c in cells}
 
 
 def run_suite(suite: Suite, out: Path, force: bool = False, device: str | None = None,
-              progress: bool = True) -> list[dict]:
-    """Run every unfinished cell of the suite; append and return the new records."""
+              progress: bool = True, resume_any: bool = False) -> list[dict]:
+    """Run every unfinished cell of the suite; append and return the new records. A cell counts
+    as finished only if this code on this machine (provenance.producer) finished it, unless
+    ``resume_any``."""
     device = resolve_device(device or suite.device)
     check_writable(out)
     preflight(suite)
     cells = expand_cells(suite, device)
-    done = set() if force else finished_keys(out)
+    sysinfo = system()
+    here = environment(device, sysinfo)
+    done, foreign = (set(), 0) if force else finished_keys(out, None if resume_any else producer(here))
+    if foreign:
+        warnings.warn(f"{out}: {foreign} finished cell(s) there were measured by other code or on another machine; "
+                      "they are measured again here (--resume-any reuses them)", stacklevel=2)
     todo = [c for c in cells if c.key not in done]
     jobs = plan_jobs(cells, {c.key for c in todo})
+    run_id = uuid.uuid4().hex[:12]
     records = []
     bar = tqdm(total=len(todo), unit="cell", disable=not progress, file=sys.stderr,
                desc=f"{suite.name} ({len(cells) - len(todo)} done before)" if done else suite.name)
@@ -147,13 +160,13 @@ def run_suite(suite: Suite, out: Path, force: bool = False, device: str | None =
             def on_progress(done, total, inner=inner):
                 inner.total = total
                 inner.update(done - inner.n)
-            outcome = _run_job(job, suite.timeout_s * len(job), on_progress)
+            outcome = _run_job(job, suite.timeout_s * len(job), on_progress, sysinfo)
         for cell in job:
             if cell.key in done:  # a finished cell reruns only as a throughput partner
                 continue
             res = outcome.get(cell.key) or {"status": "error", "message": "no result for this cell",
-                                            "metrics": {}, "env": {}}
-            record = {"key": cell.key, "suite": suite.name, "time": now(), "cell": cell.to_dict(), **res}
+                                            "metrics": {}, "env": here}
+            record = {"key": cell.key, "suite": suite.name, "run": run_id, "time": now(), "cell": cell.to_dict(), **res}
             append_record(out, record)
             records.append(record)
             done.add(cell.key)  # pairs: the baseline's record comes from its first pair

@@ -13,8 +13,9 @@ import sys
 
 import torch
 
+from . import variants
 from .config import Cell
-from .results import environment
+from .provenance import environment
 from .workloads import classify, run_loss, run_memory, run_throughput
 
 
@@ -26,6 +27,18 @@ def _report_progress(done: int, total: int) -> None:
     print(PROGRESS, done, total, flush=True)
 
 
+def foreign_variants(cells: list[Cell]) -> dict[str, str]:
+    """Cells whose variant name resolves here to another class than the one the parent expanded
+    (two modules registering one name): they must not run under that cell's key."""
+    out = {}
+    for c in cells:
+        here = variants.source_of(c.variant)
+        if c.variant_source and here != c.variant_source:
+            out[c.key] = (f"the worker's {c.variant!r} is {here}, not {c.variant_source} as when the suite was "
+                          "expanded: two modules register this name")
+    return out
+
+
 def run_job(job: dict) -> dict:
     cells = [Cell(**c) for c in job["cells"]]
     if cells[0].threads:
@@ -33,6 +46,11 @@ def run_job(job: dict) -> dict:
     kind = cells[0].workload
     if kind == "loss":  # bit-for-bit curves; not for timing, where it may pick slower kernels
         torch.use_deterministic_algorithms(True, warn_only=True)
+    env = environment(cells[0].device, job.get("system"))
+    bad = foreign_variants(cells)
+    if bad:
+        return {c.key: {"status": "error", "message": bad.get(c.key, "a variant of this job is not the one expanded"),
+                        "metrics": {}, "env": env} for c in cells}
     if kind == "throughput":
         outcomes = run_throughput(cells, progress=_report_progress)
     else:
@@ -43,7 +61,6 @@ def run_job(job: dict) -> dict:
                 outcomes[cell.key] = runner(cell)
             except Exception as exc:  # noqa: BLE001 - recorded as the cell's status
                 outcomes[cell.key] = classify(exc)
-    env = environment(cells[0].device)
     return {key: {"status": s, "message": msg, "metrics": m, "env": env} for key, (s, msg, m) in outcomes.items()}
 
 

@@ -8,7 +8,9 @@ entry point in the group "resbench.variants".
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
 import os
 import pkgutil
 from importlib.metadata import entry_points
@@ -16,7 +18,7 @@ from typing import Any
 
 from .base import Residual, VariantError
 
-__all__ = ["Residual", "VariantError", "register", "get", "names", "build", "load_module"]
+__all__ = ["Residual", "VariantError", "register", "get", "names", "build", "load_module", "source_of"]
 
 _REGISTRY: dict[str, type[Residual]] = {}
 _discovered = False
@@ -30,8 +32,9 @@ def register(name: str):
         if not (isinstance(cls, type) and issubclass(cls, Residual)):
             raise TypeError(f"@register({name!r}) needs a Residual subclass, got {cls!r}")
         other = _REGISTRY.get(name)
-        if other is not None and other.__qualname__ != cls.__qualname__:
-            raise VariantError(f"variant name {name!r} is already registered by {other.__module__}")
+        if other is not None and other is not cls:  # a look-alike (same class name) is another class
+            raise VariantError(f"variant name {name!r} is already registered by {other.__module__}."
+                               f"{other.__qualname__}; {cls.__module__}.{cls.__qualname__} cannot take it")
         cls.name = name
         _REGISTRY[name] = cls
         return cls
@@ -76,6 +79,19 @@ def get(name: str) -> type[Residual]:
         raise VariantError(
             f"unknown variant {name!r}; registered: {', '.join(sorted(_REGISTRY))}"
         ) from None
+
+
+def source_of(name: str) -> str:
+    """`module:Class@sha` of the class registered as `name` (sha: the first 12 hex digits of its
+    source file's sha256; "?" when the file cannot be read): what produced a record, precisely
+    enough that an edit of the file or a look-alike class from another module differs."""
+    cls = get(name)
+    try:
+        with open(inspect.getsourcefile(cls) or "", "rb") as fh:
+            sha = hashlib.sha256(fh.read()).hexdigest()[:12]
+    except (OSError, TypeError):
+        sha = "?"
+    return f"{cls.__module__}:{cls.__qualname__}@{sha}"
 
 
 def build(name: str, d_model: int, n_layers: int, options: dict[str, Any] | None = None) -> Residual:

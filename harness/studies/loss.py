@@ -18,7 +18,7 @@ import numpy as np
 from tabulate import tabulate
 
 from ..errors import UserError
-from ..results import latest_by_key
+from ..results import newest_per_cell, newest_producer_only
 from ..stats import bootstrap_multiplier, first_reach, fit_power_law, mean_ci, welch_compare
 
 BASE = "prenorm"
@@ -31,8 +31,8 @@ def _size_key(shape: dict) -> tuple:
 def collect(records: list[dict]) -> dict:
     """{size: {label: [metrics per seed, ordered by seed]}} of ok loss records."""
     out: dict = defaultdict(lambda: defaultdict(list))
-    recs = sorted((r for r in latest_by_key(records).values() if r["cell"]["workload"] == "loss"),
-                  key=lambda r: r["cell"]["seed"])
+    loss = newest_producer_only([r for r in records if r["cell"]["workload"] == "loss"], "loss study")
+    recs = sorted(newest_per_cell(loss), key=lambda r: r["cell"]["seed"])
     for r in recs:
         if r["status"] == "ok":
             out[_size_key(r["cell"]["shape"])][r["cell"]["label"]].append({**r["metrics"], "seed": r["cell"]["seed"]})

@@ -25,7 +25,7 @@ from ..variants.base import VariantError
 from ..config import DTYPES, ConfigError, VariantSpec, _check_keys, _coerce, _parse_shapes, _parse_variants, \
     resolve_suite_path
 from ..model import ModelConfig, build_model
-from ..results import REPO_ROOT
+from ..results import LOCAL_DIR, results_root
 from . import memory_views as V
 
 SCALING_KEYS = ("kind", "name", "dtype", "threads", "seed", "batch", "shape", "depths", "variants", "n_sweep",
@@ -33,7 +33,6 @@ SCALING_KEYS = ("kind", "name", "dtype", "threads", "seed", "batch", "shape", "d
 PROJECTION_KEYS = ("kind", "name", "dtype", "batch", "shapes", "variants", "views", "checkpoint_every",
                    "pipeline_stages")
 SHAPE_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name != "n_blocks")
-DEFAULT_OUT = REPO_ROOT / "results" / "scaling"
 
 
 @dataclass(frozen=True)
@@ -227,7 +226,7 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 # -- commands -------------------------------------------------------------------------------
 
 def _out_dir(arg: str | None) -> Path:
-    out = Path(arg) if arg else DEFAULT_OUT
+    out = Path(arg) if arg else results_root() / LOCAL_DIR / "scaling"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -286,12 +285,12 @@ def cmd_project(args) -> int:
 def add_subcommands(sub) -> None:
     sc = sub.add_parser("scale", help="depth-scaling memory study: sweep L (and N), fit, classify, plot")
     sc.add_argument("suite", nargs="?", default="scaling", help="scaling YAML path or shipped name (default: scaling)")
-    sc.add_argument("--out", help=f"output directory (default: {DEFAULT_OUT.relative_to(REPO_ROOT)})")
+    sc.add_argument("--out", help="output directory (default: results/local/scaling)")
     sc.add_argument("--quiet", action="store_true", help="no per-cell progress lines")
     sc.set_defaults(func=cmd_scale)
 
     pj = sub.add_parser("project", help="project peak memory at shapes beyond this machine (fake tensors)")
     pj.add_argument("suite", nargs="?", default="projection", help="projection YAML path or shipped name (default: projection)")
-    pj.add_argument("--out", help=f"output directory (default: {DEFAULT_OUT.relative_to(REPO_ROOT)})")
+    pj.add_argument("--out", help="output directory (default: results/local/scaling)")
     pj.add_argument("--quiet", action="store_true", help="no per-shape progress lines")
     pj.set_defaults(func=cmd_project)
