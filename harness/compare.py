@@ -18,7 +18,7 @@ from tabulate import tabulate
 
 from .errors import UserError
 from .report import primary_peak
-from .results import latest_by_key, read_records
+from .results import IDENTITY, latest_by_key, read_records
 
 MiB = 2**20
 # metric -> (workload, how to read (value, raw samples or None) from a record's metrics, format)
@@ -74,9 +74,11 @@ def load_side(spec: str) -> tuple[str, dict[str, dict]]:
 
 
 def _loose(rec: dict) -> str:
-    """Cell identity without the run's settings (threads, device, repeats): matches across suites."""
+    """Cell identity without the run's settings (threads, repeats) or the code's version (the
+    variant's source hash): matches across suites and commits. Precision and device stay in:
+    fp32 against bf16, or CPU against GPU, is a different measurement, never a regression."""
     c = rec["cell"]
-    return json.dumps([c["label"], c["shape_name"], c["shape"], c["workload"], c["seed"]], sort_keys=True)
+    return json.dumps([c.get(k) for k in IDENTITY], sort_keys=True)
 
 
 def pair_cells(base: dict[str, dict], head: dict[str, dict]) -> list[tuple[dict, dict]]:
@@ -130,7 +132,8 @@ def compare(base: dict[str, dict], head: dict[str, dict], threshold: float = 0.1
         raise UserError(f"--alpha must be in (0, 1), got {alpha}")
     pairs = pair_cells(base, head)
     if not pairs:
-        raise UserError("BASE and HEAD have no cell in common (same label, shape, workload and seed)")
+        raise UserError("BASE and HEAD have no cell in common (same label, shape, device, precision, workload "
+                        "and seed)")
     rows = []
     order = {w: i for i, w in enumerate(("throughput", "memory", "loss"))}
     for b, h in sorted(pairs, key=lambda p: (_cell_name(p[0]), order.get(p[0]["cell"]["workload"], 9))):

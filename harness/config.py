@@ -1,7 +1,7 @@
 """Suites: YAML → validated dataclasses → cells.
 
-A suite names the variants (with options), model shapes, workloads, device, dtype, seeds and
-threads. Every mistake is a ConfigError whose one-line message names the key and, where there
+A suite names the variants (with options), model shapes, workloads, device, precision, seeds
+and threads. Every mistake is a ConfigError whose one-line message names the key and, where there
 is a fixed set, the allowed values.
 """
 from __future__ import annotations
@@ -16,14 +16,14 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from . import variants
+from . import precision, variants
 from .variants.base import VariantError
 
 from .errors import UserError
 from .model import ModelConfig
 
 DEVICES = ("cpu", "cuda", "auto")
-DTYPES = ("float32", "bfloat16", "float16")
+PRECISIONS = tuple(precision.PRECISIONS)
 WORKLOADS = ("throughput", "memory", "loss")
 GROUPS = ("shape", "pair")
 BASELINE = "prenorm"
@@ -88,7 +88,7 @@ class Suite:
     shapes: tuple[tuple[str, ModelConfig], ...]
     workloads: dict[str, Any]
     device: str = "cpu"
-    dtype: str = "float32"
+    precision: str = "fp32"
     seeds: tuple[int, ...] = (0,)
     threads: int = 0  # 0: leave torch's default
     timeout_s: float = 300.0
@@ -108,7 +108,7 @@ class Cell:
     workload: str
     params: dict
     device: str
-    dtype: str
+    precision: str
     seed: int
     threads: int
     variant_source: str = ""  # module:Class@sha of the registered class (variants.source_of)
@@ -161,7 +161,7 @@ def _positive(where: str, value) -> None:
 
 # -- the suite ------------------------------------------------------------------------------
 
-SUITE_KEYS = ("name", "variants", "shapes", "workloads", "device", "dtype", "seeds", "threads", "timeout_s",
+SUITE_KEYS = ("name", "variants", "shapes", "workloads", "device", "precision", "seeds", "threads", "timeout_s",
               "targets")
 
 
@@ -204,6 +204,7 @@ def parse_suite(raw: Any, default_name: str = "suite") -> Suite:
     if isinstance(raw, dict) and raw.get("kind") in ("scaling", "projection"):
         command = "scale" if raw["kind"] == "scaling" else "project"
         raise ConfigError(f"this is a {raw['kind']} suite: run it with `resbench {command}`")
+    prec = parse_precision(raw) if isinstance(raw, dict) else "fp32"
     _check_keys("suite", raw, SUITE_KEYS)
     for required in ("variants", "shapes", "workloads"):
         if required not in raw:
@@ -212,9 +213,6 @@ def parse_suite(raw: Any, default_name: str = "suite") -> Suite:
     device = raw.get("device", "cpu")
     if device not in DEVICES:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
-    dtype = raw.get("dtype", "float32")
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     seeds = raw.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
@@ -242,9 +240,22 @@ def parse_suite(raw: Any, default_name: str = "suite") -> Suite:
         raise ConfigError(f"workloads.throughput.group 'pair' times every variant against {BASELINE!r}; "
                           f"add {BASELINE!r} to variants")
     targets = _parse_targets(raw.get("targets"), [n for n, _ in shapes], [s.label for s in specs])
-    return Suite(name=name, variants=specs, shapes=shapes, workloads=workloads, device=device, dtype=dtype,
+    return Suite(name=name, variants=specs, shapes=shapes, workloads=workloads, device=device, precision=prec,
                  seeds=tuple(seeds), threads=threads, timeout_s=timeout, shape_overrides=shape_overrides,
                  targets=targets)
+
+
+def parse_precision(raw: dict) -> str:
+    """`precision:` (default fp32). The old `dtype:` key names a tensor dtype, not how a model
+    is trained: it is refused with the precision that replaces it."""
+    if "dtype" in raw:
+        old = {"float32": "fp32", "bfloat16": "bf16-pure (or bf16-autocast)", "float16": "fp16-autocast"}
+        hint = old.get(raw["dtype"], " | ".join(PRECISIONS)) if isinstance(raw["dtype"], str) else " | ".join(PRECISIONS)
+        raise ConfigError(f"dtype is replaced by precision ({' | '.join(PRECISIONS)}): write precision: {hint}")
+    prec = raw.get("precision", "fp32")
+    if prec not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {prec!r}")
+    return prec
 
 
 SHAPE_OVERRIDES = ("batch", "warmup", "repeats")
@@ -375,6 +386,6 @@ def expand_cells(suite: Suite, device: str) -> list[Cell]:
             for seed in suite.seeds:
                 for spec in suite.variants:
                     cells.append(Cell(spec.name, spec.options, spec.label, shape_name, cfg.to_dict(), kind,
-                                      params, device, suite.dtype, seed, suite.threads,
+                                      params, device, suite.precision, seed, suite.threads,
                                       variants.source_of(spec.name)))
     return cells

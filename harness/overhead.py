@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import torch
 from tabulate import tabulate
 
 from .config import BASELINE
+from .precision import get as get_precision
 from .report import median_present, primary_peak
 from .results import newest_per_cell, newest_producer_only
 
@@ -48,7 +48,7 @@ def overhead_metrics(records: list[dict]) -> dict[str, dict[str, dict]]:
             m["train_peak"] = primary_peak(mm["train"])[0]
             m["infer_peak"] = primary_peak(mm["inference"])[0]
             m["state_vectors"] = mm["state_vectors"]
-            itemsize = torch.empty((), dtype=getattr(torch, cell["dtype"])).element_size()
+            itemsize = get_precision(cell["precision"]).param_itemsize  # the stream's dtype (autocast: fp32)
             m["vector_bytes"] = cell["params"]["batch"] * cell["shape"]["seq_len"] * cell["shape"]["d_model"] * itemsize
         out[shape][label] = m
     for shape, per in out.items():

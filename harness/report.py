@@ -1,4 +1,4 @@
-"""Records → side-by-side tables (tabulate), one per model shape / device / dtype."""
+"""Records → side-by-side tables (tabulate), one per model shape / device / precision / producer."""
 from __future__ import annotations
 
 import statistics
@@ -46,16 +46,16 @@ def _loss_cell(values: list[float]) -> str:
 
 
 def render(records: list[dict]) -> str:
-    """Markdown-friendly text: a heading line and a table per (shape, device, dtype) and per
+    """Markdown-friendly text: a heading line and a table per (shape, device, precision) and per
     producer (code, machine, torch: provenance.producer). Records of another producer are never
     merged into a row; within a table each (variant, workload, seed) shows its newest record."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in newest_per_cell(records):
         c = r["cell"]
         env = r.get("env") or {}
-        groups[(c["shape_name"], tuple(sorted(c["shape"].items())), c["device"], c["dtype"], producer(env))].append(r)
+        groups[(c["shape_name"], tuple(sorted(c["shape"].items())), c["device"], c["precision"], producer(env))].append(r)
     out = []
-    for (shape_name, shape, device, dtype, _), rs in groups.items():
+    for (shape_name, shape, device, precision, _), rs in groups.items():
         shape = dict(shape)
         envs = [r.get("env") or {} for r in rs]
         env = next((e for e in envs if e), {})
@@ -63,7 +63,7 @@ def render(records: list[dict]) -> str:
         runs = sorted({r.get("run") or "?" for r in rs})
         out.append(
             f"## {shape_name}: d_model={shape['d_model']}, {shape['n_blocks']} blocks (L={2 * shape['n_blocks']}), "
-            f"{shape['n_heads']} heads, seq {shape['seq_len']} — {device} {dtype}, {env.get('gpu') or env.get('cpu', '?')}, "
+            f"{shape['n_heads']} heads, seq {shape['seq_len']} — {device} {precision}, {env.get('gpu') or env.get('cpu', '?')}, "
             f"{env.get('threads', '?')} threads, torch {env.get('torch', '?')}"
         )
         out.append(f"measured by: commit {', '.join(commits) or '?'} · code {env.get('code_hash', '?')} · "

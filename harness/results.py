@@ -14,7 +14,7 @@ from .provenance import producer
 STATUSES = ("ok", "oom", "diverged", "timeout", "error")
 FINISHED = ("ok", "oom", "diverged")  # deterministic outcomes; timeout/error are retried on resume
 # a cell as a reader names it (not its key: settings such as repeats or batch stay out)
-IDENTITY = ("label", "shape_name", "shape", "device", "dtype", "workload", "seed")
+IDENTITY = ("label", "shape_name", "shape", "device", "precision", "workload", "seed")
 LOCAL_DIR = "local"  # results/local/: a user's own runs (git-ignored); results/reference/: committed
 
 
@@ -69,8 +69,19 @@ def read_records(*paths: Path) -> list[dict]:
             except ValueError:
                 warnings.warn(f"{path}:{n}: skipped a malformed record line (killed run?)", stacklevel=2)
                 continue
+            _upgrade(rec)
             out.append(rec)
     return out
+
+
+# records written before `precision` replaced `dtype` (weights and compute in that dtype)
+_OLD_DTYPES = {"float32": "fp32", "bfloat16": "bf16-pure", "float16": "fp16-pure"}
+
+
+def _upgrade(rec: dict) -> None:
+    cell = rec.get("cell")
+    if isinstance(cell, dict) and "precision" not in cell and "dtype" in cell:
+        cell["precision"] = _OLD_DTYPES.get(cell.pop("dtype"), "?")
 
 
 def latest_by_key(records: list[dict]) -> dict[str, dict]:
@@ -82,7 +93,7 @@ def latest_by_key(records: list[dict]) -> dict[str, dict]:
 
 
 def newest_per_cell(records: list[dict]) -> list[dict]:
-    """The newest record per (producer, label, shape, device, dtype, workload, seed), in file
+    """The newest record per (producer, label, shape, device, precision, workload, seed), in file
     order: a rerun or a changed setting (repeats, batch) replaces the older line instead of being
     averaged with it."""
     out: dict[tuple, dict] = {}

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .data import Corpus, batch_at, val_batches
 from .errors import UserError
+from .precision import FP32, Precision
 
 SCHEDULES = ("cosine", "wsd", "constant")
 WSD_DECAY_FRACTION = 0.2  # warmup-stable-decay: the final 20% of steps decay linearly
@@ -109,36 +110,48 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def lm_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    logits = model(x)
+def lm_loss(model, x: torch.Tensor, y: torch.Tensor, precision: Precision = FP32) -> torch.Tensor:
+    """Mean next-token cross-entropy; the forward under the precision's autocast, the loss in fp32."""
+    with precision.context(x.device):
+        logits = model(x)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
 
 
-def train_step(model, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> float:
-    """One optimizer step at the optimizer's current lr; returns the (pre-step) loss."""
+def train_step(model, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+               precision: Precision = FP32, scaler=None) -> float:
+    """One optimizer step at the optimizer's current lr; returns the (pre-step) loss. `scaler`
+    (fp16-autocast: precision.scaler(device)) scales the loss and skips steps with inf grads."""
     model.train()
     opt.zero_grad(set_to_none=True)
-    loss = lm_loss(model, x, y)
-    loss.backward()
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    opt.step()
+    loss = lm_loss(model, x, y, precision)
+    if scaler is None:
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            scaler.unscale_(opt)  # clip the true gradients
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
     return loss.item()
 
 
 @torch.no_grad()
-def evaluate(model, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+def evaluate(model, batches: list[tuple[torch.Tensor, torch.Tensor]], precision: Precision = FP32) -> float:
     was_training = model.training
     model.eval()
     try:
-        total = sum(lm_loss(model, x, y).item() for x, y in batches)
+        total = sum(lm_loss(model, x, y, precision).item() for x, y in batches)
     finally:
         model.train(was_training)
     return total / len(batches)
 
 
 def train(model, corpus: Corpus, cfg: TrainConfig, seed: int, device="cpu",
-          progress: Callable[[int, float], None] | None = None) -> dict:
+          progress: Callable[[int, float], None] | None = None, precision: Precision = FP32) -> dict:
     """Train for cfg.steps steps on batch_at(corpus.train, step, ...), evaluating held-out loss
     every eval_every steps and at the end. Raises Diverged on a non-finite train or val loss.
 
@@ -150,6 +163,7 @@ def train(model, corpus: Corpus, cfg: TrainConfig, seed: int, device="cpu",
     seq_len = model.cfg.seq_len
     val = [(x.to(device), y.to(device)) for x, y in val_batches(corpus, cfg.batch, seq_len, cfg.eval_batches)]
     opt = make_optimizer(model, cfg)
+    scaler = precision.scaler(device)
     train_loss: list[float] = []
     val_loss: list[list] = []
 
@@ -157,7 +171,7 @@ def train(model, corpus: Corpus, cfg: TrainConfig, seed: int, device="cpu",
     val_seconds: list[float] = []
 
     def eval_at(done: int) -> None:
-        v = evaluate(model, val)
+        v = evaluate(model, val, precision)
         if not math.isfinite(v):
             raise Diverged(done, v, "val")
         val_loss.append([done, v])
@@ -168,7 +182,7 @@ def train(model, corpus: Corpus, cfg: TrainConfig, seed: int, device="cpu",
         t_step = time.perf_counter()
         x, y = batch_at(corpus.train, step, cfg.batch, seq_len, seed)
         set_lr(opt, lr_at(step, cfg))
-        loss = train_step(model, opt, x.to(device), y.to(device), cfg)
+        loss = train_step(model, opt, x.to(device), y.to(device), cfg, precision, scaler)
         if not math.isfinite(loss):
             raise Diverged(step, loss)
         train_loss.append(loss)

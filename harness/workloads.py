@@ -8,7 +8,6 @@ loss:       K steps of byte-level LM on the corpus, held-out validation loss, cu
 from __future__ import annotations
 
 import math
-import statistics
 
 import torch
 
@@ -21,6 +20,7 @@ from .measure import (
     count_flops,
     cuda_memory_snapshot,
     device_peak_flops,
+    gemm_probe,
     matmul_probe,
     mfu,
     peak_rss_bytes,
@@ -31,18 +31,23 @@ from .measure import (
     time_interleaved,
 )
 from .model import ModelConfig, build_model, count_params
+from .precision import get as get_precision
 from .stats import median_ci
 from .train import TrainConfig, lm_loss, make_optimizer, train, train_step
 
 
-def _dtype(name: str) -> torch.dtype:
-    return getattr(torch, name)
-
-
 def _model(cell: Cell):
     cfg = ModelConfig(**cell.shape)
-    model = build_model(cfg, cell.variant, cell.options, cell.seed, cell.device, _dtype(cell.dtype))
+    model = build_model(cfg, cell.variant, cell.options, cell.seed, cell.device, get_precision(cell.precision).param_dtype)
     return cfg, model
+
+
+def gemm_shapes(cfg: ModelConfig, tokens: int) -> dict[str, tuple[int, int, int]]:
+    """(m, k, n) of the shared model's matrix products in a step: the forward ones, and the
+    weight gradients (k = tokens) of the widest layers."""
+    d, h, V, M = cfg.d_model, cfg.d_hidden, cfg.vocab_size, tokens
+    return {"qkv": (M, d, 3 * d), "attn-out": (M, d, d), "mlp-up": (M, d, h), "mlp-down": (M, h, d),
+            "head": (M, d, V), "grad mlp-up": (d, M, h), "grad mlp-down": (h, M, d)}
 
 
 def _fixed_batch(cfg: ModelConfig, batch: int, seed: int, device: str):
@@ -68,26 +73,35 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
     ``progress(done, total)`` is called after every timed call (warm-up included)."""
     first = cells[0]
     device, wl = first.device, first.params
+    prec = get_precision(first.precision)
     out: dict[str, tuple[str, str | None, dict]] = {}
-    peak = device_peak_flops(device, _dtype(first.dtype))
-    peak_source, probe = "datasheet", None
+    peak = device_peak_flops(device, prec.compute_dtype)
+    peak_source, probes = "datasheet (dense)", {}
     if peak is None:
-        # timed inside the train rounds: a peak measured once, up front, sees a different
-        # machine state than the steps do on a shared host (it moved 30% within one run here)
-        probe = matmul_probe(_dtype(first.dtype), device)
-        peak_source = f"measured {first.dtype} matmul, median over the train rounds"
+        # Timed inside the train rounds (a peak measured once, up front, sees another machine
+        # state than the steps do on a shared host), at the model's own GEMM shapes plus a large
+        # square one; the peak is the best rate any of them reached in any round, so no step
+        # doing these products (and more) can exceed it.
+        cfg0 = ModelConfig(**first.shape)
+        shapes = {**gemm_shapes(cfg0, wl["batch"] * cfg0.seq_len)}
+        probes = {f"probe {name}": (gemm_probe(*mkn, prec.compute_dtype, device), mkn) for name, mkn in shapes.items()}
+        fn, flops = matmul_probe(prec.compute_dtype, device, target_s=0.05)
+        probes["probe square"] = ((fn, flops), None)
+        peak_source = (f"best {prec.compute_dtype} GEMM rate over {len(probes)} probes (the model's shapes and a "
+                       "square one), fastest call of each in the train rounds")
     train_fns, prefill_fns, info = {}, {}, {}
     for cell in cells:
         try:
             cfg, model = _model(cell)
             x, y = _fixed_batch(cfg, wl["batch"], cell.seed, device)
             opt = make_optimizer(model, TrainConfig())
+            scaler = prec.scaler(device)
 
-            def train_fn(model=model, opt=opt, x=x, y=y):
-                return train_step(model, opt, x, y, TrainConfig())
+            def train_fn(model=model, opt=opt, x=x, y=y, scaler=scaler):
+                return train_step(model, opt, x, y, TrainConfig(), prec, scaler)
 
             def prefill_fn(model=model, x=x):
-                with torch.no_grad():
+                with torch.no_grad(), prec.context(device):
                     return model(x)
 
             # counting runs each once: this is also the first warm-up call and catches OOM early
@@ -99,8 +113,8 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
         except Exception as exc:  # noqa: BLE001 - one bad variant must not stop the group
             out[cell.key] = classify(exc)
     if train_fns:
-        probe_key = "matmul probe"  # cell keys are hex digests: no clash
-        timed_train = {**train_fns, **({probe_key: probe[0]} if probe else {})}
+        # cell keys are hex digests: no clash with the probes' names
+        timed_train = {**train_fns, **{name: fn for name, ((fn, _), _) in probes.items()}}
         calls = (len(timed_train) + len(prefill_fns)) * (wl["warmup"] + wl["repeats"])
         done = 0
 
@@ -112,14 +126,21 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
 
         times = {"train": time_interleaved(timed_train, device, wl["warmup"], wl["repeats"], tick),
                  "prefill": time_interleaved(prefill_fns, device, wl["warmup"], wl["repeats"], tick)}
-        if probe:
-            peak = probe[1] / statistics.median(times["train"].pop(probe_key))
+        probe_info = {}
+        for name, ((_, flops), mkn) in probes.items():
+            samples = times["train"].pop(name)
+            probe_info[name.removeprefix("probe ")] = {"mkn": mkn, "flops": flops, "best_flops_per_s": flops / min(samples),
+                                                       "ms": {k: (v * 1e3 if k != "n" else v) for k, v in summarize(samples).items()}}
+        if probes:
+            peak = max(p["best_flops_per_s"] for p in probe_info.values())
         base_key = next((c.key for c in cells if c.variant == BASELINE and c.key in train_fns), None)
         for cell in cells:
             if cell.key not in train_fns:
                 continue
             m = info[cell.key]
             m["peak_flops"] = peak
+            if probe_info:
+                m["peak_probes"] = probe_info
             for view in ("train", "prefill"):
                 samples = times[view][cell.key]
                 s = summarize(samples)
@@ -163,9 +184,10 @@ def run_memory(cell: Cell) -> tuple[str, str | None, dict]:
     params = _param_bytes(model)
     m = _static_info(cell, cfg, model)
     m["param_bytes"] = params
+    prec = get_precision(cell.precision)
 
     def prefill():
-        with torch.no_grad():
+        with torch.no_grad(), prec.context(cell.device):
             model(x)
 
     inf = _tracked(cell.device, prefill)
@@ -174,10 +196,11 @@ def run_memory(cell: Cell) -> tuple[str, str | None, dict]:
     m["inference"] = inf
 
     opt = make_optimizer(model, TrainConfig())
-    train_step(model, opt, x, y, TrainConfig())  # creates AdamW state: steady-state step follows
+    scaler = prec.scaler(cell.device)
+    train_step(model, opt, x, y, TrainConfig(), prec, scaler)  # creates AdamW state: steady-state step follows
     opt.zero_grad(set_to_none=True)
     static = params + _optimizer_bytes(opt)
-    tr = _tracked(cell.device, lambda: train_step(model, opt, x, y, TrainConfig()))
+    tr = _tracked(cell.device, lambda: train_step(model, opt, x, y, TrainConfig(), prec, scaler))
     tr["peak_bytes"] = static + tr["tracker_peak_bytes"]
     tr["static_bytes"] = static
     tr["rss_peak_bytes"] = peak_rss_bytes()
@@ -199,9 +222,10 @@ def run_loss(cell: Cell) -> tuple[str, str | None, dict]:
     x, y = x.to(cell.device), y.to(cell.device)
     # FLOPs of fwd + bwd (what FlopCounterMode sees of a step), counted without an optimizer
     # step so the training that follows is untouched.
-    flops = count_flops(lambda: lm_loss(model, x, y).backward())
+    prec = get_precision(cell.precision)
+    flops = count_flops(lambda: lm_loss(model, x, y, prec).backward())
     model.zero_grad(set_to_none=True)
-    result = train(model, corpus, tcfg, seed=cell.seed, device=cell.device)
+    result = train(model, corpus, tcfg, seed=cell.seed, device=cell.device, precision=prec)
     m = {**_static_info(cell, cfg, model), **result, "corpus": corpus.describe(),
          "flops_per_step": flops, "train_flops": flops * tcfg.steps}
     if p.get("dynamics"):

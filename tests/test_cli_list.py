@@ -74,7 +74,7 @@ def test_small_shape_costs_match_real_models(capsys, d, blocks, heads):
     assert base == shared_params_formula(d, blocks)
     assert f"{base:,} shared params" in header
     L, L_b = cfg.n_layers, blocks
-    N = min(8, L)
+    N = min(8, L_b)  # the paper's layout counts transformer blocks
     expected = {"prenorm": (0, 1), "highway": (L * (d * d + d), 1), "densenet": (L_b * (L_b + 3) // 2, L_b + 1),
                 "full-attnres": (2 * d * (L + 1), L + 1), "block-attnres": (2 * d * (L + 1), N + 1)}
     for name, want in expected.items():

@@ -17,7 +17,7 @@ def cell(workload: str, label: str = "prenorm", threads: int = 2) -> Cell:
     params = {"throughput": {"batch": 4, "warmup": 2, "repeats": 9}, "memory": {"batch": 4},
               "loss": {"steps": 20}}[workload]
     return Cell(variant=label, options={}, label=label, shape_name="tiny", shape=SHAPE, workload=workload,
-                params=params, device="cpu", dtype="float32", seed=0, threads=threads)
+                params=params, device="cpu", precision="fp32", seed=0, threads=threads)
 
 
 def record(c: Cell, metrics: dict, status: str = "ok", commit: str = "a" * 40) -> dict:

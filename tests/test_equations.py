@@ -92,9 +92,20 @@ def ref_full_attnres(model, idx):
     return finish(model, depth_attention(model, L, v))
 
 
-def ref_block_attnres(model, idx, block_size):
+def paper_blocks(L, N):
+    """Paper §3.2 / Fig. 2: N blocks of floor(L_b / N) transformer blocks (2 sublayers each), the
+    last block also holding the L_b mod N left over."""
+    per = (L // 2) // N
+    sizes = [2 * per] * (N - 1) + [L - 2 * per * (N - 1)]
+    starts = [sum(sizes[:k]) for k in range(N)]
+    return [list(range(a, a + n)) for a, n in zip(starts, sizes)]
+
+
+def ref_block_attnres(model, idx, block_size=None, blocks=None):
+    """block_size: blocks of that many sublayers (the last one partial); blocks: explicit lists."""
     L = len(model.sublayers)
-    blocks = [list(range(s, min(s + block_size, L))) for s in range(0, L, block_size)]
+    if blocks is None:
+        blocks = [list(range(s, min(s + block_size, L))) for s in range(0, L, block_size)]
     b = [model.embed(idx)]  # b_0 = e, then completed block sums
     for members in blocks:
         partial = None
@@ -151,8 +162,15 @@ CASES = [
     ("block-attnres", {"block_size": 4}, lambda m, x: ref_block_attnres(m, x, 4)),  # blocks [4, 2]
     ("block-attnres", {"block_size": 4, "two_phase": True}, lambda m, x: ref_block_attnres(m, x, 4)),
     ("block-attnres", {"block_size": 3, "two_phase": True}, lambda m, x: ref_block_attnres(m, x, 3)),
-    ("block-attnres", {"n_blocks": 4}, lambda m, x: ref_block_attnres(m, x, math.ceil(6 / 4))),
-    ("block-attnres", {}, lambda m, x: ref_block_attnres(m, x, 1)),  # default N = min(8, L) = L
+    # the paper's layout (default): L = 6, N = 2 -> blocks of 1 and 2 transformer blocks
+    ("block-attnres", {"n_blocks": 2}, lambda m, x: ref_block_attnres(m, x, blocks=[[0, 1], [2, 3, 4, 5]])),
+    ("block-attnres", {"n_blocks": 2, "two_phase": True},
+     lambda m, x: ref_block_attnres(m, x, blocks=paper_blocks(6, 2))),
+    ("block-attnres", {"n_blocks": 3}, lambda m, x: ref_block_attnres(m, x, 2)),
+    ("block-attnres", {}, lambda m, x: ref_block_attnres(m, x, 2)),  # default N = min(8, L_b) = L_b = 3
+    # resbench's other layout: blocks of ceil(L / N) sublayers
+    ("block-attnres", {"n_blocks": 2, "layout": "ceil"}, lambda m, x: ref_block_attnres(m, x, 3)),
+    ("block-attnres", {"n_blocks": 6, "layout": "ceil"}, lambda m, x: ref_block_attnres(m, x, 1)),
 ]
 
 
@@ -184,10 +202,28 @@ def test_block_two_phase_equals_direct(block_size):
     torch.testing.assert_close(two(idx), direct(idx), **TOL)
 
 
+def test_paper_layout_keeps_n_and_puts_boundaries_between_transformer_blocks():
+    from resbench import variants
+
+    for L, N in [(54, 8), (10, 4), (32, 8), (16, 4), (10, 5), (6, 1)]:
+        res = variants.build("block-attnres", 8, L, {"n_blocks": N})
+        want = paper_blocks(L, N)
+        assert res.n_blocks == N and res.state_vectors() == N + 1
+        assert list(res.starts) == [b[0] for b in want] and res.block_sizes() == [len(b) for b in want]
+        assert all(s % 2 == 0 for s in res.starts), (L, N)  # never inside an attention + MLP pair
+    assert variants.build("block-attnres", 8, 54, {"n_blocks": 8}).block_sizes() == [6] * 7 + [12]
+    with pytest.raises(variants.VariantError, match="transformer blocks"):
+        variants.build("block-attnres", 8, 10, {"n_blocks": 8})  # 5 transformer blocks cannot make 8
+    with pytest.raises(variants.VariantError, match="makes 5 blocks"):
+        variants.build("block-attnres", 8, 10, {"n_blocks": 8, "layout": "ceil"})  # never a silent N = 5
+    with pytest.raises(variants.VariantError, match="not both"):
+        variants.build("block-attnres", 8, 10, {"n_blocks": 2, "block_size": 5})
+
+
 def test_block_n_equals_l_is_full_attnres_exactly():
     L = CFG.n_layers
     full = make_model(CFG, "full-attnres", seed=7, perturb=True)
-    block = make_model(CFG, "block-attnres", {"n_blocks": L}, seed=7)
+    block = make_model(CFG, "block-attnres", {"n_blocks": L, "layout": "ceil"}, seed=7)
     assert block.residual.state_dict().keys() == full.residual.state_dict().keys()
     block.residual.load_state_dict(full.residual.state_dict())
     idx = tokens(CFG, seed=1)
@@ -210,7 +246,7 @@ EQUIV = [
     ("block-attnres", {"n_blocks": 2}),
     ("block-attnres", {"n_blocks": 3}),
     ("block-attnres", {"block_size": 4}),
-    ("block-attnres", {"n_blocks": 6}),
+    ("block-attnres", {"n_blocks": 6, "layout": "ceil"}),
     ("block-attnres", {"block_size": 4, "two_phase": True}),
 ]
 

@@ -91,7 +91,8 @@ def test_two_phase_equals_direct_with_gradients(block_size):
 @pytest.mark.parametrize("two_phase", [False, True])
 def test_block_n_equals_l_is_full_with_gradients(two_phase):
     full = make_model(CFG, "full-attnres", seed=7, perturb=True)
-    block = make_model(CFG, "block-attnres", {"n_blocks": CFG.n_layers, "two_phase": two_phase}, seed=7)
+    block = make_model(CFG, "block-attnres", {"n_blocks": CFG.n_layers, "layout": "ceil", "two_phase": two_phase},
+                       seed=7)
     block.residual.load_state_dict(full.residual.state_dict())
     idx = tokens(CFG, seed=1)
     out_f, g_f = grads(full, idx)
@@ -187,7 +188,7 @@ def test_inference_memory_is_baseline_plus_declared_state(name, options):
         cfg = ModelConfig(n_blocks=n_blocks, **MEM)
         L, vec = cfg.n_layers, B * cfg.seq_len * cfg.d_model * 4
         res = make_model(cfg, name, options).residual
-        logits = sum(L + 1 - res._first(k) for k in range(res.state_vectors())) * B * cfg.seq_len * 4
+        logits = sum(L + 1 - res._first[k] for k in range(res.state_vectors())) * B * cfg.seq_len * 4
         declared = (res.state_vectors() - 1) * vec
         extra = _prefill_peak(cfg, name, options) - _prefill_peak(cfg, "prenorm")
         assert declared - 3 * vec <= extra <= declared + logits + 2 * vec, (L, extra / vec)

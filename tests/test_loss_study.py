@@ -13,7 +13,7 @@ def _record(label, d, blocks, seed, final, flops_per_step, curve):
     cell = {"variant": label, "label": label, "options": {}, "shape_name": f"d{d}", "workload": "loss",
             "shape": {"d_model": d, "n_blocks": blocks, "n_heads": 2, "seq_len": 16, "vocab_size": 256,
                       "mlp_ratio": 4.0},
-            "params": {}, "device": "cpu", "dtype": "float32", "seed": seed, "threads": 1}
+            "params": {}, "device": "cpu", "precision": "fp32", "seed": seed, "threads": 1}
     steps = [s for s, _ in curve]
     return {"key": f"{label}-{d}-{seed}", "cell": cell, "status": "ok", "metrics": {
         "final_val_loss": final, "params": d * d * 12 * blocks, "train_flops": flops_per_step * steps[-1],

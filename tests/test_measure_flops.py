@@ -104,3 +104,63 @@ def test_matmul_probe_counts_2n3_and_runs_the_product():
     assert flops == 2 * 64**3
     out = fn()
     assert out.shape == (64, 64) and torch.isfinite(out).all()
+
+
+# -- the model's FLOPs against an analytic count ------------------------------------------------
+
+def analytic_shared_flops(cfg, tokens: int) -> tuple[int, int]:
+    """(prefill, train step) FLOPs of the shared model from its shapes alone: every Linear is
+    2·in·out per token forward and twice that backward (input and weight gradients); attention
+    scores and values are 2·T·d each per token (full T x T, as torch counts it), backward five such
+    products (recomputed scores, grad of scores, V, Q, K)."""
+    d, h, V, T, blocks = cfg.d_model, cfg.d_hidden, cfg.vocab_size, cfg.seq_len, cfg.n_blocks
+    linear = blocks * (2 * d * 3 * d + 2 * d * d + 2 * d * h + 2 * h * d) + 2 * d * V
+    attn = blocks * 2 * (2 * T * d)
+    return tokens * (linear + attn), tokens * (3 * linear + attn + blocks * 5 * (2 * T * d))
+
+
+FLOP_CASES = [(n, {}) for n in __import__("resbench.variants", fromlist=["names"]).names()] + [
+    ("highway", {"gate": "scalar"}),
+    ("densenet", {"dilation": 2, "period": 2}),
+    ("block-attnres", {"n_blocks": 2}),  # paper layout: uneven blocks, partial sums
+    ("block-attnres", {"block_size": 3, "two_phase": True}),
+]
+
+
+@pytest.mark.parametrize("name,options", FLOP_CASES, ids=[f"{n}{o or ''}" for n, o in FLOP_CASES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_train_and_prefill_flops_equal_the_analytic_count(name, options, dtype):
+    from resbench.model import ModelConfig, build_model
+    from resbench.train import TrainConfig, make_optimizer, train_step
+
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_blocks=3, n_heads=4, mlp_ratio=2.0, seq_len=16)
+    model = build_model(cfg, name, options, dtype=dtype)
+    B = 2
+    x = torch.randint(0, cfg.vocab_size, (B, cfg.seq_len), generator=torch.Generator().manual_seed(0))
+    prefill, train = analytic_shared_flops(cfg, B * cfg.seq_len)
+    mixing = model.residual.mixing_flops() * B * cfg.seq_len
+    with torch.no_grad():
+        got_prefill = count_flops(lambda: model(x))
+    opt = make_optimizer(model, TrainConfig())
+    got_train = count_flops(lambda: train_step(model, opt, x, x, TrainConfig()))
+    assert got_prefill == pytest.approx(prefill + mixing, rel=0.01)
+    assert got_train == pytest.approx(train + 3 * mixing, rel=0.01)
+    assert got_prefill == prefill + mixing and got_train == train + 3 * mixing  # exact, in fact
+
+
+def test_attention_flops_are_counted_on_cpu():
+    """The CPU flash kernel (and its backward) count as their CUDA twins do: without them a step
+    would be exactly 6·N_matmul·tokens."""
+    q = torch.randn(2, 4, 16, 8, requires_grad=True)
+    fwd = count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True))
+    assert fwd == 2 * (2 * 2 * 4 * 16 * 16 * 8)
+    both = count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward())
+    assert both == fwd * 7 // 2
+
+
+def test_in_place_and_vector_products_count_like_their_out_of_place_forms():
+    a, b, c = torch.randn(8, 16), torch.randn(16, 4), torch.randn(8, 4)
+    assert count_flops(lambda: c.addmm_(a, b)) == count_flops(lambda: torch.addmm(c, a, b)) == 2 * 8 * 16 * 4
+    v = torch.randn(16)
+    assert count_flops(lambda: a @ v) == 2 * 8 * 16
+    assert count_flops(lambda: v @ b) == 2 * 16 * 4

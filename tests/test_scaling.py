@@ -23,14 +23,15 @@ from resbench.studies.scaling_fit import (
     n_class,
 )
 from resbench.studies.scaling_report import analyse
+from resbench.precision import PRECISIONS
 from resbench.variants.base import VariantError
 
 from conftest import TINY, perturb_variant, tokens
 
 # every registered variant, plus block-attnres's other code path and a partial last block
 CASES = [(n, {}) for n in variants.names()] + [
-    ("block-attnres", {"n_blocks": 2, "two_phase": True}),
-    ("block-attnres", {"n_blocks": 4}),
+    ("block-attnres", {"n_blocks": 2, "two_phase": True}),  # paper layout: blocks of 2 and 4 sublayers
+    ("block-attnres", {"block_size": 4}),
 ]
 
 
@@ -171,10 +172,14 @@ def test_pipeline_traffic_attnres_counts_exactly_the_sources():
     full = build_model(TINY, "full-attnres")
     for m in range(1, L + 1):
         assert _dvector_bytes(full, idx, m) == (m + 1) * vec
-    block = build_model(TINY, "block-attnres", {"n_blocks": 2})  # S = 3
-    S = math.ceil(L / 2)
+    block = build_model(TINY, "block-attnres", {"n_blocks": 2})  # paper layout: blocks [0, 1], [2 .. 5]
+    assert block.residual.block_sizes() == [2, 4]
     for m in range(1, L + 1):
-        assert _dvector_bytes(block, idx, m) == (1 + m // S + (m % S != 0)) * vec, m
+        completed = (m >= 2) + (m >= 6)
+        assert _dvector_bytes(block, idx, m) == (1 + completed + (m not in (2, 6))) * vec, m
+    block = build_model(TINY, "block-attnres", {"block_size": 4})  # blocks [0 .. 3], [4, 5]
+    for m in range(1, L + 1):
+        assert _dvector_bytes(block, idx, m) == (1 + (m >= 4) + (m >= 6) + (m not in (4, 6))) * vec, m
 
 
 def test_pipeline_traffic_densenet_and_full_per_token():
@@ -199,14 +204,14 @@ def test_projection_matches_real_within_5_percent(name, options):
     idx = tokens(cfg, batch=2)
     real = {"inference": V.inference_bytes(model, idx), "checkpointed": V.train_bytes(model, idx, idx, 1),
             "train": V.train_bytes(model, idx, idx, 0), "pipeline": V.pipeline_bytes(model, idx, 2)["max"]}
-    fake = project(cfg, name, options, 2, torch.float32, tuple(real), checkpoint_every=1, stages=2)
+    fake = project(cfg, name, options, 2, PRECISIONS["fp32"], tuple(real), checkpoint_every=1, stages=2)
     for view, r in real.items():
         assert r > 0 and abs(fake[view] - r) <= 0.05 * r, (view, fake[view], r)
 
 
 def test_projection_runs_a_production_shape_quickly():
     cfg = ModelConfig(vocab_size=256, d_model=7168, n_blocks=2, n_heads=56, seq_len=131072)
-    r = project(cfg, "prenorm", {}, 1, torch.bfloat16, ("inference",))
+    r = project(cfg, "prenorm", {}, 1, PRECISIONS["bf16-pure"], ("inference",))
     vec = 131072 * 7168 * 2
     assert 2 * vec < r["inference"] < 20 * vec  # O(T) attention: no T² score matrix
     assert r["seconds"] < 20
@@ -220,7 +225,7 @@ MINI = {
     "depths": [2, 4, 8],
     "variants": ["prenorm", "highway", "densenet", "full-attnres",
                  {"name": "block-attnres", "options": {"n_blocks": 2}}],  # S >= 2 at every depth
-    "n_sweep": {"variant": "block-attnres", "blocks": 4, "values": [1, 2, 4, 8]},
+    "n_sweep": {"variant": "block-attnres", "blocks": 4, "values": [1, 2, 4]},
     "checkpoint_every": 1, "pipeline_stages": 2,
 }
 
@@ -248,7 +253,7 @@ def test_shipped_suites_parse_and_cover_every_variant():
     assert scaling.n_sweep.variant.name == "block-attnres"
     proj = load_study("projection", "projection")
     (_, cfg), = proj.shapes
-    assert (cfg.d_model, cfg.n_blocks, cfg.seq_len, proj.dtype, proj.batch) == (7168, 27, 131072, "bfloat16", 1)
+    assert (cfg.d_model, cfg.n_blocks, cfg.seq_len, proj.precision, proj.batch) == (7168, 27, 131072, "bf16-pure", 1)
 
 
 @pytest.mark.parametrize("patch,match", [

@@ -2,13 +2,15 @@
 
 Full AttnRes. Sources v_0 = e, v_i = f_i(h_i) (raw sublayer outputs). Sublayer l reads
     h_l = sum_{i<l} alpha_{i->l} v_i,   alpha_{i->l} = softmax_i( w_l . RMSNorm_l(v_i) )
-with w_l a learned pseudo-query (zero at init: uniform weights, so after the sublayer's own
-pre-norm step 0 equals PreNorm) and RMSNorm_l a key norm with its own gain g_l. A final readout
-(its own query and gain) feeds the final norm and head.
+with w_l a learned pseudo-query and RMSNorm_l a key norm with its own gain g_l. w_l = 0 at init
+gives uniform weights: h_l is the mean of the sources, and after the sublayer's own pre-norm step 0
+equals PreNorm up to the norms' eps (exactly only as eps -> 0: the mean's smaller RMS meets the same
+eps). A final readout (its own query and gain) feeds the final norm and head.
 
-Block AttnRes. The L sublayers form N blocks of S = ceil(L/N) (the last block partial). Sources
-are the embedding b_0, the completed block sums b_1 .. b_{n-1}, and, from the second sublayer of
-a block on, the running partial sum b_n^{i-1} of the current block. N = L is Full AttnRes.
+Block AttnRes. The L sublayers form N blocks (the paper's layout: whole transformer blocks, the
+last block taking the remainder; see BlockAttnRes). Sources are the embedding b_0, the completed
+block sums b_1 .. b_{n-1}, and, from the second sublayer of a block on, the running partial sum
+b_n^{i-1} of the current block. N = L is Full AttnRes.
 
 Efficient form (both variants share it; design/VARIANTS.md, issue 6):
 - Sources are stored once, as references; nothing is re-stacked per sublayer.
@@ -34,7 +36,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from . import register
-from .base import Residual, VariantError, check_positive, fast_inv_rms, inv_rms, mix_dtype
+from .base import Residual, VariantError, check_choice, check_positive, fast_inv_rms, inv_rms, mix_dtype, no_autocast
 
 
 def _weighted_sum(values, weights: torch.Tensor) -> torch.Tensor:
@@ -247,7 +249,8 @@ class _Read(torch.autograd.Function):
         inv_w = -1 / w.clamp_min(torch.finfo(dt).eps)
         c = g_sp * r  # d loss / d (p . q)
         gp = g * w.unsqueeze(-1).to(dt)
-        gp.addcmul_(c.unsqueeze(-1).to(dt), qk[l].to(dt))
+        # the logit's gradient c q: a rank-1 product, written as one (a matrix product, counted as such)
+        gp.view(-1, gp.shape[-1]).addmm_(c.reshape(-1, 1).to(dt), qk[l:l + 1].to(dt))
         gp.addcmul_(nd, (-c * r * s_p / nd.shape[-1] * inv_w).unsqueeze(-1).to(dt))
         gq = torch.zeros_like(qk)
         gq[l] = ((c * inv_w).reshape(-1) @ nd.reshape(-1, nd.shape[-1]).to(mt)).to(qk.dtype)
@@ -255,15 +258,17 @@ class _Read(torch.autograd.Function):
 
 
 def keys(v, qk, k, first, store):
-    if torch.is_grad_enabled():
-        return _Keys.apply(v, qk, k, first, store)
-    return tuple(_keys(v, qk, first)[0].view(-1, *v.shape[:-1]).unbind(0))
+    with no_autocast(v):
+        if torch.is_grad_enabled():
+            return _Keys.apply(v, qk, k, first, store)
+        return tuple(_keys(v, qk, first)[0].view(-1, *v.shape[:-1]).unbind(0))
 
 
 def read(reader, qk, p, pre, store, values, cols):
-    if torch.is_grad_enabled():
-        return _Read.apply(reader, qk, p, pre, store, *values, *cols)
-    return _read(reader, qk, p, pre, values, cols)[0]  # inference: no autograd node
+    with no_autocast(values[0]):
+        if torch.is_grad_enabled():
+            return _Read.apply(reader, qk, p, pre, store, *values, *cols)
+        return _read(reader, qk, p, pre, values, cols)[0]  # inference: no autograd node
 
 
 class _DepthAttention(Residual):
@@ -285,35 +290,47 @@ class _DepthAttention(Residual):
         if readers is not None:
             q = q[readers]
         dt = mix_dtype(v.dtype)
-        return (v.to(dt) * inv_rms(v)) @ q.to(dt).t()
+        with no_autocast(v):
+            return (v.to(dt) * inv_rms(v)) @ q.to(dt).t()
 
     def declared_extra_params(self) -> int:
         return 2 * self.d_model * (self.n_layers + 1)
 
-    # -- the engine shared by Full and Block: a block of `block_size` readers -------------------
+    def mixing_flops(self) -> int:
+        """Logits are the only matrix products: one d-long dot product per (reader, source) pair,
+        the partial sum included (weighted sums and softmax are elementwise)."""
+        L = self.n_layers
+        pairs = sum(L + 1 - f for f in self._first) + sum(1 for i in range(L) if i != self._start[i])
+        return 2 * self.d_model * pairs
+
+    # -- the engine shared by Full and Block: blocks of readers starting at `starts` ------------
     # State (a pytree of tensors, so activation checkpointing can carry it): completed sources
     # "v", their logits against every later reader "s" (one tuple per source), the folded
     # queries "qk", the running partial sum "p" of the current block and the two-phase
     # precomputations "pre". Source k is first read by reader first[k].
-    block_size = 1
     two_phase = False
 
-    def _first(self, k: int) -> int:
-        return min(k * self.block_size, self.n_layers)
+    def _set_blocks(self, starts) -> None:
+        """Blocks begin at the sublayer indices `starts` (0 first): Full AttnRes is range(L)."""
+        L = self.n_layers
+        self.starts = tuple(starts)
+        ends = self.starts[1:] + (L,)
+        self._start = [s for s, e in zip(self.starts, ends) for _ in range(s, e)]  # block start of sublayer i
+        self._end = [e for s, e in zip(self.starts, ends) for _ in range(s, e)]
+        self._first = (0, *self.starts[1:], L)  # source k (0 = embedding, k = block k-1) is first read here
 
     def begin(self, e):
         qk = self.key_gain * self.query
-        store = _Store(defer=self.block_size == 1)
+        store = _Store(defer=len(self.starts) == self.n_layers)  # one source per sublayer: Full
         return {"v": [e], "s": [keys(e, qk, 0, 0, store)], "qk": qk, "p": None, "pre": None, "store": store}
 
     def read(self, state, i):
-        pos = i % self.block_size
+        pos = i - self._start[i]
         values = state["v"]
-        cols = [s[i - self._first(k)] for k, s in enumerate(state["s"])]
+        cols = [s[i - self._first[k]] for k, s in enumerate(state["s"])]
         pre = None
         if self.two_phase and pos == 0:
-            stop = min(i + self.block_size, self.n_layers)
-            state["pre"] = self._phase_one(values, state["s"], i + 1, stop)
+            state["pre"] = self._phase_one(values, state["s"], i + 1, self._end[i])
         elif self.two_phase:
             pre = state["pre"][pos - 1]
         self._note_weights(state, i, cols)
@@ -325,8 +342,12 @@ class _DepthAttention(Residual):
         one pass over each source for all of them."""
         if stop <= start:
             return []
+        with no_autocast(values[0]):
+            return self._phase_one_stats(values, logits, start, stop)
+
+    def _phase_one_stats(self, values, logits, start, stop):
         dt = values[0].dtype
-        stats = [_softmax_stats([s[j - self._first(k)] for k, s in enumerate(logits)])
+        stats = [_softmax_stats([s[j - self._first[k]] for k, s in enumerate(logits)])
                  for j in range(start, stop)]
         A = torch.stack([a for a, _ in stats], dim=1)  # [n, readers, B, T]
         o = values[0].unsqueeze(0) * A[0].unsqueeze(-1).to(dt)
@@ -335,9 +356,8 @@ class _DepthAttention(Residual):
         return [(a, lse, o[j]) for j, (a, lse) in enumerate(stats)]
 
     def write(self, state, i, y):
-        pos = i % self.block_size
-        state["p"] = y if pos == 0 else state["p"] + y
-        if pos == self.block_size - 1 or i == self.n_layers - 1:  # block complete: a new source
+        state["p"] = y if i == self._start[i] else state["p"] + y
+        if i + 1 == self._end[i]:  # block complete: a new source
             state["v"].append(state["p"])
             state["s"].append(keys(state["p"], state["qk"], len(state["v"]) - 1, i + 1, state["store"]))
             state["p"] = state["pre"] = None
@@ -345,7 +365,7 @@ class _DepthAttention(Residual):
 
     def end(self, state):
         L = self.n_layers
-        cols = [s[L - self._first(k)] for k, s in enumerate(state["s"])]
+        cols = [s[L - self._first[k]] for k, s in enumerate(state["s"])]
         self._note_weights(state, L, cols)
         return read(L, state["qk"], None, None, state["store"], state["v"], cols)
 
@@ -373,13 +393,27 @@ class _DepthAttention(Residual):
 
 @register("full-attnres")
 class FullAttnRes(_DepthAttention):
+    def __init__(self, d_model: int, n_layers: int):
+        super().__init__(d_model, n_layers)
+        self._set_blocks(range(n_layers))  # every sublayer output is its own source
+
     def state_vectors(self) -> int:
         return self.n_layers + 1
 
 
+LAYOUTS = ("paper", "ceil")
+
+
 @register("block-attnres")
 class BlockAttnRes(_DepthAttention):
-    """Options: `n_blocks` N (default: the paper's 8, capped at L) or `block_size` S (overrides N).
+    """Options: `n_blocks` N (default: the paper's 8, capped at the number of transformer
+    blocks) laid out by `layout`, or `block_size` S (sublayers per block, the last block partial).
+
+    layout "paper" (§3.2 and its Fig. 2 code): block sizes count transformer blocks (attention +
+    MLP), so boundaries fall between transformer blocks: N blocks of floor(L_b / N) transformer
+    blocks each, the last one also taking the L_b mod N left over. layout "ceil": blocks of
+    S = ceil(L / N) sublayers; an N that this cannot make (L = 10, N = 8 gives 5 blocks) is an
+    error, never a silently smaller N.
 
     `two_phase`: at the start of each block, attend over the completed blocks for all of the
     block's sublayers at once, then merge each sublayer's partial-sum term by online softmax.
@@ -390,22 +424,48 @@ class BlockAttnRes(_DepthAttention):
     """
 
     def __init__(self, d_model: int, n_layers: int, *, n_blocks: int | None = None, block_size: int | None = None,
-                 two_phase: bool = False):
+                 layout: str = "paper", two_phase: bool = False):
         super().__init__(d_model, n_layers)
-        if block_size is None:
-            n_blocks = min(8, n_layers) if n_blocks is None else n_blocks
-            check_positive("n_blocks", n_blocks)
-            if n_blocks > n_layers:
-                raise VariantError(f"n_blocks must be <= n_layers (L={n_layers}), got {n_blocks}")
-            block_size = math.ceil(n_layers / n_blocks)
-        check_positive("block_size", block_size)
-        if block_size > n_layers:
-            raise VariantError(f"block_size must be <= n_layers (L={n_layers}), got {block_size}")
-        self.block_size = block_size
-        self.n_blocks = math.ceil(n_layers / block_size)  # effective N; last block may be partial
+        check_choice("layout", layout, LAYOUTS)
+        L = n_layers
+        if block_size is not None:
+            if n_blocks is not None:
+                raise VariantError("give n_blocks or block_size, not both")
+            check_positive("block_size", block_size)
+            if block_size > L:
+                raise VariantError(f"block_size must be <= n_layers (L={L}), got {block_size}")
+            starts = range(0, L, block_size)
+        elif layout == "paper":
+            if L % 2:
+                raise VariantError(f"layout 'paper' counts whole transformer blocks (attention + MLP): L={L} is odd; "
+                                   "use block_size")
+            blocks = L // 2
+            n = min(8, blocks) if n_blocks is None else n_blocks
+            check_positive("n_blocks", n)
+            if n > blocks:
+                raise VariantError(f"n_blocks must be <= the number of transformer blocks ({blocks}, L={L}) under "
+                                   f"layout 'paper', got {n}")
+            starts = range(0, 2 * (blocks // n) * n, 2 * (blocks // n))
+        else:
+            n = min(8, L) if n_blocks is None else n_blocks
+            check_positive("n_blocks", n)
+            if n > L:
+                raise VariantError(f"n_blocks must be <= n_layers (L={L}), got {n}")
+            starts = range(0, L, math.ceil(L / n))
+            if len(starts) != n:
+                raise VariantError(f"layout 'ceil' (blocks of ceil(L/N) = {math.ceil(L / n)} sublayers) makes "
+                                   f"{len(starts)} blocks of L={L}, not n_blocks={n}; ask for n_blocks={len(starts)} "
+                                   "or use layout 'paper'")
+        self._set_blocks(starts)
+        self.block_size, self.layout = block_size, layout
+        self.n_blocks = len(self.starts)  # = the requested N whenever one was given
         if not isinstance(two_phase, bool):  # bool("false") is True: never coerce
             raise VariantError(f"two_phase must be true or false, got {two_phase!r}")
         self.two_phase = two_phase
+
+    def block_sizes(self) -> list[int]:
+        """Sublayers per block, in order."""
+        return [e - s for s, e in zip(self.starts, self.starts[1:] + (self.n_layers,))]
 
     def state_vectors(self) -> int:
         return self.n_blocks + 1

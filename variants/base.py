@@ -65,6 +65,12 @@ class Residual(nn.Module):
         """d-vectors per token the residual state keeps alive across depth."""
         return 1
 
+    def mixing_flops(self) -> int:
+        """FLOPs per token of the variant's own matrix products in one forward (2 per
+        multiply-add; elementwise mixing, norms and softmax count nothing, as in MFU). Backward
+        costs twice this. The harness holds FlopCounterMode's count against it."""
+        return 0
+
     # -- optimiser hygiene -----------------------------------------------------------------
     def no_decay_parameters(self) -> list[nn.Parameter]:
         """Parameters that must never be weight-decayed (queries, gains, mixing weights,
@@ -102,6 +108,12 @@ def check_choice(name: str, value: Any, allowed: tuple) -> None:
 def mix_dtype(dtype: torch.dtype) -> torch.dtype:
     """Depth-mixing math runs in at least fp32: bf16/fp16 go up to fp32, fp64 stays fp64."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def no_autocast(t: torch.Tensor):
+    """A context in which autocast leaves depth-mixing math alone (fp32 logits and softmax, the
+    sources' own dtypes otherwise), on the device of `t`."""
+    return torch.autocast(device_type=t.device.type, enabled=False)
 
 
 def inv_rms(v: torch.Tensor) -> torch.Tensor:

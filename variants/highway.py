@@ -39,10 +39,13 @@ class Highway(Residual):
     def write(self, x, i, y):
         u = x * inv_rms(x).to(x.dtype)
         g = torch.sigmoid(self.gates[i](u))
-        return torch.lerp(x, y, g)  # (1 - g) * x + g * y
+        return torch.lerp(x, y.to(x.dtype), g.to(x.dtype))  # (1 - g) * x + g * y; autocast: y, g in bf16
 
     def end(self, x):
         return x
+
+    def mixing_flops(self) -> int:
+        return self.n_layers * 2 * self.d_model * (self.d_model if self.gate == "vector" else 1)
 
     def declared_extra_params(self) -> int:
         width = self.d_model if self.gate == "vector" else 1

@@ -1,5 +1,5 @@
 """Measurement primitives: memory counters, synchronized timing, FLOPs and MFU."""
-from .flops import count_flops, device_peak_flops, matmul_probe, mfu, peak_flops_for_name
+from .flops import count_flops, device_peak_flops, gemm_probe, matmul_probe, mfu, peak_flops_for_name
 from .memory import (
     LiveBytesTracker,
     NvmlSampler,
@@ -14,5 +14,5 @@ __all__ = [
     "LiveBytesTracker", "NvmlSampler", "cuda_memory_snapshot", "reset_cuda_peak",
     "rss_bytes", "peak_rss_bytes",
     "synchronize", "time_once", "time_interleaved", "summarize",
-    "count_flops", "matmul_probe", "device_peak_flops", "peak_flops_for_name", "mfu",
+    "count_flops", "matmul_probe", "gemm_probe", "device_peak_flops", "peak_flops_for_name", "mfu",
 ]

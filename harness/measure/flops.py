@@ -1,4 +1,10 @@
-"""FLOP counting and the peak FLOP/s that MFU is measured against."""
+"""FLOP counting and the peak FLOP/s that MFU is measured against.
+
+Convention (FlopCounterMode's): 2 FLOPs per multiply-add of a matrix product (mm, addmm, bmm,
+mv, attention); elementwise work, norms, softmax and reductions count nothing. Attention is
+counted as torch counts it on CUDA, on CPU too: the full T x T scores (causality not discounted),
+backward = the recomputed scores plus four products (2.5 x forward).
+"""
 from __future__ import annotations
 
 import math
@@ -6,18 +12,60 @@ import re
 from typing import Callable
 
 import torch
+from torch.utils import flop_counter as fc
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..provenance import matmul_fp32_precision
 from .timing import synchronize, time_once
 
-__all__ = ["count_flops", "matmul_probe", "device_peak_flops", "mfu"]
+__all__ = ["count_flops", "matmul_probe", "gemm_probe", "device_peak_flops", "mfu"]
+
+aten = torch.ops.aten
+
+
+# Formulas over shapes (FlopCounterMode turns the op's tensors into their shapes).
+def _sdpa(q, k, v, *args, out_shape=None, **kwargs) -> int:
+    return fc.sdpa_flop_count(q, k, v)
+
+
+def _sdpa_backward(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
+    return fc.sdpa_backward_flop_count(grad_out, q, k, v)
+
+
+def _addmm(self_shape, a, b, *args, out_shape=None, **kwargs) -> int:
+    return 2 * a[0] * a[1] * b[1]
+
+
+def _baddbmm(self_shape, a, b, *args, out_shape=None, **kwargs) -> int:
+    return 2 * a[0] * a[1] * a[2] * b[2]
+
+
+def _mv(a, v, *args, out_shape=None, **kwargs) -> int:
+    return 2 * a[0] * a[1]
+
+
+def _addmv(self_shape, a, v, *args, out_shape=None, **kwargs) -> int:
+    return 2 * a[0] * a[1]
+
+
+# What torch's own table misses: the CPU attention kernel (its CUDA twins are in the table),
+# in-place addmm_/baddbmm_ (the out-of-place ones are: without these the count would depend on
+# which form a kernel happens to call), and matrix-vector products.
+_EXTRA = {
+    aten._scaled_dot_product_flash_attention_for_cpu: _sdpa,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_backward,
+    aten.addmm_: _addmm,
+    aten.baddbmm_: _baddbmm,
+    aten.mv: _mv,
+    aten.addmv: _addmv,
+    aten.addmv_: _addmv,
+}
 
 
 def count_flops(fn) -> int:
-    """FLOPs of one call of ``fn`` (forward, backward and optimizer alike), as torch's
-    FlopCounterMode counts them: matmul-like ops only (2 per multiply-add); elementwise ops,
-    norms and softmax are free. Works under FakeTensorMode too."""
-    counter = FlopCounterMode(display=False)
+    """FLOPs of one call of ``fn`` (forward, backward and optimizer alike) under the convention
+    above. Works under FakeTensorMode too."""
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA)
     with counter:
         fn()
     return int(counter.get_total_flops())
@@ -58,6 +106,31 @@ def matmul_probe(dtype: torch.dtype = torch.float32, device="cpu", n: int | None
     return (lambda: torch.mm(a, b, out=c)), 2.0 * n**3
 
 
+def gemm_probe(m: int, k: int, n: int, dtype: torch.dtype = torch.float32, device="cpu",
+               target_s: float = 0.02) -> tuple[Callable[[], object], float]:
+    """(fn, flops): [m, k] @ [k, n] repeated so that one call takes about ``target_s``, warmed
+    up. Timed at the model's own GEMM shapes beside its steps, the best rate of these probes is
+    a ceiling for the work measured: a step does these products and more."""
+    for v in (m, k, n):
+        if v < 1:
+            raise ValueError(f"gemm_probe sizes must be >= 1, got {(m, k, n)}")
+    dev = torch.device(device)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(m, k, generator=g).to(device=dev, dtype=dtype)
+    b = torch.randn(k, n, generator=g).to(device=dev, dtype=dtype)
+    c = torch.empty(m, n, device=dev, dtype=dtype)
+    torch.mm(a, b, out=c)  # lazy init
+    reps = max(1, math.ceil(target_s / max(time_once(lambda: torch.mm(a, b, out=c), dev), 1e-7)))
+
+    def fn():
+        for _ in range(reps):
+            torch.mm(a, b, out=c)
+
+    fn()
+    synchronize(dev)
+    return fn, 2.0 * m * k * n * reps
+
+
 # Dense (no structured sparsity) peak FLOP/s, from NVIDIA's datasheets; they print the sparse
 # figure with an asterisk, the dense one is half of it. fp32 = CUDA cores, no tensor cores.
 #   H100: "NVIDIA H100 Tensor Core GPU" datasheet (SXM5 and PCIe columns)
@@ -82,13 +155,8 @@ _PEAKS: list[tuple[str, dict[str, float]]] = [
 
 
 def _dtype_key(dtype: torch.dtype) -> str | None:
-    if dtype == torch.float32:
-        # fp32 matmuls run on tensor cores as TF32 unless precision is "highest"
-        try:
-            tf32 = torch.get_float32_matmul_precision() != "highest"
-        except Exception:  # noqa: BLE001
-            tf32 = False
-        return "tf32" if tf32 else "fp32"
+    if dtype == torch.float32:  # fp32 matmuls run on tensor cores as TF32 when that is allowed
+        return "tf32" if matmul_fp32_precision() == "tf32" else "fp32"
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype)
 
 

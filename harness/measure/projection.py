@@ -16,6 +16,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .. import variants
 from ..model import ModelConfig, Transformer
+from ..precision import Precision
 
 
 def meta_model(cfg: ModelConfig, variant: str, options: dict | None = None) -> Transformer:
@@ -36,16 +37,17 @@ def param_bytes(model: Transformer, dtype: torch.dtype) -> int:
     return sum(p.numel() for p in model.parameters()) * torch.tensor([], dtype=dtype).element_size()
 
 
-def project(cfg: ModelConfig, variant: str, options: dict | None, batch: int, dtype: torch.dtype,
+def project(cfg: ModelConfig, variant: str, options: dict | None, batch: int, precision: Precision,
             views: tuple[str, ...], checkpoint_every: int = 1, stages: int = 4) -> dict:
     """Projected bytes per view (same functions and tracker as the real measurement)."""
     from ..studies import memory_views as V  # the views live with the study that reports them
 
     model = meta_model(cfg, variant, options)
+    dtype = precision.param_dtype
     out = {"param_bytes": param_bytes(model, dtype), "state_vectors": model.residual.state_vectors()}
     t0 = time.perf_counter()
     with FakeTensorMode():
         params = fake_params(model, dtype)
         idx = torch.zeros(batch, cfg.seq_len, dtype=torch.long)
-        bytes_, _ = V.measure(model, idx, idx, views, checkpoint_every, stages, params)
+        bytes_, _ = V.measure(model, idx, idx, views, checkpoint_every, stages, params, precision)
     return {**out, **bytes_, "seconds": time.perf_counter() - t0}

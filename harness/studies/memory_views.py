@@ -21,6 +21,7 @@ from torch.func import functional_call
 from torch.utils._pytree import tree_leaves
 
 from ..measure import LiveBytesTracker
+from ..precision import FP32, Precision
 
 VIEWS = ("inference", "checkpointed", "pipeline", "train")
 
@@ -31,8 +32,8 @@ def _call(module: nn.Module, params: dict | None, *args, **kwargs):
     return functional_call(module, params, args, kwargs)
 
 
-def inference_bytes(model, idx, params=None) -> int:
-    with torch.no_grad(), LiveBytesTracker() as t:
+def inference_bytes(model, idx, params=None, precision: Precision = FP32) -> int:
+    with torch.no_grad(), precision.context(idx.device), LiveBytesTracker() as t:
         _call(model, params, idx)
     return t.peak
 
@@ -41,12 +42,13 @@ class _Step(nn.Module):
     """Forward + loss + backward as one module call: under functional_call, checkpointing's
     recomputation in backward must still see the substituted parameters."""
 
-    def __init__(self, model):
+    def __init__(self, model, precision: Precision):
         super().__init__()
-        self.model = model
+        self.model, self.precision = model, precision
 
     def forward(self, idx, targets, checkpoint_every: int):
-        logits = self.model(idx, checkpoint_every=checkpoint_every)
+        with self.precision.context(idx.device):
+            logits = self.model(idx, checkpoint_every=checkpoint_every)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
         del logits
         loss.backward()
@@ -56,7 +58,7 @@ def _prefixed(params: dict | None) -> dict | None:
     return None if params is None else {f"model.{k}": v for k, v in params.items()}
 
 
-def train_bytes(model, idx, targets, checkpoint_every: int = 0, params=None) -> int:
+def train_bytes(model, idx, targets, checkpoint_every: int = 0, params=None, precision: Precision = FP32) -> int:
     """Peak of forward + loss + backward. Gradients are allocated *before* the tracked region
     (as in a steady-state step): backward then accumulates in place, and the peak is activations
     plus transients instead of also counting L·d² of new gradient storage."""
@@ -65,7 +67,7 @@ def train_bytes(model, idx, targets, checkpoint_every: int = 0, params=None) -> 
         p.grad = torch.zeros_like(p)
     try:
         with LiveBytesTracker() as t:
-            _call(_Step(model), _prefixed(params), idx, targets, checkpoint_every)
+            _call(_Step(model, precision), _prefixed(params), idx, targets, checkpoint_every)
     finally:
         for p in weights:
             p.grad = None
@@ -145,19 +147,21 @@ def pipeline_bytes(model, idx, stages: int, params=None) -> dict:
             "fixed": {c: 2 * a - b for c, a, b in zip(cuts, one, two)}, "max": max(tok.values(), default=0)}
 
 
-def measure(model, idx, targets, views, checkpoint_every: int, stages: int, params=None) -> tuple[dict, dict]:
+def measure(model, idx, targets, views, checkpoint_every: int, stages: int, params=None,
+            precision: Precision = FP32) -> tuple[dict, dict]:
     """({view: bytes}, pipeline details) for the requested views; 'pipeline' bytes are the
     token-proportional part at the busiest boundary."""
     out, extra = {}, {}
     for view in views:
         if view == "inference":
-            out[view] = inference_bytes(model, idx, params)
+            out[view] = inference_bytes(model, idx, params, precision)
         elif view == "checkpointed":
-            out[view] = train_bytes(model, idx, targets, checkpoint_every, params)
+            out[view] = train_bytes(model, idx, targets, checkpoint_every, params, precision)
         elif view == "train":
-            out[view] = train_bytes(model, idx, targets, 0, params)
+            out[view] = train_bytes(model, idx, targets, 0, params, precision)
         elif view == "pipeline":
-            pipe = pipeline_bytes(model, idx, stages, params)
+            with precision.context(idx.device):
+                pipe = pipeline_bytes(model, idx, stages, params)
             out[view] = pipe["max"]
             extra = {f"pipeline_{k}": {str(c): b for c, b in pipe[k].items()} for k in ("boundaries", "vectors", "fixed")}
         else:

@@ -22,15 +22,16 @@ import yaml
 from .. import variants
 from ..variants.base import VariantError
 
-from ..config import DTYPES, ConfigError, VariantSpec, _check_keys, _coerce, _parse_shapes, _parse_variants, \
+from ..config import ConfigError, parse_precision, VariantSpec, _check_keys, _coerce, _parse_shapes, _parse_variants, \
     resolve_suite_path
 from ..model import ModelConfig, build_model
+from ..precision import get as get_precision
 from ..results import LOCAL_DIR, results_root
 from . import memory_views as V
 
-SCALING_KEYS = ("kind", "name", "dtype", "threads", "seed", "batch", "shape", "depths", "variants", "n_sweep",
+SCALING_KEYS = ("kind", "name", "precision", "threads", "seed", "batch", "shape", "depths", "variants", "n_sweep",
                 "views", "checkpoint_every", "pipeline_stages")
-PROJECTION_KEYS = ("kind", "name", "dtype", "batch", "shapes", "variants", "views", "checkpoint_every",
+PROJECTION_KEYS = ("kind", "name", "precision", "batch", "shapes", "variants", "views", "checkpoint_every",
                    "pipeline_stages")
 SHAPE_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name != "n_blocks")
 
@@ -46,7 +47,7 @@ class NSweep:
 class Study:
     kind: str
     name: str
-    dtype: str
+    precision: str
     batch: int
     variants: tuple[VariantSpec, ...]
     views: tuple[str, ...]
@@ -115,14 +116,12 @@ def parse_study(raw: Any, kind: str, default_name: str = "study") -> Study:
     for key in required:
         if key not in raw:
             raise ConfigError(f"suite: missing key {key!r}")
-    dtype = raw.get("dtype", "float32")
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    precision = parse_precision(raw)
     views = raw.get("views", list(V.VIEWS))
     if not isinstance(views, list) or not views or any(v not in V.VIEWS for v in views):
         raise ConfigError(f"views must be a non-empty list of {', '.join(V.VIEWS)}; got {views!r}")
     common = dict(
-        kind=kind, name=_coerce("name", raw.get("name", default_name), str), dtype=dtype,
+        kind=kind, name=_coerce("name", raw.get("name", default_name), str), precision=precision,
         batch=_positive_int("batch", raw.get("batch", 1)), variants=_parse_variants(raw["variants"]),
         views=tuple(v for v in V.VIEWS if v in views),
         checkpoint_every=_positive_int("checkpoint_every", raw.get("checkpoint_every", 1)),
@@ -174,17 +173,18 @@ def _parse_n_sweep(raw) -> NSweep | None:
 
 def measure_cell(study: Study, cfg: ModelConfig, spec: VariantSpec) -> dict:
     """All views of one (variant, shape), real tensors, this process."""
-    dtype = getattr(torch, study.dtype)
-    model = build_model(cfg, spec.name, spec.options, study.seed, "cpu", dtype)
+    prec = get_precision(study.precision)
+    model = build_model(cfg, spec.name, spec.options, study.seed, "cpu", prec.param_dtype)
     g = torch.Generator().manual_seed(study.seed)
     tok = torch.randint(0, cfg.vocab_size, (study.batch, cfg.seq_len + 1), generator=g)
     idx, targets = tok[:, :-1], tok[:, 1:]
     t0 = time.perf_counter()
-    out, extra = V.measure(model, idx, targets, study.views, study.checkpoint_every, study.pipeline_stages)
+    out, extra = V.measure(model, idx, targets, study.views, study.checkpoint_every, study.pipeline_stages,
+                           precision=prec)
     return {
         "label": spec.label, "variant": spec.name, "options": spec.options, "n_blocks": cfg.n_blocks,
         "L": cfg.n_layers, "d_model": cfg.d_model, "seq_len": cfg.seq_len, "batch": study.batch,
-        "dtype": study.dtype, "itemsize": torch.tensor([], dtype=dtype).element_size(),
+        "precision": study.precision, "itemsize": prec.param_itemsize,
         "state_vectors": model.residual.state_vectors(), "checkpoint_every": study.checkpoint_every,
         "pipeline_stages": study.pipeline_stages, "bytes": out, **extra, "seconds": round(time.perf_counter() - t0, 3),
     }
@@ -267,10 +267,11 @@ def cmd_project(args) -> int:
     records = []
     for shape_name, cfg in study.shapes:
         for spec in study.variants:
-            r = project(cfg, spec.name, spec.options, study.batch, getattr(torch, study.dtype), study.views,
-                        study.checkpoint_every, study.pipeline_stages)
+            r = project(cfg, spec.name, spec.options, study.batch, get_precision(study.precision), study.views,
+                        study.checkpoint_every, study.pipeline_stages,
+                           precision=prec)
             records.append({"shape": shape_name, "label": spec.label, **cfg.to_dict(), "batch": study.batch,
-                            "dtype": study.dtype, "checkpoint_every": study.checkpoint_every,
+                            "precision": study.precision, "checkpoint_every": study.checkpoint_every,
                             "pipeline_stages": study.pipeline_stages, **r})
             if not args.quiet:
                 print(f"{shape_name} {spec.label}: projected in {r['seconds']:.1f} s", file=sys.stderr)

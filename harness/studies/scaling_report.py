@@ -67,7 +67,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def render_table(rows: list[dict], records: list[dict], study) -> str:
     sh = study.shape
-    head = (f"Shape: d={sh.get('d_model')}, seq={sh.get('seq_len')}, batch={study.batch}, {study.dtype}; "
+    head = (f"Shape: d={sh.get('d_model')}, seq={sh.get('seq_len')}, batch={study.batch}, {study.precision}; "
             f"checkpoint every {study.checkpoint_every} block(s); pipeline split into {study.pipeline_stages} "
             f"stages. Slope = bytes per token per added sublayer (depth sweep) or per added AttnRes block "
             f"(N sweep); 'd-vec' = slope / (d · itemsize); 'floor' = what any residual net keeps in that view.")
@@ -132,7 +132,7 @@ def _plot(records, rows, path: Path, sweep: str, xkey: str, xlabel: str) -> Path
         ax.set_visible(False)
     r0 = recs[0]
     fig.suptitle(f"Memory per token vs {xlabel} — d={r0['d_model']}, seq={r0['seq_len']}, batch={r0['batch']}, "
-                 f"{r0['dtype']} (dashed: least-squares fit)")
+                 f"{r0['precision']} (dashed: least-squares fit)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -159,7 +159,7 @@ def render_projection(records: list[dict], study) -> str:
         r0 = recs[0]
         out.append(f"Projected (fake tensors, no storage) — shape {shape!r}: d={r0['d_model']}, "
                    f"{r0['n_blocks']} blocks (L={2 * r0['n_blocks']}), heads={r0['n_heads']}, "
-                   f"seq={r0['seq_len']}, batch={r0['batch']}, vocab={r0['vocab_size']}, {r0['dtype']}; "
+                   f"seq={r0['seq_len']}, batch={r0['batch']}, vocab={r0['vocab_size']}, {r0['precision']}; "
                    f"checkpoint every {r0['checkpoint_every']} block(s), {r0['pipeline_stages']} pipeline stages. "
                    f"GiB for the whole batch ({r0['batch'] * r0['seq_len']:,} tokens): peaks of live tensors created by "
                    f"the step (weights apart, column 'weights'; gradients and optimizer state excluded); pipeline = "
