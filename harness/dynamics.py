@@ -21,11 +21,15 @@ def _rms(t: torch.Tensor) -> float:
 def probe(model, x: torch.Tensor, y: torch.Tensor) -> dict:
     inputs, outputs = [], []
 
-    def hook(module, args, out):
-        inputs.append(_rms(args[0]))
+    def before(module, args):  # the input is read before the sublayer consumes it (model.take)
+        h = args[0]
+        inputs.append(_rms(h[0] if isinstance(h, list) else h))
+
+    def after(module, args, out):
         outputs.append(_rms(out))
 
-    handles = [f.register_forward_hook(hook) for f in model.sublayers]
+    handles = [f.register_forward_pre_hook(before) for f in model.sublayers]
+    handles += [f.register_forward_hook(after) for f in model.sublayers]
     residual = model.residual
     recording = hasattr(residual, "record_weights")
     try:

@@ -58,6 +58,15 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, RMS_EPS)
 
 
+def take(h):
+    """A sublayer's input, possibly handed over as a one-item list: the module call then does not
+    keep it alive, and once the pre-norm has read it, it is freed. (AttnRes's h is a fresh
+    d-vector per token that nothing else holds; PreNorm's is the stream, which the state keeps.)
+    The sublayers below chain their temporaries for the same reason: each dies as soon as the
+    next op has read it, so a no-grad forward holds the residual state and one op's operands."""
+    return h.pop() if isinstance(h, list) else h
+
+
 class Attention(nn.Module):
     """Sublayer f(h) = Attn(norm(h)): causal multi-head self-attention."""
 
@@ -69,9 +78,12 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
     def forward(self, h):
-        B, T, D = h.shape
-        q, k, v = self.qkv(self.norm(h)).view(B, T, 3, self.n_heads, D // self.n_heads).unbind(2)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        u = self.norm(take(h))
+        B, T, D = u.shape
+        qkv = self.qkv(u).view(B, T, 3, self.n_heads, D // self.n_heads).transpose(1, 3)  # [B, H, 3, T, dh]
+        del u
+        y = F.scaled_dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], is_causal=True)
+        del qkv
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -85,7 +97,7 @@ class MLP(nn.Module):
         self.proj = nn.Linear(cfg.d_hidden, cfg.d_model, bias=False)
 
     def forward(self, h):
-        return self.proj(F.gelu(self.fc(self.norm(h)), approximate="tanh"))
+        return self.proj(F.gelu(self.fc(self.norm(take(h))), approximate="tanh"))
 
 
 class Transformer(nn.Module):
@@ -131,18 +143,18 @@ class Transformer(nn.Module):
         """idx [B, T] int64 → logits [B, T, vocab]. checkpoint_every=k > 0: activation
         checkpointing by segments of k blocks (only the residual state at segment boundaries is
         kept for backward; each segment is recomputed in backward)."""
-        state = self.residual.begin(self.embed(idx))
+        # no local keeps the embedding or the final state alive: only what the residual keeps lives
         if checkpoint_every:
-            state = self._checkpointed(state, checkpoint_every)
+            x = self.residual.end(self._checkpointed(self.residual.begin(self.embed(idx)), checkpoint_every))
         else:
-            state = self.run_sublayers(state, 0, self.cfg.n_layers)
-        return self.head(self.norm_f(self.residual.end(state)))
+            x = self.residual.end(self.run_sublayers(self.residual.begin(self.embed(idx)), 0, self.cfg.n_layers))
+        return self.head(self.norm_f(x))
 
     def run_sublayers(self, state: Any, start: int, stop: int) -> Any:
         """Sublayers [start, stop) on a residual state: one pipeline stage or checkpoint segment."""
         for i in range(start, stop):
-            h = self.residual.read(state, i)
-            state = self.residual.write(state, i, self.sublayers[i](h))
+            # h = read(state, i); state = write(state, i, f_i(h)), with h handed over (see take)
+            state = self.residual.write(state, i, self.sublayers[i]([self.residual.read(state, i)]))
         return state
 
     def _segment(self, spec, start: int, stop: int, *leaves):

@@ -368,3 +368,52 @@ def test_nvml_real_module_never_raises():
     with NvmlSampler() as s:  # no GPU on CI: must come back unavailable, quietly
         pass
     assert s.status == "ok" or (s.status.startswith("unavailable: ") and s.peak_bytes is None)
+
+
+# -- the no-grad forward holds the residual state and one op's operands, nothing more ----------
+
+@pytest.mark.parametrize("name,state", [("prenorm", 1), ("highway", 1), ("densenet", 5)])
+def test_prefill_peak_is_the_state_plus_the_widest_sublayer_transient(name, state):
+    """At the last MLP the forward must hold the residual state (PreNorm: the stream; DenseNet:
+    the stream and the block outputs X_0 .. X_3 a later DWA reads) and the MLP's two hidden
+    activations (fc output and GELU output, 2·h per token): exactly that, nothing kept from the
+    embedding or the sublayer input. Checked exactly, in bytes."""
+    from resbench.model import ModelConfig, build_model
+    from resbench.studies.memory_views import inference_bytes
+
+    cfg = ModelConfig(vocab_size=64, d_model=64, n_blocks=4, n_heads=4, mlp_ratio=4.0, seq_len=32)
+    B = 2
+    vec = B * cfg.seq_len * cfg.d_model * 4
+    model = build_model(cfg, name)
+    idx = torch.randint(0, cfg.vocab_size, (B, cfg.seq_len), generator=torch.Generator().manual_seed(0))
+    assert model.residual.state_vectors() == state
+    assert inference_bytes(model, idx) == state * vec + 2 * (B * cfg.seq_len * cfg.d_hidden * 4)
+
+
+@pytest.mark.parametrize("name,options", [("full-attnres", {}), ("block-attnres", {"n_blocks": 2}),
+                                          ("block-attnres", {"n_blocks": 4})])
+def test_attnres_prefill_holds_its_sources_and_no_sublayer_input(name, options):
+    """AttnRes's extra over PreNorm is its sources beyond the stream plus per-token scalars (the
+    logits cached per source): the d-vector h it reads for a sublayer is not kept once the
+    sublayer's norm has read it (it was one extra d-vector per token: 'infer extra / declared'
+    read 1.17 for Block at shape A)."""
+    from resbench.model import ModelConfig, build_model
+    from resbench.studies.memory_views import inference_bytes
+
+    cfg = ModelConfig(vocab_size=64, d_model=256, n_blocks=4, n_heads=4, mlp_ratio=4.0, seq_len=16)
+    B, L = 2, cfg.n_layers
+    vec, row = B * cfg.seq_len * cfg.d_model * 4, B * cfg.seq_len * 4  # a d-vector, a scalar per token
+    idx = torch.randint(0, cfg.vocab_size, (B, cfg.seq_len), generator=torch.Generator().manual_seed(0))
+    base = inference_bytes(build_model(cfg, "prenorm"), idx)
+    res = build_model(cfg, name, options)
+    extra = inference_bytes(res, idx) - base
+    # at the peak (the last MLP) the sources are all but the last block's output; PreNorm holds
+    # its stream instead of one of them. Besides: each live source's cached logits (one scalar
+    # per token and later reader) and the folded queries (L + 1 vectors, not per token).
+    r = res.residual
+    alive = len(r.starts)  # e and the completed blocks, or e, the completed blocks and the partial sum
+    alive += r.starts[-1] != L - 1  # ... a partial sum exists unless the last block is one sublayer
+    rows = sum(L + 1 - f for f in r._first[:len(r.starts)])
+    sources = alive - 1
+    assert extra == sources * vec + rows * row + (L + 1) * cfg.d_model * 4, (name, options, extra / vec)
+    assert extra < (r.state_vectors() - 0.5) * vec  # the old forward held one more d-vector: h
