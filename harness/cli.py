@@ -6,6 +6,7 @@ on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import torch
@@ -31,18 +32,21 @@ def cmd_list(args) -> int:
     for name in variants.names():
         with torch.device("meta"):
             residual = variants.build(name, cfg.d_model, cfg.n_layers)
-        rows.append([
-            name,
-            _fmt_opts(type(residual).option_defaults()),
-            f"{residual.declared_extra_params():,}",
-            f"{residual.declared_extra_params() / base:.2%}",
-            residual.state_vectors(),
-            type(residual).__module__,
-        ])
+        rows.append({"variant": name, "options": type(residual).option_defaults(),
+                     "extra_params": residual.declared_extra_params(),
+                     "extra_params_vs_shared": residual.declared_extra_params() / base,
+                     "state_vectors": residual.state_vectors(), "mixing_flops_per_token": residual.mixing_flops(),
+                     "source": variants.source_of(name)})
+    if args.json:
+        print(json.dumps({"d_model": cfg.d_model, "n_blocks": cfg.n_blocks, "n_layers": cfg.n_layers,
+                          "shared_params": base, "variants": rows}, indent=1))
+        return 0
     print(f"shape: d_model={cfg.d_model}, {cfg.n_blocks} blocks (L={cfg.n_layers} sublayers), "
           f"{base:,} shared params")
-    print(tabulate(rows, headers=["variant", "options (defaults)", "extra params", "vs shared",
-                                  "state d-vectors/token", "module"], disable_numparse=True))
+    table = [[r["variant"], _fmt_opts(r["options"]), f"{r['extra_params']:,}", f"{r['extra_params_vs_shared']:.2%}",
+              r["state_vectors"], f"{r['mixing_flops_per_token']:,}", r["source"].split(":")[0]] for r in rows]
+    print(tabulate(table, headers=["variant", "options (defaults)", "extra params", "vs shared",
+                                   "state d-vectors/token", "mixing FLOPs/token", "module"], disable_numparse=True))
     return 0
 
 
@@ -57,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--d-model", type=int, default=1024)
     ls.add_argument("--blocks", type=int, default=16, help="transformer blocks (L = 2 x blocks sublayers)")
     ls.add_argument("--heads", type=int, default=8)
+    ls.add_argument("--json", action="store_true", help="print the rows as JSON")
     ls.set_defaults(func=cmd_list)
 
     from . import commands, history

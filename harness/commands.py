@@ -1,6 +1,7 @@
 """`resbench run` and `resbench report`: the measuring commands."""
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 from .config import expand_cells, load_suite
 from .overhead import render_overhead
 from .provenance import checkout_root, environment, producer
-from .report import render
+from .report import render, tables
 from .results import default_results_path, read_records, results_root, warn_to_stderr
 from .runner import resolve_device, run_suite
 
@@ -27,6 +28,9 @@ def cmd_run(args) -> int:
     shown = [r for r in read_records(out) if r["key"] in keys
              and (args.resume_any or producer(r.get("env") or {}) == mine)]
     print(render(shown))
+    for t in tables(shown):
+        if t["unstable"]:
+            warnings.warn(f"{t['heading'].split(':')[0]}: {t['unstable']}", stacklevel=2)
     if suite.targets:
         print(render_overhead(shown, suite.targets)[0])
     print(f"records: {out}", file=sys.stderr)
@@ -52,6 +56,8 @@ def cmd_report(args) -> int:
         text, met = render_overhead(records, load_suite(args.targets).targets)
         print(text)
         return 0 if met else 1
+    elif args.json:
+        print(json.dumps([{k: v for k, v in t.items() if k != "records"} for t in tables(records)], indent=1))
     else:
         print(render(records))
     return 0
@@ -77,4 +83,5 @@ def add_subcommands(sub) -> None:
                      "compute-equivalence, time-to-target, dynamics) as DIR/report.md with PNG plots")
     rep.add_argument("--targets", metavar="SUITE", help="the cost-vs-prenorm table, checked against the suite's "
                      "targets (e.g. overhead); exit 1 if one is not met")
+    rep.add_argument("--json", action="store_true", help="the tables as JSON (raw numbers: ms, bytes, ratios)")
     rep.set_defaults(func=cmd_report)

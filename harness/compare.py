@@ -7,6 +7,7 @@ BASE but not at HEAD (oom, diverged, error, timeout) is a regression too.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -193,6 +194,11 @@ def cmd_compare(args) -> int:
     rows = compare(base, head, args.threshold, args.alpha)
     for w in env_warnings(base, head):
         print(f"resbench: warning: {w}", file=sys.stderr)
+    bad = [r for r in rows if r.regressed]
+    if args.json:
+        print(json.dumps({"base": base_name, "head": head_name, "threshold": args.threshold, "alpha": args.alpha,
+                          "rows": [dataclasses.asdict(r) for r in rows], "regressions": len(bad)}, indent=1))
+        return 1 if bad else 0
     print(f"BASE {base_name}  vs  HEAD {head_name}\nregression: HEAD/BASE > {1 + args.threshold:.2f} and, "
           f"for timings with raw repeats, one-sided Mann-Whitney U p < {args.alpha:g}\n")
     print(render(rows))
@@ -201,6 +207,5 @@ def cmd_compare(args) -> int:
         print(f"resbench: warning: the machine ran {abs(drift - 1):.0%} {'slower' if drift < 1 else 'faster'} "
               "in HEAD's run than in BASE's (measured matmul peak): timing ratios include that; "
               "measure both on a quiet machine, or use `asv continuous`", file=sys.stderr)
-    bad = [r for r in rows if r.regressed]
     print(f"\n{len(bad)} regression(s)" + (": " + "; ".join(f"{r.cell} {r.metric}" for r in bad) if bad else ""))
     return 1 if bad else 0

@@ -67,6 +67,7 @@ def add_subcommands(sub) -> None:
                      help="relative worsening that counts (default 0.10 = HEAD 10%% worse than BASE)")
     cmp.add_argument("--alpha", type=float, default=0.01,
                      help="significance for timings with raw repeats (one-sided Mann-Whitney U; default 0.01)")
+    cmp.add_argument("--json", action="store_true", help="the comparison as JSON (exit status as without it)")
     cmp.set_defaults(func=cmd_compare)
 
     dash = sub.add_parser("dashboard", help="asv publish, then asv preview (the history dashboard)")

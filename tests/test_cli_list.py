@@ -1,6 +1,7 @@
 """`resbench list`: every variant with the analytic costs of docs/VARIANTS.md's table."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -21,7 +22,7 @@ def list_rows(capsys, *args) -> tuple[str, dict[str, list[str]]]:
     rows = {}
     for line in lines[2:]:  # column titles, dashes
         cells = re.split(r"\s{2,}", line.strip())
-        assert len(cells) == 6, line
+        assert len(cells) == 7, line
         rows[cells[0]] = cells
     return header, rows
 
@@ -37,7 +38,7 @@ def test_lists_every_registered_variant(capsys):
     assert set(MISSION) <= set(rows)
     assert rows["highway"][1] == "gate=vector, gate_bias=-2.0"
     assert rows["prenorm"][1] == "-"
-    assert rows["block-attnres"][5] == "resbench.variants.attnres"
+    assert rows["block-attnres"][6] == "resbench.variants.attnres"
 
 
 def test_default_shape_costs_match_formulas(capsys):
@@ -88,3 +89,11 @@ def test_list_uses_meta_device_for_huge_shapes(capsys):
     _, rows = list_rows(capsys, "--d-model", "4096", "--blocks", "48", "--heads", "32")
     assert costs(rows, "highway") == (96 * (4096 * 4096 + 4096), 1)
     assert torch.zeros(1).device.type == "cpu"  # the default device is restored
+
+
+def test_list_json_has_the_declared_costs(capsys):
+    assert main(["list", "--json", "--d-model", "64", "--blocks", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    by = {r["variant"]: r for r in out["variants"]}
+    assert by["highway"]["mixing_flops_per_token"] == 4 * 2 * 64 * 64 and by["prenorm"]["extra_params"] == 0
+    assert by["full-attnres"]["source"].startswith("resbench.variants.attnres:FullAttnRes@")

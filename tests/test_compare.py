@@ -68,6 +68,9 @@ def test_injected_slowdown_is_caught(tmp_path, capsys):
     assert "REGRESSION" in line
     assert "REGRESSION" not in next(ln for ln in out.splitlines() if "prefill_ms" in ln)
     assert "1 regression(s)" in out
+    assert run_compare(tmp_path, base, head, "--json") == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["regressions"] == 1 and {r["metric"] for r in doc["rows"] if r["regressed"]} == {"train_ms"}
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -130,8 +130,24 @@ def test_cli_run_then_report(tmp_path, capsys):
     assert dense["train_mfu"] == pytest.approx(dense["train_flops"] / (dense["train_ms"]["median"] / 1e3)
                                                / dense["peak_flops"])
     assert "train rounds" in dense["peak_flops_source"]
+    # the peak is the best GEMM rate at the model's own shapes: a ceiling for what a step does
+    for r in recs:
+        m = r["metrics"]
+        assert 0 < m["train_mfu"] <= 1 and 0 < m["prefill_mfu"] <= 1
+        assert m["peak_flops"] == max(p["best_flops_per_s"] for p in m["peak_probes"].values())
+        assert {"qkv", "mlp-up", "head", "square"} <= set(m["peak_probes"])
     assert main(["report", str(out)]) == 0
     assert capsys.readouterr().out == printed
+    assert main(["report", str(out), "--json"]) == 0
+    (table,) = json.loads(capsys.readouterr().out)
+    rows = {r["variant"]: r for r in table["rows"]}
+    assert rows["densenet"]["train_ratio"] == pytest.approx(dense["train_ratio_vs_prenorm"])
+    assert table["precision"] == "fp32" and table["code_hash"] == recs[0]["env"]["code_hash"]
+    # a machine whose speed moved during the rounds is named, not reported as usual
+    shaky = [{**r, "metrics": {**r["metrics"], "peak_probes": {
+        **r["metrics"]["peak_probes"], "qkv": {**r["metrics"]["peak_probes"]["qkv"],
+                                               "ms": {"min": 1.0, "max": 10.0, "median": 2.0}}}}} for r in recs]
+    assert "WARNING: the machine is unstable" in render(shaky) and "qkv" in render(shaky)
 
 
 def _tp_suite(group):
