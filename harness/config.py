@@ -88,7 +88,7 @@ class Suite:
     shapes: tuple[tuple[str, ModelConfig], ...]
     workloads: dict[str, Any]
     device: str = "cpu"
-    precision: str = "fp32"
+    precisions: tuple[str, ...] = ("fp32",)  # an axis, like seeds
     seeds: tuple[int, ...] = (0,)
     threads: int = 0  # 0: leave torch's default
     timeout_s: float = 300.0
@@ -204,7 +204,7 @@ def parse_suite(raw: Any, default_name: str = "suite") -> Suite:
     if isinstance(raw, dict) and raw.get("kind") in ("scaling", "projection"):
         command = "scale" if raw["kind"] == "scaling" else "project"
         raise ConfigError(f"this is a {raw['kind']} suite: run it with `resbench {command}`")
-    prec = parse_precision(raw) if isinstance(raw, dict) else "fp32"
+    precs = parse_precision(raw, many=True) if isinstance(raw, dict) else ("fp32",)
     _check_keys("suite", raw, SUITE_KEYS)
     for required in ("variants", "shapes", "workloads"):
         if required not in raw:
@@ -240,22 +240,28 @@ def parse_suite(raw: Any, default_name: str = "suite") -> Suite:
         raise ConfigError(f"workloads.throughput.group 'pair' times every variant against {BASELINE!r}; "
                           f"add {BASELINE!r} to variants")
     targets = _parse_targets(raw.get("targets"), [n for n, _ in shapes], [s.label for s in specs])
-    return Suite(name=name, variants=specs, shapes=shapes, workloads=workloads, device=device, precision=prec,
+    return Suite(name=name, variants=specs, shapes=shapes, workloads=workloads, device=device, precisions=precs,
                  seeds=tuple(seeds), threads=threads, timeout_s=timeout, shape_overrides=shape_overrides,
                  targets=targets)
 
 
-def parse_precision(raw: dict) -> str:
-    """`precision:` (default fp32). The old `dtype:` key names a tensor dtype, not how a model
-    is trained: it is refused with the precision that replaces it."""
+def parse_precision(raw: dict, many: bool = False):
+    """`precision:` (default fp32); with `many`, a list of them too (a tuple comes back). The
+    old `dtype:` key names a tensor dtype, not how a model is trained: it is refused with the
+    precision that replaces it."""
     if "dtype" in raw:
         old = {"float32": "fp32", "bfloat16": "bf16-pure (or bf16-autocast)", "float16": "fp16-autocast"}
         hint = old.get(raw["dtype"], " | ".join(PRECISIONS)) if isinstance(raw["dtype"], str) else " | ".join(PRECISIONS)
         raise ConfigError(f"dtype is replaced by precision ({' | '.join(PRECISIONS)}): write precision: {hint}")
     prec = raw.get("precision", "fp32")
-    if prec not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {prec!r}")
-    return prec
+    listed = prec if many and isinstance(prec, list) and prec else [prec]
+    for p in listed:
+        if not isinstance(p, str) or p not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}"
+                              f"{' (or a list of them)' if many else ''}; got {p!r}")
+    if len(set(listed)) != len(listed):
+        raise ConfigError(f"precision lists {listed!r} twice")
+    return tuple(listed) if many else prec
 
 
 SHAPE_OVERRIDES = ("batch", "warmup", "repeats")
@@ -375,17 +381,19 @@ def _parse_workloads(raw) -> dict[str, Any]:
 
 
 def expand_cells(suite: Suite, device: str) -> list[Cell]:
-    """variant × shape × workload × seed, in a stable order (workload-major: cheap ones first)."""
+    """variant × shape × precision × workload × seed, in a stable order (workload-major: cheap
+    ones first)."""
     cells = []
+    sources = {spec.name: variants.source_of(spec.name) for spec in suite.variants}
     for kind in WORKLOADS:
         if kind not in suite.workloads:
             continue
         for shape_name, cfg in suite.shapes:
             params = dataclasses.asdict(suite.workloads[kind])
             params.update((k, v) for k, v in suite.shape_overrides.get(shape_name, {}).items() if k in params)
-            for seed in suite.seeds:
-                for spec in suite.variants:
-                    cells.append(Cell(spec.name, spec.options, spec.label, shape_name, cfg.to_dict(), kind,
-                                      params, device, suite.precision, seed, suite.threads,
-                                      variants.source_of(spec.name)))
+            for prec in suite.precisions:
+                for seed in suite.seeds:
+                    for spec in suite.variants:
+                        cells.append(Cell(spec.name, spec.options, spec.label, shape_name, cfg.to_dict(), kind,
+                                          params, device, prec, seed, suite.threads, sources[spec.name]))
     return cells

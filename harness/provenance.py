@@ -54,9 +54,13 @@ def checkout_root() -> Path | None:
 
 @functools.lru_cache(maxsize=1)
 def git_fingerprint() -> dict:
+    """The checkout's commit and dirty flag; for a copy without .git (scripts/gpu_acceptance.sh
+    on a machine without git access), the commit its launcher names in RESBENCH_COMMIT, marked
+    as stated, not read (the code hash still identifies the code)."""
     root = checkout_root()
     if root is None:
-        return {"commit": None, "dirty": None}
+        stated = os.environ.get("RESBENCH_COMMIT")
+        return {"commit": stated, "dirty": None, "commit_stated": True} if stated else {"commit": None, "dirty": None}
 
     def git(*args):
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)

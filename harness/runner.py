@@ -48,7 +48,7 @@ def plan_jobs(cells: list[Cell], todo: set[str]) -> list[list[Cell]]:
     jobs = []
     for cell in cells:
         if cell.workload == "throughput":
-            groups[(cell.shape_name, cell.seed)].append(cell)
+            groups[(cell.shape_name, cell.precision, cell.seed)].append(cell)
         elif cell.key in todo:
             jobs.append([cell])
     tp_jobs = []

@@ -56,7 +56,10 @@ def test_precision_is_part_of_the_cell_and_the_loss_is_fp32():
            "shapes": [{"name": "s", "d_model": 16, "n_blocks": 1, "n_heads": 2, "seq_len": 8}],
            "workloads": {"memory": {}}}
     suite = parse_suite(raw)
-    assert suite.precision == "bf16-autocast"
+    assert suite.precisions == ("bf16-autocast",)
+    both = parse_suite({**raw, "precision": ["fp32", "bf16-autocast"]})
+    from resbench.config import expand_cells
+    assert [c.precision for c in expand_cells(both, "cpu")] == ["fp32", "bf16-autocast"]
     model = build_model(CFG, "prenorm")
     x = torch.randint(0, 256, (2, 16))
     assert lm_loss(model, x, x, PRECISIONS["bf16-autocast"]).dtype == torch.float32

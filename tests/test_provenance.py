@@ -178,3 +178,20 @@ def test_a_plain_pip_install_finds_its_suites_and_writes_where_the_user_stands(t
 @pytest.mark.parametrize("spec", ["quick", "overhead"])
 def test_shipped_suites_load_by_name(spec):
     assert load_suite(spec).name == spec
+
+
+def test_the_gpu_acceptance_script_runs_without_pip(tmp_path):
+    """Its plumbing, on this CPU: the package laid out from the checkout (no pip), the CUDA tests
+    (skipped here), a suite, the report and the stated commit."""
+    suite = tmp_path / "s.yaml"
+    suite.write_text(yaml.safe_dump({"name": "s", "device": "cuda", "variants": ["prenorm"], "shapes": SHAPE,
+                                     "threads": 1, "workloads": {"memory": {"batch": 2}}}))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "SUITE": str(suite), "DEVICE": "cpu", "RESBENCH_COMMIT": "cafe1234"}
+    done = subprocess.run([str(ROOT / "scripts" / "gpu_acceptance.sh"), str(out)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (rec,) = read_records(out / "gpu.jsonl")
+    assert rec["status"] == "ok" and rec["env"]["commit"] == "cafe1234" and rec["env"]["commit_stated"]
+    assert "skipped" in (out / "pytest.log").read_text() and "commit cafe1234" in (out / "report.md").read_text()
+    assert "resbench" in (out / "env.txt").read_text()
