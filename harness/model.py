@@ -205,5 +205,19 @@ def build_model(cfg: ModelConfig, variant: str, options: dict | None = None, see
     return model.to(device=device, dtype=dtype)
 
 
+def step_flops(cfg: ModelConfig, mixing_per_token: int, tokens: int, train: bool) -> int:
+    """FLOPs of a prefill (train=False) or a train step (forward + backward) of the shared model
+    plus a variant's declared mixing FLOPs, from shapes alone, in FlopCounterMode's convention
+    (measure/flops.py): each Linear 2·in·out per token forward, twice that backward; attention
+    scores and values 2·T·d each per token, backward five such products. Equal to the counted
+    FLOPs exactly (tests/test_measure_flops.py)."""
+    d, h, V, T, blocks = cfg.d_model, cfg.d_hidden, cfg.vocab_size, cfg.seq_len, cfg.n_blocks
+    linear = blocks * (8 * d * d + 4 * d * h) + 2 * d * V
+    attn = blocks * 4 * T * d
+    if not train:
+        return tokens * (linear + attn + mixing_per_token)
+    return tokens * (3 * linear + attn + blocks * 10 * T * d + 3 * mixing_per_token)
+
+
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

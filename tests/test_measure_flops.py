@@ -164,3 +164,18 @@ def test_in_place_and_vector_products_count_like_their_out_of_place_forms():
     v = torch.randn(16)
     assert count_flops(lambda: a @ v) == 2 * 8 * 16
     assert count_flops(lambda: v @ b) == 2 * 16 * 4
+
+
+@pytest.mark.parametrize("name,options", FLOP_CASES, ids=[f"{n}{o or ''}" for n, o in FLOP_CASES])
+def test_the_libraries_analytic_step_flops_equal_the_count(name, options):
+    """model.step_flops (what the loss study's compute axis uses) against FlopCounterMode."""
+    from resbench.model import ModelConfig, build_model, step_flops
+    from resbench.train import lm_loss
+
+    cfg = ModelConfig(vocab_size=64, d_model=48, n_blocks=2, n_heads=4, mlp_ratio=3.0, seq_len=8)
+    model = build_model(cfg, name, options)
+    x = torch.randint(0, cfg.vocab_size, (3, cfg.seq_len), generator=torch.Generator().manual_seed(0))
+    mixing = model.residual.mixing_flops()
+    assert count_flops(lambda: lm_loss(model, x, x).backward()) == step_flops(cfg, mixing, x.numel(), train=True)
+    with torch.no_grad():
+        assert count_flops(lambda: model(x)) == step_flops(cfg, mixing, x.numel(), train=False)

@@ -15,9 +15,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import torch
 from tabulate import tabulate
 
+from .. import variants
 from ..errors import UserError
+from ..model import ModelConfig, step_flops
 from ..results import newest_per_cell, newest_producer_only
 from ..stats import bootstrap_multiplier, first_reach, fit_power_law, mean_ci, welch_compare
 
@@ -28,17 +31,32 @@ def _size_key(shape: dict) -> tuple:
     return shape["d_model"], shape["n_blocks"]
 
 
-def collect(records: list[dict]) -> dict:
-    """{size: {label: [metrics per seed, ordered by seed]}} of ok loss records."""
+def collect(records: list[dict], rederive_flops: bool = True) -> dict:
+    """{size: {label: [metrics per seed, ordered by seed]}} of ok loss records; with
+    `rederive_flops`, the FLOPs are today's analytic count (step_flops_of), else as recorded."""
     out: dict = defaultdict(lambda: defaultdict(list))
     loss = newest_producer_only([r for r in records if r["cell"]["workload"] == "loss"], "loss study")
     recs = sorted(newest_per_cell(loss), key=lambda r: r["cell"]["seed"])
     for r in recs:
         if r["status"] == "ok":
-            out[_size_key(r["cell"]["shape"])][r["cell"]["label"]].append({**r["metrics"], "seed": r["cell"]["seed"]})
+            out[_size_key(r["cell"]["shape"])][r["cell"]["label"]].append(
+                {**r["metrics"], **(step_flops_of(r["cell"], r["metrics"]) if rederive_flops else {}),
+                 "seed": r["cell"]["seed"]})
     if not out:
         raise UserError("no finished loss records in the given results")
     return out
+
+
+def step_flops_of(cell: dict, metrics: dict) -> dict:
+    """The compute axis, re-derived at report time from the cell's shape and the variant's declared
+    mixing FLOPs (model.step_flops, equal to FlopCounterMode's count): records measured before
+    the count included attention keep their losses and get today's FLOPs."""
+    cfg = ModelConfig(**cell["shape"])
+    with torch.device("meta"):
+        mixing = variants.build(cell["variant"], cfg.d_model, cfg.n_layers, cell["options"]).mixing_flops()
+    per_step = step_flops(cfg, mixing, cell["params"]["batch"] * cfg.seq_len, train=True)
+    return {"flops_per_step": per_step, "train_flops": per_step * len(metrics["train_loss"]),
+            "counted_flops_per_step": metrics.get("flops_per_step")}
 
 
 def _base_label(by_label: dict) -> str | None:
@@ -236,8 +254,8 @@ def findings(data: dict) -> list[str]:
     return out
 
 
-def report(records: list[dict], out: Path) -> str:
-    data = collect(records)
+def report(records: list[dict], out: Path, rederive_flops: bool = True) -> str:
+    data = collect(records, rederive_flops)
     out.mkdir(parents=True, exist_ok=True)
     plots = plot_curves(data, out) + plot_dynamics(data, out)
     lines = ["# Short-run loss study", ""]
