@@ -89,7 +89,7 @@ def test_cli_variants_module(tmp_variant_module, tiny_cfg, capsys):
     assert err == ""
     row = next(line for line in out.splitlines() if line.startswith("tmp-scaled"))
     assert "scale=0.5" in row and tmp_variant_module in row
-    assert row.split()[-2:] == ["1", tmp_variant_module]  # state d-vectors (base default), module
+    assert row.split()[-3:] == ["1", "0", tmp_variant_module]  # state d-vectors, mixing FLOPs (defaults), module
     assert " 4 " in row  # declared extra params: L = 4
     check_usable(tiny_cfg)
 
