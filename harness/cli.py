@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 
 import torch
 from tabulate import tabulate
@@ -73,19 +75,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so that cleanup runs as for Ctrl-C."""
+
+
+def _terminate(signum, frame):  # noqa: ARG001
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         for mod in args.variants_module:
             variants.load_module(mod)
         return args.func(args)
     except (UserError, VariantError) as exc:
-        print(f"resbench: error: {exc}", file=sys.stderr)
+        msg = " ".join(str(exc).split())  # one line, and a bounded one
+        print(f"resbench: error: {msg if len(msg) <= 600 else msg[:597] + '...'}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("resbench: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("resbench: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

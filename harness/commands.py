@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 import warnings
 from pathlib import Path
 
 from .config import expand_cells, load_suite
+from .errors import UserError
 from .overhead import render_overhead
 from .provenance import checkout_root, environment, producer
 from .report import render, tables
-from .results import default_results_path, read_records, results_root, warn_to_stderr
+from .results import FINISHED, default_results_path, read_records, results_root, warn_to_stderr
 from .runner import resolve_device, run_suite
 
 
@@ -31,10 +33,16 @@ def cmd_run(args) -> int:
     for t in tables(shown):
         if t["unstable"]:
             warnings.warn(f"{t['heading'].split(':')[0]}: {t['unstable']}", stacklevel=2)
+    met = True
     if suite.targets:
-        print(render_overhead(shown, suite.targets)[0])
-    print(f"records: {out}", file=sys.stderr)
-    return 0
+        text, met = render_overhead(shown, suite.targets)
+        print(text)
+    latest = {r["key"]: r["status"] for r in shown}
+    unfinished = {k for k in keys if latest.get(k) not in FINISHED}
+    counts = Counter(latest.get(k, "missing") for k in keys)
+    print(f"records: {out} — {len(keys)} cells: " + ", ".join(f"{n} {s}" for s, n in counts.most_common())
+          + (f"; {len(unfinished)} not finished (rerun to retry them)" if unfinished else ""), file=sys.stderr)
+    return 0 if not unfinished and met else 1
 
 
 def _warn_other_checkout() -> None:
@@ -47,6 +55,8 @@ def _warn_other_checkout() -> None:
 
 def cmd_report(args) -> int:
     records = read_records(*args.results)
+    if not records:
+        raise UserError(f"no records in {', '.join(args.results)}")
     if args.loss_study:
         from .studies.loss import report
 

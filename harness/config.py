@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
+import reprlib
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -92,6 +95,8 @@ class Suite:
     seeds: tuple[int, ...] = (0,)
     threads: int = 0  # 0: leave torch's default
     timeout_s: float = 300.0
+    # a worker whose RSS passes this is stopped and recorded `oom` (None: 90% of physical memory)
+    memory_cap_gb: float | None = None
     shape_overrides: dict = field(default_factory=dict)  # shape -> {batch|warmup|repeats: value}
     targets: dict = field(default_factory=dict)  # shape -> variant label -> metric -> bound (see report)
 
@@ -126,6 +131,52 @@ class Cell:
 
 # -- validation helpers ---------------------------------------------------------------------
 
+# A bounded repr for messages: a suite value can be arbitrarily large (or an alias bomb's DAG)
+short = reprlib.Repr(maxlevel=2, maxtuple=4, maxlist=4, maxdict=4, maxset=4, maxstring=60, maxother=60,
+                     maxlong=40).repr
+MAX_ALIASES = 32  # YAML aliases per suite: enough for sharing a shape, far from a billion laughs
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+# build_model draws the variant's init from seed + 1_000_003; torch seeds are < 2**64
+MAX_SEED = 2**63 - 1
+
+
+def check_name(where: str, name) -> str:
+    """Names become file names (results/local/NAME.jsonl): letters, digits, '_', '.', '-', no path."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
+        raise ConfigError(f"{where} must be a plain name (letters, digits, _ . -; no '/' or '..'), got {short(name)}")
+    return name
+
+
+class _Loader(yaml.SafeLoader):
+    """safe_load with a budget of aliases: a 'billion laughs' document is refused while loading."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases = getattr(self, "aliases", 0) + 1
+            if self.aliases > MAX_ALIASES:
+                raise ConfigError(f"more than {MAX_ALIASES} YAML aliases (*name): refused (an alias bomb?)")
+        return super().compose_node(parent, index)
+
+
+def read_yaml(path: Path) -> Any:
+    """A suite file's YAML; every failure (unreadable, not UTF-8, malformed, alias bomb) is one line."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}); a suite is YAML text") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read suite {path}: {exc.strerror}") from None
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
+
+
 def _type_name(t) -> str:
     return getattr(t, "__name__", str(t))
 
@@ -135,15 +186,18 @@ def _check_keys(where: str, got: dict, allowed) -> None:
         raise ConfigError(f"{where} must be a mapping, got {type(got).__name__}")
     for key in got:
         if key not in allowed:
-            raise ConfigError(f"{where}: unknown key {key!r}; allowed: {', '.join(allowed)}")
+            raise ConfigError(f"{where}: unknown key {short(key)}; allowed: {', '.join(allowed)}")
 
 
 def _coerce(where: str, value: Any, typ) -> Any:
-    """Check a scalar against a dataclass field type (ints accepted where floats are)."""
+    """Check a scalar against a dataclass field type (ints accepted where floats are; floats must
+    be finite: `.nan` or `.inf` would slip past every range check and break the JSON records)."""
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if typ in (int, float, str, bool) and (not isinstance(value, typ) or (typ is int and isinstance(value, bool))):
-        raise ConfigError(f"{where} must be {_type_name(typ)}, got {value!r}")
+        raise ConfigError(f"{where} must be {_type_name(typ)}, got {short(value)}")
+    if typ is float and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {short(value)}")
     return value
 
 
@@ -156,13 +210,13 @@ def _dataclass_from(where: str, cls, raw: dict):
 
 def _positive(where: str, value) -> None:
     if value <= 0:
-        raise ConfigError(f"{where} must be > 0, got {value!r}")
+        raise ConfigError(f"{where} must be > 0, got {short(value)}")
 
 
 # -- the suite ------------------------------------------------------------------------------
 
 SUITE_KEYS = ("name", "variants", "shapes", "workloads", "device", "precision", "seeds", "threads", "timeout_s",
-              "targets")
+              "memory_cap_gb", "targets")
 
 
 def suites_dir() -> Path:
@@ -181,21 +235,12 @@ def resolve_suite_path(spec: str) -> Path:
     if shipped.is_file():
         return shipped
     known = ", ".join(sorted(p.stem for p in suites_dir().glob("*.yaml")))
-    raise ConfigError(f"no suite {spec!r}: not a file, and the shipped suites are: {known}")
+    raise ConfigError(f"no suite {short(spec)}: not a file, and the shipped suites are: {known}")
 
 
 def load_suite(spec: str) -> Suite:
     path = resolve_suite_path(spec)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read suite {path}: {exc.strerror}") from None
-    return parse_suite(raw, default_name=path.stem)
+    return parse_suite(read_yaml(path), default_name=path.stem)
 
 
 def parse_suite(raw: Any, default_name: str = "suite") -> Suite:
@@ -208,21 +253,30 @@ def parse_suite(raw: Any, default_name: str = "suite") -> Suite:
     _check_keys("suite", raw, SUITE_KEYS)
     for required in ("variants", "shapes", "workloads"):
         if required not in raw:
-            raise ConfigError(f"suite: missing key {required!r}")
-    name = _coerce("name", raw.get("name", default_name), str)
+            raise ConfigError(f"suite: missing key {short(required)}")
+    name = check_name("name", raw.get("name", default_name))
     device = raw.get("device", "cpu")
     if device not in DEVICES:
-        raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {short(device)}")
     seeds = raw.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ConfigError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+        raise ConfigError(f"seeds must be a non-empty list of integers, got {short(seeds)}")
+    bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise ConfigError(f"seeds must be in 0 .. 2**63 - 1 (the generator's range), got {short(bad[0])}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds has duplicates: {short(seeds)}")
     threads = _coerce("threads", raw.get("threads", 0), int)
     if threads < 0:
         raise ConfigError(f"threads must be >= 0 (0 = torch default), got {threads}")
     timeout = _coerce("timeout_s", raw.get("timeout_s", 300.0), float)
     _positive("timeout_s", timeout)
+    cap = raw.get("memory_cap_gb")
+    if cap is not None:
+        cap = _coerce("memory_cap_gb", cap, float)
+        _positive("memory_cap_gb", cap)
 
     shape_items, shape_overrides = _shape_overrides(raw["shapes"])
     shapes = _parse_shapes(shape_items)
@@ -233,16 +287,16 @@ def parse_suite(raw: Any, default_name: str = "suite") -> Suite:
                 with _meta():
                     variants.build(spec.name, cfg.d_model, cfg.n_layers, spec.options)
             except VariantError as exc:
-                raise ConfigError(f"variants[{spec.label}] at shape {shape_name!r}: {exc}") from None
+                raise ConfigError(f"variants[{spec.label}] at shape {short(shape_name)}: {exc}") from None
     workloads = _parse_workloads(raw["workloads"])
     tp = workloads.get("throughput")
     if tp is not None and tp.group == "pair" and BASELINE not in [s.name for s in specs]:
-        raise ConfigError(f"workloads.throughput.group 'pair' times every variant against {BASELINE!r}; "
-                          f"add {BASELINE!r} to variants")
+        raise ConfigError(f"workloads.throughput.group 'pair' times every variant against {short(BASELINE)}; "
+                          f"add {short(BASELINE)} to variants")
     targets = _parse_targets(raw.get("targets"), [n for n, _ in shapes], [s.label for s in specs])
     return Suite(name=name, variants=specs, shapes=shapes, workloads=workloads, device=device, precisions=precs,
-                 seeds=tuple(seeds), threads=threads, timeout_s=timeout, shape_overrides=shape_overrides,
-                 targets=targets)
+                 seeds=tuple(seeds), threads=threads, timeout_s=timeout, memory_cap_gb=cap,
+                 shape_overrides=shape_overrides, targets=targets)
 
 
 def parse_precision(raw: dict, many: bool = False):
@@ -258,9 +312,9 @@ def parse_precision(raw: dict, many: bool = False):
     for p in listed:
         if not isinstance(p, str) or p not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}"
-                              f"{' (or a list of them)' if many else ''}; got {p!r}")
+                              f"{' (or a list of them)' if many else ''}; got {short(p)}")
     if len(set(listed)) != len(listed):
-        raise ConfigError(f"precision lists {listed!r} twice")
+        raise ConfigError(f"precision lists {short(listed)} twice")
     return tuple(listed) if many else prec
 
 
@@ -280,12 +334,14 @@ def _shape_overrides(raw) -> tuple[Any, dict[str, dict[str, int]]]:
         if isinstance(item, dict) and any(k in item for k in SHAPE_OVERRIDES):
             item = dict(item)
             name = str(item.get("name", f"shape{n}"))
+            if name in overrides:
+                raise ConfigError(f"shapes: two shapes are named {short(name)}; their settings would collide")
             over = overrides[name] = {}
             for key in SHAPE_OVERRIDES:
                 if key in item:
                     value = over[key] = _coerce(f"shapes[{name}].{key}", item.pop(key), int)
                     if key == "warmup" and value < 0:
-                        raise ConfigError(f"shapes[{name}].warmup must be >= 0, got {value!r}")
+                        raise ConfigError(f"shapes[{name}].warmup must be >= 0, got {short(value)}")
                     if key != "warmup":
                         _positive(f"shapes[{name}].{key}", value)
         items.append(item)
@@ -328,10 +384,10 @@ def _parse_variants(raw) -> tuple[VariantSpec, ...]:
         _check_keys(f"variants[{n}]", item, ("name", "options", "label"))
         name = item.get("name")
         if name not in registered:
-            raise ConfigError(f"variants[{n}]: unknown variant {name!r}; registered: {', '.join(registered)}")
+            raise ConfigError(f"variants[{n}]: unknown variant {short(name)}; registered: {', '.join(registered)}")
         options = item.get("options") or {}
         if not isinstance(options, dict):
-            raise ConfigError(f"variants[{n}].options must be a mapping, got {options!r}")
+            raise ConfigError(f"variants[{n}].options must be a mapping, got {short(options)}")
         specs.append(VariantSpec(name, dict(options), _coerce(f"variants[{n}].label", item.get("label", ""), str)))
     labels = [s.label for s in specs]
     dup = {x for x in labels if labels.count(x) > 1}
@@ -350,7 +406,9 @@ def _parse_shapes(raw) -> tuple[tuple[str, ModelConfig], ...]:
     for n, item in enumerate(raw):
         _check_keys(f"shapes[{n}]", item, allowed)
         item = dict(item)
-        name = str(item.pop("name", f"shape{n}"))
+        name = check_name(f"shapes[{n}].name", item.pop("name", f"shape{n}"))
+        if name in [x for x, _ in out]:
+            raise ConfigError(f"shapes: two shapes are named {name!r}; their settings would collide")
         try:
             cfg = _dataclass_from(f"shapes[{name}]", ModelConfig, item)
         except VariantError as exc:  # ModelConfig's own checks (sizes, heads)
@@ -371,11 +429,11 @@ def _parse_workloads(raw) -> dict[str, Any]:
             if f.name in ("batch", "repeats", "steps", "lr", "eval_batches", "corpus_bytes"):
                 _positive(f"workloads.{kind}.{f.name}", v)
             elif isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
-                raise ConfigError(f"workloads.{kind}.{f.name} must be >= 0, got {v!r}")
+                raise ConfigError(f"workloads.{kind}.{f.name} must be >= 0, got {short(v)}")
         if kind == "throughput" and wl.group not in GROUPS:
-            raise ConfigError(f"workloads.throughput.group must be one of {', '.join(GROUPS)}; got {wl.group!r}")
+            raise ConfigError(f"workloads.throughput.group must be one of {', '.join(GROUPS)}; got {short(wl.group)}")
         if kind == "loss" and wl.schedule not in SCHEDULES:
-            raise ConfigError(f"workloads.loss.schedule must be one of {', '.join(SCHEDULES)}; got {wl.schedule!r}")
+            raise ConfigError(f"workloads.loss.schedule must be one of {', '.join(SCHEDULES)}; got {short(wl.schedule)}")
         out[kind] = wl
     return out
 

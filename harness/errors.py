@@ -1,5 +1,24 @@
-"""The one exception type the CLI turns into a one-line message and exit code 2."""
+"""The exception type the CLI turns into a one-line message and exit code 2, and how any other
+exception of a cell becomes that cell's status."""
 
 
 class UserError(Exception):
     """A problem with what the user asked for (bad suite, missing file, no GPU, ...)."""
+
+
+def classify(exc: BaseException) -> tuple[str, str, dict]:
+    """(status, one-line message, {}) for an exception raised by a cell: `diverged` for a
+    non-finite loss, `oom` only on evidence (an allocator's out-of-memory error, MemoryError),
+    `error` otherwise."""
+    import torch
+
+    from .train import Diverged
+
+    msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+    if isinstance(exc, Diverged):
+        return "diverged", msg, {}
+    text = str(exc).lower()
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text \
+            or "can't allocate memory" in text:
+        return "oom", msg, {}
+    return "error", msg, {}

@@ -1,6 +1,9 @@
 """Records: one JSON line per cell, appended atomically; where a user's results go; resume."""
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import sys
@@ -11,8 +14,9 @@ from pathlib import Path
 from .errors import UserError
 from .provenance import producer
 
-STATUSES = ("ok", "oom", "diverged", "timeout", "error")
-FINISHED = ("ok", "oom", "diverged")  # deterministic outcomes; timeout/error are retried on resume
+STATUSES = ("ok", "oom", "diverged", "timeout", "killed", "error")
+# deterministic outcomes; timeout, killed (a signal from outside) and error are retried on resume
+FINISHED = ("ok", "oom", "diverged")
 # a cell as a reader names it (not its key: settings such as repeats or batch stay out)
 IDENTITY = ("label", "shape_name", "shape", "device", "precision", "workload", "seed")
 LOCAL_DIR = "local"  # results/local/: a user's own runs (git-ignored); results/reference/: committed
@@ -24,6 +28,8 @@ def now() -> str:
 
 def check_writable(path: Path) -> None:
     """Fail before any work if records cannot be written (creates the folder, nothing else)."""
+    if path.is_dir():
+        raise UserError(f"results path {path} is a directory; give a file, e.g. {path / 'results.jsonl'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -32,18 +38,61 @@ def check_writable(path: Path) -> None:
         raise UserError(f"results path {path} is not writable")
 
 
+def encode_record(record: dict) -> bytes:
+    """The record as one JSON line; ValueError if it holds NaN or inf (not JSON)."""
+    return (json.dumps(record, sort_keys=True, allow_nan=False, default=str) + "\n").encode()
+
+
 def append_record(path: Path, record: dict) -> None:
-    """One write() of one whole line on an O_APPEND fd: a killed run leaves at most a torn last line."""
-    line = (json.dumps(record, sort_keys=True, allow_nan=False, default=str) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    """Append one whole line or nothing. A killed run leaves at most a torn last line; a failed
+    write (a full disk, a short write) is cut back to the file's previous length, so the file
+    stays byte for byte what it was, and raises a one-line UserError."""
+    line = encode_record(record)
     try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UserError(f"cannot open results file {path}: {exc.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size
         # a torn line from a killed run must not swallow this record: start on a fresh line
-        if os.fstat(fd).st_size and not _ends_with_newline(path):
+        if size and not _ends_with_newline(path):
             line = b"\n" + line
-        os.write(fd, line)
-        os.fsync(fd)
+        try:
+            done = 0
+            while done < len(line):  # os.write may write less than asked
+                n = os.write(fd, line[done:])
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                done += n
+            os.fsync(fd)
+        except OSError as exc:
+            os.ftruncate(fd, size)
+            raise UserError(f"cannot write a record to {path}: {exc.strerror or exc} (the file is left as it was)") \
+                from None
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive(path: Path):
+    """Hold an exclusive lock on `path` (through PATH.lock, which names the holder) for a run:
+    a second run on the same results file is refused, never interleaved with the first."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UserError(f"cannot create the lock file {lock}: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(f"{path} is in use by {holder}; wait for it, or write elsewhere with --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"resbench run (pid {os.getpid()})".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays, empty locks are harmless
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -52,24 +101,61 @@ def _ends_with_newline(path: Path) -> bool:
         return fh.read(1) == b"\n"
 
 
+CELL_FIELDS = ("variant", "options", "label", "shape_name", "shape", "workload", "params", "device", "precision", "seed")
+
+
+def check_record(rec) -> str | None:
+    """Why `rec` is not a usable record, or None. What report, resume and compare rely on."""
+    if not isinstance(rec, dict):
+        return f"a {type(rec).__name__}, not a record"
+    if not isinstance(rec.get("key"), str):
+        return "no string 'key'"
+    cell = rec.get("cell")
+    if not isinstance(cell, dict):
+        return "'cell' is not a mapping"
+    missing = [f for f in CELL_FIELDS if f not in cell]
+    if missing:
+        return f"cell lacks {', '.join(missing)}"
+    if not isinstance(cell["shape"], dict) or not isinstance(cell["params"], dict):
+        return "cell.shape / cell.params are not mappings"
+    if not isinstance(rec.get("metrics"), dict):
+        return "'metrics' is not a mapping"
+    if rec.get("env") is not None and not isinstance(rec["env"], dict):
+        return "'env' is not a mapping"
+    if not isinstance(rec.get("status"), str):
+        return "no string 'status'"
+    return None
+
+
 def read_records(*paths: Path) -> list[dict]:
-    """All good records; a truncated or corrupt line is skipped with a warning, never fatal."""
+    """All good records. A torn, corrupt or malformed line is skipped with a warning naming its
+    line, never fatal; a record with an unknown status is kept, with a warning."""
     out = []
     for path in paths:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"results file not found: {path}")
-        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        try:
+            text = path.read_bytes().decode("utf-8", errors="replace")
+        except OSError as exc:
+            raise UserError(f"cannot read results file {path}: {exc.strerror}") from None
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
-                if not isinstance(rec, dict) or "cell" not in rec or "status" not in rec:
-                    raise ValueError("not a record")
             except ValueError:
-                warnings.warn(f"{path}:{n}: skipped a malformed record line (killed run?)", stacklevel=2)
+                warnings.warn(f"{path}:{n}: skipped a line that is not JSON (a run killed mid-write?)", stacklevel=2)
                 continue
-            _upgrade(rec)
+            if isinstance(rec, dict):
+                _upgrade(rec)
+            why = check_record(rec)
+            if why:
+                warnings.warn(f"{path}:{n}: skipped a malformed record: {why}", stacklevel=2)
+                continue
+            if rec["status"] not in STATUSES:
+                warnings.warn(f"{path}:{n}: unknown status {rec['status'][:40]!r} (known: {', '.join(STATUSES)})",
+                              stacklevel=2)
             out.append(rec)
     return out
 
@@ -80,7 +166,7 @@ _OLD_DTYPES = {"float32": "fp32", "bfloat16": "bf16-pure", "float16": "fp16-pure
 
 def _upgrade(rec: dict) -> None:
     cell = rec.get("cell")
-    if isinstance(cell, dict) and "precision" not in cell and "dtype" in cell:
+    if isinstance(cell, dict) and "precision" not in cell and "dtype" in cell and isinstance(cell["dtype"], str):
         cell["precision"] = _OLD_DTYPES.get(cell.pop("dtype"), "?")
 
 

@@ -1,8 +1,9 @@
 """Suite → cells → one fresh process per job → records.
 
-A job is one cell, except throughput: every variant of one (shape, seed) shares a process so
-their repeats can be interleaved. A sweep never stops for one bad cell: a crash, an OOM kill or a
-timeout becomes that cell's status. Re-running resumes: finished cells are skipped.
+A job is one cell, except throughput: every variant of one (shape, precision, seed) shares a
+process so their repeats can be interleaved. A sweep never stops for one bad cell: a crash, a
+kill, running out of memory or a timeout becomes that cell's status. Re-running resumes:
+finished cells are skipped.
 """
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ from tqdm import tqdm
 
 from . import variants
 
-from .config import BASELINE, Cell, Suite, expand_cells
+from .config import BASELINE, Cell, ConfigError, Suite, expand_cells
 from .data import load_corpus
 from .errors import UserError
 from .provenance import environment, producer, system
-from .results import append_record, check_writable, finished_keys, now
+from .results import append_record, check_writable, encode_record, exclusive, finished_keys, now
 from .worker import PROGRESS
 
 
@@ -70,40 +71,107 @@ def _pairs(group: list[Cell], todo: set[str]) -> list[list[Cell]]:
 
 
 def preflight(suite: Suite) -> None:
-    """Errors a user can fix (missing corpus file, ...) surface before any cell runs."""
+    """Errors a user can fix surface once, before any cell runs: a missing corpus, one whose ids
+    do not fit a shape's vocabulary, or too short for a shape's sequence."""
     loss = suite.workloads.get("loss")
-    if loss is not None:
-        load_corpus(loss.corpus, max_bytes=loss.corpus_bytes)
+    if loss is None:
+        return
+    corpus = load_corpus(loss.corpus, max_bytes=loss.corpus_bytes)
+    for name, cfg in suite.shapes:
+        if corpus.vocab_size > cfg.vocab_size:
+            raise ConfigError(f"workloads.loss.corpus {loss.corpus!r} has token ids up to {corpus.vocab_size - 1}: "
+                              f"shapes[{name}].vocab_size is {cfg.vocab_size}")
+        for split, tokens in (("train", corpus.train), ("validation", corpus.val)):
+            if tokens.numel() < cfg.seq_len + 1:
+                raise ConfigError(f"workloads.loss.corpus {loss.corpus!r}: its {split} split has {tokens.numel()} "
+                                  f"tokens, fewer than shapes[{name}].seq_len + 1 = {cfg.seq_len + 1}")
 
 
-def _run_job(cells: list[Cell], timeout: float, on_progress=None, sysinfo: dict | None = None) -> dict[str, dict]:
+def default_memory_cap() -> float:
+    """90% of physical memory, in bytes (what a worker may hold before it is stopped as `oom`)."""
+    try:
+        return 0.9 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return float("inf")
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class _Watch(threading.Thread):
+    """Polls the worker's resident memory; past the cap it kills the worker and keeps the
+    evidence, so that `oom` is recorded only when resbench itself saw the memory run out."""
+
+    def __init__(self, proc: subprocess.Popen, cap: float):
+        super().__init__(daemon=True)
+        self.proc, self.cap, self.peak, self.evidence = proc, cap, 0, None
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.wait(0.05):
+            rss = _rss(self.proc.pid)
+            self.peak = max(self.peak, rss)
+            if rss > self.cap:
+                self.evidence = f"worker RSS {rss / 2**30:.2f} GiB passed the memory cap of {self.cap / 2**30:.2f} GiB"
+                self.proc.kill()
+                return
+
+
+def _run_job(cells: list[Cell], timeout: float, on_progress=None, sysinfo: dict | None = None,
+             memory_cap: float | None = None) -> dict[str, dict]:
     """Run one job in a fresh worker process. ``on_progress(done, total)`` gets the worker's
-    progress lines (throughput: one per timed call) as they arrive."""
+    progress lines (throughput: one per timed call) as they arrive. The worker watches its stdin
+    and exits when this process is gone (killed, even by SIGKILL); an interrupt or SIGTERM here
+    kills the worker before it propagates, and the job's temporary folder is removed."""
     with tempfile.TemporaryDirectory(prefix="resbench-") as tmp:
         job_path, result_path = os.path.join(tmp, "job.json"), os.path.join(tmp, "result.json")
         with open(job_path, "w") as fh:
             json.dump({"cells": [c.to_dict() for c in cells], "system": sysinfo}, fh)
-        cmd = [sys.executable, "-m", f"{__package__}.worker", job_path, result_path]
+        cmd = [sys.executable, "-m", f"{__package__}.worker", "--parent-stdin", job_path, result_path]
         with open(os.path.join(tmp, "stderr"), "w+") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=_child_env())
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+                                    env=_child_env())
             reader = threading.Thread(target=_read_progress, args=(proc.stdout, on_progress), daemon=True)
+            watch = _Watch(proc, memory_cap or default_memory_cap())
             reader.start()
+            watch.start()
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
                 return _same(cells, "timeout", f"cell exceeded timeout_s={timeout:g}", sysinfo)
+            except BaseException:  # Ctrl-C, SIGTERM: the worker goes with us
+                proc.kill()
+                proc.wait()
+                raise
             finally:
+                watch.stop.set()
                 reader.join(timeout=5)
+                if proc.stdin:
+                    proc.stdin.close()
             err.seek(0)
             stderr = err.read()
-        if os.path.exists(result_path):
+        lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+        if os.path.exists(result_path) and watch.evidence is None:
             with open(result_path) as fh:
-                return json.load(fh)
-        tail = (stderr.strip().splitlines() or ["(no output)"])[-1][:500]
-        if proc.returncode == -signal.SIGKILL:
-            return _same(cells, "oom", f"worker killed by SIGKILL (out of memory?): {tail}", sysinfo)
+                result = json.load(fh)
+            if lines:  # warnings the worker printed (a non-deterministic op, a deprecation): kept
+                for res in result.values():
+                    res["worker_stderr"] = lines[-20:]
+            return result
+        tail = (lines or ["(no output)"])[-1][:500]
+        if watch.evidence:
+            return _same(cells, "oom", watch.evidence, sysinfo)
+        if proc.returncode < 0:
+            name = signal.Signals(-proc.returncode).name
+            return _same(cells, "killed", f"worker killed by {name} from outside resbench (retried on resume): "
+                                          f"{tail}", sysinfo)
         return _same(cells, "error", f"worker exited with code {proc.returncode}: {tail}", sysinfo)
 
 
@@ -136,11 +204,16 @@ def run_suite(suite: Suite, out: Path, force: bool = False, device: str | None =
               progress: bool = True, resume_any: bool = False) -> list[dict]:
     """Run every unfinished cell of the suite; append and return the new records. A cell counts
     as finished only if this code on this machine (provenance.producer) finished it, unless
-    ``resume_any``."""
+    ``resume_any``. The results file is held exclusively for the whole run."""
     device = resolve_device(device or suite.device)
     check_writable(out)
     preflight(suite)
     cells = expand_cells(suite, device)
+    with exclusive(out):
+        return _run(suite, cells, out, force, device, progress, resume_any)
+
+
+def _run(suite, cells, out, force, device, progress, resume_any) -> list[dict]:
     sysinfo = system()
     here = environment(device, sysinfo)
     done, foreign = (set(), 0) if force else finished_keys(out, None if resume_any else producer(here))
@@ -150,6 +223,7 @@ def run_suite(suite: Suite, out: Path, force: bool = False, device: str | None =
     todo = [c for c in cells if c.key not in done]
     jobs = plan_jobs(cells, {c.key for c in todo})
     run_id = uuid.uuid4().hex[:12]
+    cap = suite.memory_cap_gb * 2**30 if suite.memory_cap_gb else None
     records = []
     bar = tqdm(total=len(todo), unit="cell", disable=not progress, file=sys.stderr,
                desc=f"{suite.name} ({len(cells) - len(todo)} done before)" if done else suite.name)
@@ -160,16 +234,27 @@ def run_suite(suite: Suite, out: Path, force: bool = False, device: str | None =
             def on_progress(done, total, inner=inner):
                 inner.total = total
                 inner.update(done - inner.n)
-            outcome = _run_job(job, suite.timeout_s * len(job), on_progress, sysinfo)
+            outcome = _run_job(job, suite.timeout_s * len(job), on_progress, sysinfo, cap)
         for cell in job:
             if cell.key in done:  # a finished cell reruns only as a throughput partner
                 continue
             res = outcome.get(cell.key) or {"status": "error", "message": "no result for this cell",
                                             "metrics": {}, "env": here}
             record = {"key": cell.key, "suite": suite.name, "run": run_id, "time": now(), "cell": cell.to_dict(), **res}
-            append_record(out, record)
-            records.append(record)
+            records.append(_append(out, record))
             done.add(cell.key)  # pairs: the baseline's record comes from its first pair
             bar.update(1)
     bar.close()
     return records
+
+
+def _append(out: Path, record: dict) -> dict:
+    """Append the record; one that cannot be written as JSON (a NaN metric) becomes an `error`
+    record saying why, so one bad value never aborts the sweep. A failing disk does (UserError)."""
+    try:
+        encode_record(record)
+    except (ValueError, TypeError) as exc:
+        record = {**record, "status": "error", "metrics": {},
+                  "message": f"the cell's record could not be written as JSON: {str(exc)[:300]}"}
+    append_record(out, record)
+    return record

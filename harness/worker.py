@@ -1,6 +1,6 @@
 """One cell (or one interleaved throughput group) in its own fresh process.
 
-    python -m resbench.worker JOB.json RESULT.json
+    python -m resbench.worker [--parent-stdin] JOB.json RESULT.json
 
 A fresh process per job keeps peak-memory counters clean and keeps a crash, an OOM kill or a
 hang inside its cell. The parent (runner.py) turns a missing RESULT.json into a status.
@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 
 import torch
 
 from . import variants
 from .config import Cell
 from .provenance import environment
-from .workloads import classify, run_loss, run_memory, run_throughput
+from .errors import classify
+from .workloads import run_loss, run_memory, run_throughput
 
 
 PROGRESS = "resbench-progress"
@@ -64,7 +66,24 @@ def run_job(job: dict) -> dict:
     return {key: {"status": s, "message": msg, "metrics": m, "env": env} for key, (s, msg, m) in outcomes.items()}
 
 
+def _exit_with_parent() -> None:
+    """The parent holds our stdin open; EOF means it is gone (even SIGKILLed): stop at once, so
+    no worker outlives its run."""
+    def watch():
+        try:
+            while sys.stdin.buffer.read(1 << 16):
+                pass
+        except (OSError, ValueError):
+            pass
+        os._exit(70)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--parent-stdin":  # the runner's workers: they go when the runner goes
+        argv = argv[1:]
+        _exit_with_parent()
     job_path, result_path = argv
     with open(job_path) as fh:
         job = json.load(fh)

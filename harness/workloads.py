@@ -14,6 +14,7 @@ import torch
 from .config import BASELINE, Cell
 from .data import batch_at, load_corpus, val_batches
 from .dynamics import probe
+from .errors import classify
 from .measure import (
     LiveBytesTracker,
     NvmlSampler,
@@ -124,18 +125,31 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
             if progress is not None:
                 progress(done, calls)
 
-        times = {"train": time_interleaved(timed_train, device, wl["warmup"], wl["repeats"], tick),
-                 "prefill": time_interleaved(prefill_fns, device, wl["warmup"], wl["repeats"], tick)}
+        failed: dict[str, Exception] = {}  # a variant that fails mid-way leaves; the others finish
+
+        def drop(name, exc):
+            failed.setdefault(name, exc)
+
+        times = {"train": time_interleaved(timed_train, device, wl["warmup"], wl["repeats"], tick, drop),
+                 "prefill": time_interleaved({k: f for k, f in prefill_fns.items() if k not in failed}, device,
+                                             wl["warmup"], wl["repeats"], tick, drop)}
+        for key, exc in failed.items():
+            if key in train_fns:
+                out[key] = classify(exc)
         probe_info = {}
         for name, ((_, flops), mkn) in probes.items():
             samples = times["train"].pop(name)
+            if name in failed or not samples:
+                continue
             probe_info[name.removeprefix("probe ")] = {"mkn": mkn, "flops": flops, "best_flops_per_s": flops / min(samples),
                                                        "ms": {k: (v * 1e3 if k != "n" else v) for k, v in summarize(samples).items()}}
         if probes:
             peak = max(p["best_flops_per_s"] for p in probe_info.values())
         base_key = next((c.key for c in cells if c.variant == BASELINE and c.key in train_fns), None)
+        if base_key in failed:
+            base_key = None  # no ratios against a baseline that did not finish
         for cell in cells:
-            if cell.key not in train_fns:
+            if cell.key not in train_fns or cell.key in failed:
                 continue
             m = info[cell.key]
             m["peak_flops"] = peak
@@ -232,16 +246,3 @@ def run_loss(cell: Cell) -> tuple[str, str | None, dict]:
         vx, vy = val_batches(corpus, tcfg.batch, cfg.seq_len, 1)[0]
         m["dynamics"] = probe(model, vx.to(cell.device), vy.to(cell.device))
     return "ok", None, m
-
-
-def classify(exc: BaseException) -> tuple[str, str, dict]:
-    """Map an exception to a record status with a one-line message."""
-    from .train import Diverged
-
-    msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-    if isinstance(exc, Diverged):
-        return "diverged", msg, {}
-    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower() \
-            or "can't allocate memory" in str(exc).lower():
-        return "oom", msg, {}
-    return "error", msg, {}

@@ -11,8 +11,8 @@ SHAPE = {"d_model": 64, "seq_len": 16, "n_blocks": 2}
 
 
 def rec(label, variant, workload, metrics, shape="A"):
-    cell = {"label": label, "variant": variant, "workload": workload, "shape_name": shape, "shape": SHAPE,
-            "params": {"batch": 4}, "precision": "fp32", "seed": 0}
+    cell = {"label": label, "variant": variant, "options": {}, "workload": workload, "shape_name": shape,
+            "shape": SHAPE, "params": {"batch": 4}, "device": "cpu", "precision": "fp32", "seed": 0}
     return {"key": f"{shape}-{label}-{workload}", "status": "ok", "cell": cell, "metrics": metrics}
 
 

@@ -33,3 +33,14 @@ def test_add_a_variant_snippet_registers_and_runs(tmp_path, monkeypatch):
 def test_ci_runs_the_readme_test_command():
     assert "make test" in README
     assert re.search(r"^make test\s*$", (ROOT / ".ci" / "run").read_text(), re.M)
+
+
+def test_readme_tables_are_the_output_of_their_commands():
+    """Every table in the README between <!-- NAME --> markers is re-produced by its command at
+    the current code (scripts/readme_tables.py): change the code or the results, rerun it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "readme_tables.py"), "--check"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

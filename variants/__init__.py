@@ -46,8 +46,11 @@ def load_module(path: str) -> None:
     """Import a module (dotted path) that registers variants; one-line error if it fails."""
     try:
         importlib.import_module(path)
-    except ImportError as exc:
-        raise VariantError(f"cannot import variants module {path!r}: {exc}") from None
+    except VariantError:
+        raise
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - whatever the module does on import is its error
+        why = str(exc).splitlines()[0][:300] if str(exc) else "(no message)"
+        raise VariantError(f"cannot import variants module {path!r}: {type(exc).__name__}: {why}") from None
     if path not in loaded_modules:
         loaded_modules.append(path)
 

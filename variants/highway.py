@@ -6,6 +6,8 @@ W_g starts at zero and b_g negative, so every sublayer starts biased to *carry* 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -18,8 +20,8 @@ class Highway(Residual):
     def __init__(self, d_model: int, n_layers: int, *, gate: str = "vector", gate_bias: float = -2.0):
         super().__init__(d_model, n_layers)
         check_choice("gate", gate, ("vector", "scalar"))
-        if isinstance(gate_bias, bool) or not isinstance(gate_bias, (int, float)):
-            raise VariantError(f"gate_bias must be a number, got {gate_bias!r}")
+        if isinstance(gate_bias, bool) or not isinstance(gate_bias, (int, float)) or not math.isfinite(gate_bias):
+            raise VariantError(f"gate_bias must be a finite number, got {gate_bias!r}")
         self.gate, self.gate_bias = gate, float(gate_bias)
         width = d_model if gate == "vector" else 1
         self.gates = nn.ModuleList(nn.Linear(d_model, width) for _ in range(n_layers))

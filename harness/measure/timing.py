@@ -55,6 +55,7 @@ def time_interleaved(
     warmup: int,
     repeats: int,
     progress: Callable[[int], object] | None = None,
+    on_error: Callable[[str, Exception], object] | None = None,
 ) -> dict[str, list[float]]:
     """Time each fn ``repeats`` times, interleaved: round r calls every fn once, starting at
     fn ``r % len(fns)`` (A B C, B C A, C A B, ...) so slow drift and order effects (caches,
@@ -62,25 +63,41 @@ def time_interleaved(
 
     ``progress(1)`` is called after every call, warm-up included (tqdm's ``update`` fits):
     ``len(fns) * (warmup + repeats)`` in all.
+
+    With ``on_error``, a fn that raises is reported as ``on_error(name, exc)`` and leaves the
+    rotation; the others go on (one failing variant must not take its group down). Without it,
+    the exception propagates.
     """
     if warmup < 0 or repeats < 0:
         raise ValueError(f"warmup and repeats must be >= 0, got {warmup}, {repeats}")
     names = list(fns)
     samples: dict[str, list[float]] = {name: [] for name in names}
-    if not names:
-        return samples
+    live = list(names)
+
+    def call(name, timed: bool) -> None:
+        try:
+            if timed:
+                samples[name].append(time_once(fns[name], device))
+            else:
+                fns[name]()
+        except Exception as exc:  # noqa: BLE001 - handed to on_error
+            if on_error is None:
+                raise
+            live.remove(name)
+            on_error(name, exc)
+        if progress is not None:
+            progress(1)
+
     for _ in range(warmup):
-        for name in names:
-            fns[name]()
-            if progress is not None:
-                progress(1)
+        for name in list(live):
+            call(name, timed=False)
     synchronize(device)
     for r in range(repeats):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            samples[name].append(time_once(fns[name], device))
-            if progress is not None:
-                progress(1)
+        if not live:
+            break
+        k = r % len(live)
+        for name in live[k:] + live[:k]:
+            call(name, timed=True)
     return samples
 
 

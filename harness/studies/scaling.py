@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from .. import variants
 from ..variants.base import VariantError
 
-from ..config import ConfigError, parse_precision, VariantSpec, _check_keys, _coerce, _parse_shapes, _parse_variants, \
-    resolve_suite_path
+from ..config import (MAX_SEED, ConfigError, VariantSpec, _check_keys, _coerce, _parse_shapes, _parse_variants,
+                      check_name, parse_precision, read_yaml, resolve_suite_path, short)
+from ..errors import classify
 from ..model import ModelConfig, build_model
 from ..precision import get as get_precision
 from ..results import LOCAL_DIR, results_root
@@ -68,29 +68,22 @@ class Study:
 
 def load_study(spec: str, kind: str) -> Study:
     path = resolve_suite_path(spec)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"{path}: malformed YAML{f' at line {mark.line + 1}' if mark else ''}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read suite {path}: {exc.strerror}") from None
-    return parse_study(raw, kind, default_name=path.stem)
+    return parse_study(read_yaml(path), kind, default_name=path.stem)
 
 
 def _int_list(where: str, raw, at_least: int = 1) -> tuple[int, ...]:
     if not isinstance(raw, list) or len(raw) < at_least or not all(
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw):
-        raise ConfigError(f"{where} must be a list of at least {at_least} positive integers, got {raw!r}")
+        raise ConfigError(f"{where} must be a list of at least {at_least} positive integers, got {short(raw)}")
     if len(set(raw)) != len(raw):
-        raise ConfigError(f"{where} has duplicates: {raw!r}")
+        raise ConfigError(f"{where} has duplicates: {short(raw)}")
     return tuple(sorted(raw))
 
 
 def _positive_int(where: str, raw) -> int:
     v = _coerce(where, raw, int)
     if v < 1:
-        raise ConfigError(f"{where} must be >= 1, got {v!r}")
+        raise ConfigError(f"{where} must be >= 1, got {short(v)}")
     return v
 
 
@@ -109,19 +102,19 @@ def parse_study(raw: Any, kind: str, default_name: str = "study") -> Study:
         raise ConfigError(f"suite must be a mapping, got {type(raw).__name__}")
     got = raw.get("kind")
     if got != kind:  # checked first: a suite of another kind should say so, not list its keys
-        raise ConfigError(f"kind must be {kind!r} for `resbench {'scale' if kind == 'scaling' else 'project'}`, "
-                          f"got {got!r}")
+        raise ConfigError(f"kind must be {short(kind)} for `resbench {'scale' if kind == 'scaling' else 'project'}`, "
+                          f"got {short(got)}")
     _check_keys("suite", raw, SCALING_KEYS if kind == "scaling" else PROJECTION_KEYS)
     required = ("shape", "depths", "variants") if kind == "scaling" else ("shapes", "variants")
     for key in required:
         if key not in raw:
-            raise ConfigError(f"suite: missing key {key!r}")
+            raise ConfigError(f"suite: missing key {short(key)}")
     precision = parse_precision(raw)
     views = raw.get("views", list(V.VIEWS))
     if not isinstance(views, list) or not views or any(v not in V.VIEWS for v in views):
-        raise ConfigError(f"views must be a non-empty list of {', '.join(V.VIEWS)}; got {views!r}")
+        raise ConfigError(f"views must be a non-empty list of {', '.join(V.VIEWS)}; got {short(views)}")
     common = dict(
-        kind=kind, name=_coerce("name", raw.get("name", default_name), str), precision=precision,
+        kind=kind, name=check_name("name", raw.get("name", default_name)), precision=precision,
         batch=_positive_int("batch", raw.get("batch", 1)), variants=_parse_variants(raw["variants"]),
         views=tuple(v for v in V.VIEWS if v in views),
         checkpoint_every=_positive_int("checkpoint_every", raw.get("checkpoint_every", 1)),
@@ -131,14 +124,19 @@ def parse_study(raw: Any, kind: str, default_name: str = "study") -> Study:
         shapes = _parse_shapes(raw["shapes"])
         for spec in common["variants"]:
             for name, cfg in shapes:
-                _check_builds(spec, cfg, f"shape {name!r}")
+                _check_builds(spec, cfg, f"shape {short(name)}")
         return Study(shapes=shapes, **common)
 
     _check_keys("shape", raw["shape"], SHAPE_KEYS)
     shape = {k: _coerce(f"shape.{k}", v, float if k == "mlp_ratio" else int) for k, v in raw["shape"].items()}
     depths = _int_list("depths", raw["depths"], at_least=2)
-    study = Study(shape=shape, depths=depths, threads=_coerce("threads", raw.get("threads", 0), int),
-                  seed=_coerce("seed", raw.get("seed", 0), int), n_sweep=_parse_n_sweep(raw.get("n_sweep")), **common)
+    threads, seed = _coerce("threads", raw.get("threads", 0), int), _coerce("seed", raw.get("seed", 0), int)
+    if threads < 0:
+        raise ConfigError(f"threads must be >= 0 (0 = torch default), got {threads}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed must be in 0 .. 2**63 - 1 (the generator's range), got {short(seed)}")
+    study = Study(shape=shape, depths=depths, threads=threads, seed=seed, n_sweep=_parse_n_sweep(raw.get("n_sweep")),
+                  **common)
     try:
         cfgs = [study.config(b) for b in depths]
     except VariantError as exc:
@@ -162,7 +160,7 @@ def _parse_n_sweep(raw) -> NSweep | None:
     _check_keys("n_sweep", raw, ("variant", "options", "blocks", "values"))
     for key in ("blocks", "values"):
         if key not in raw:
-            raise ConfigError(f"n_sweep: missing key {key!r}")
+            raise ConfigError(f"n_sweep: missing key {short(key)}")
     spec = _parse_variants([{"name": raw.get("variant", "block-attnres"), "options": raw.get("options") or {}}])[0]
     if "n_blocks" in spec.options:
         raise ConfigError("n_sweep.options must not set n_blocks: n_sweep.values does")
@@ -208,12 +206,18 @@ def run_study(study: Study, progress: bool = True) -> list[dict]:
     records = []
     todo = cells(study)
     for n, (sweep, cfg, spec, N) in enumerate(todo, 1):
-        rec = {"sweep": sweep, "N": N, **measure_cell(study, cfg, spec)}
+        try:
+            rec = {"sweep": sweep, "N": N, "status": "ok", **measure_cell(study, cfg, spec)}
+        except Exception as exc:  # noqa: BLE001 - a cell too big for this machine is a status, not the end
+            status, msg, _ = classify(exc)
+            rec = {"sweep": sweep, "N": N, "status": status, "message": msg, "label": spec.label, "variant": spec.name,
+                   "options": spec.options, "n_blocks": cfg.n_blocks, "L": cfg.n_layers, "bytes": {}, "seconds": 0.0}
         records.append(rec)
         gc.collect()
         if progress:
             print(f"[{n}/{len(todo)}] {sweep:5s} {rec['label']:28s} L={rec['L']:<3d}"
-                  f"{'' if N is None else f' N={N}':6s} {rec['seconds']:.1f}s", file=sys.stderr)
+                  f"{'' if N is None else f' N={N}':6s} {rec['seconds']:.1f}s"
+                  + ("" if rec["status"] == "ok" else f" {rec['status']}: {rec['message']}"), file=sys.stderr)
     return records
 
 
@@ -243,7 +247,10 @@ def cmd_scale(args) -> int:
     out = _out_dir(args.out)
     t0 = time.perf_counter()
     records = run_study(study, progress=not args.quiet)
-    rows = analyse(records)
+    failed = [r for r in records if r["status"] != "ok"]
+    for r in failed:
+        print(f"resbench: warning: {r['sweep']} {r['label']} L={r['L']}: {r['status']}: {r['message']}", file=sys.stderr)
+    rows = analyse([r for r in records if r["status"] == "ok"])
     write_jsonl(out / f"{study.name}.jsonl", records)
     write_csv(out / f"{study.name}_fits.csv", rows)
     table = render_table(rows, records, study)
@@ -255,7 +262,7 @@ def cmd_scale(args) -> int:
     print(f"{len(records)} cells in {time.perf_counter() - t0:.0f} s; outputs in {out}: "
           f"{study.name}.jsonl, {study.name}_fits.csv, {study.name}_table.md, "
           + ", ".join(p.name for p in plots), file=sys.stderr)
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_project(args) -> int:

@@ -32,6 +32,8 @@ def analyse(records: list[dict]) -> list[dict]:
     rows = []
     for (sweep, label, view), recs in groups.items():
         key = "L" if sweep == "depth" else "N"
+        if len(recs) < 2:  # the other cells of the series did not finish: no line to fit
+            continue
         recs = sorted(recs, key=lambda r: r[key])
         lo, hi = recs[0], recs[-1]
         unit = lo["d_model"] * lo["itemsize"]  # one d-vector per token
