@@ -132,8 +132,14 @@ class Cell:
 # -- validation helpers ---------------------------------------------------------------------
 
 # A bounded repr for messages: a suite value can be arbitrarily large (or an alias bomb's DAG)
-short = reprlib.Repr(maxlevel=2, maxtuple=4, maxlist=4, maxdict=4, maxset=4, maxstring=60, maxother=60,
-                     maxlong=40).repr
+def _bounded_repr() -> reprlib.Repr:
+    r = reprlib.Repr()  # keyword arguments only from Python 3.12
+    r.maxlevel, r.maxtuple, r.maxlist, r.maxdict, r.maxset = 2, 4, 4, 4, 4
+    r.maxstring, r.maxother, r.maxlong = 60, 60, 40
+    return r
+
+
+short = _bounded_repr().repr
 MAX_ALIASES = 32  # YAML aliases per suite: enough for sharing a shape, far from a billion laughs
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 # build_model draws the variant's init from seed + 1_000_003; torch seeds are < 2**64

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import threading
 
@@ -66,25 +67,27 @@ def run_job(job: dict) -> dict:
     return {key: {"status": s, "message": msg, "metrics": m, "env": env} for key, (s, msg, m) in outcomes.items()}
 
 
-def _exit_with_parent() -> None:
-    """The parent holds our stdin open; EOF means it is gone (even SIGKILLed): stop at once, so
-    no worker outlives its run."""
+def _exit_with_parent(job_dir: str) -> None:
+    """The parent holds our stdin open; EOF means it is gone (even SIGKILLed): remove the job's
+    temporary folder, which the parent can no longer do, and stop at once, so no worker outlives
+    its run."""
     def watch():
         try:
             while sys.stdin.buffer.read(1 << 16):
                 pass
         except (OSError, ValueError):
             pass
+        shutil.rmtree(job_dir, ignore_errors=True)
         os._exit(70)
 
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "--parent-stdin":  # the runner's workers: they go when the runner goes
-        argv = argv[1:]
-        _exit_with_parent()
-    job_path, result_path = argv
+    watch = bool(argv) and argv[0] == "--parent-stdin"  # the runner's workers go when the runner goes
+    job_path, result_path = argv[1:] if watch else argv
+    if watch:
+        _exit_with_parent(os.path.dirname(os.path.abspath(job_path)))
     with open(job_path) as fh:
         job = json.load(fh)
     result = run_job(job)

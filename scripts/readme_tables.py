@@ -39,10 +39,10 @@ def output(argv: list[str]) -> str:
 
 def render(text: str) -> str:
     for name, argv in BLOCKS.items():
-        pattern = re.compile(rf"(<!-- {name} -->\n)(.*?)(\n<!-- /{name} -->)", re.S)
+        pattern = re.compile(rf"<!-- {name} -->.*?<!-- /{name} -->", re.S)
         if not pattern.search(text):
             raise SystemExit(f"README.md has no block <!-- {name} -->")
-        text = pattern.sub(lambda m: m.group(1) + output(argv) + m.group(3), text)
+        text = pattern.sub(lambda m: f"<!-- {name} -->\n{output(argv)}\n<!-- /{name} -->", text)
     return text
 
 

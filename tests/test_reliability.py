@@ -80,8 +80,10 @@ def faults(tmp_path, monkeypatch):
     variants.names()
     monkeypatch.setattr(variants, "_REGISTRY", dict(variants._REGISTRY))
     monkeypatch.setattr(variants, "loaded_modules", list(variants.loaded_modules))
+    monkeypatch.delitem(sys.modules, "rb_faults", raising=False)  # register afresh into this registry
     variants.load_module("rb_faults")
-    return tmp_path
+    yield tmp_path
+    sys.modules.pop("rb_faults", None)
 
 
 def suite(**over):
@@ -166,7 +168,8 @@ def test_sigkill_of_a_worker_is_killed_and_retried(faults, tmp_path):
     got = {}
     t = threading.Thread(target=lambda: got.setdefault("recs", run_suite(s, out, progress=False)))
     t.start()
-    worker = wait_for(lambda: children(os.getpid()))[0]
+    worker = wait_for(lambda: [c for c in children(os.getpid()) if b"resbench.worker" in Path(f"/proc/{c}/cmdline")
+                               .read_bytes()])[0]
     os.kill(worker, signal.SIGKILL)
     t.join(60)
     (rec,) = got["recs"]
@@ -341,10 +344,10 @@ def test_workers_die_with_their_parent(faults, tmp_path, sig, code, word):
     os.kill(proc.pid, sig)  # the parent only, as `kill` would: not the process group
     assert proc.wait(30) == code
     wait_for(lambda: not alive(worker), timeout=10)
+    wait_for(lambda: not list(tmp.iterdir()), timeout=10)  # no temporary job folder left behind
     if word:
         err = proc.stderr.read()
         assert f"resbench: {word}" in err and "Traceback" not in err
-        assert not list(tmp.iterdir()), "temporary job folders left behind"
 
 
 # 10. malformed records are skipped with a line number -----------------------------------------
@@ -426,7 +429,7 @@ def test_corpus_problems_stop_the_run_before_any_cell(tmp_path):
     with pytest.raises(ConfigError, match=r"token ids up to 255: shapes\[t\].vocab_size is 64"):
         run_suite(suite(shapes=[{**SHAPE[0], "vocab_size": 64}], workloads={"loss": loss}), out, progress=False)
     text = tmp_path / "tiny.txt"
-    text.write_text("short")
+    text.write_text("x" * 40)  # 36 train, 4 validation tokens: fewer than seq_len + 1 = 9
     with pytest.raises(ConfigError, match="fewer than shapes"):
         run_suite(suite(workloads={"loss": {**loss, "corpus": f"text:{text}"}}), out, progress=False)
     assert not out.exists()

@@ -257,7 +257,9 @@ def findings(data: dict) -> list[str]:
 def report(records: list[dict], out: Path, rederive_flops: bool = True) -> str:
     data = collect(records, rederive_flops)
     out.mkdir(parents=True, exist_ok=True)
-    plots = plot_curves(data, out) + plot_dynamics(data, out)
+    from .scaling import have_matplotlib
+
+    plots = plot_curves(data, out) + plot_dynamics(data, out) if have_matplotlib() else []
     lines = ["# Short-run loss study", ""]
     lines += ["## Final validation loss (mean ± 95% CI over seeds; difference vs PreNorm, Welch)", ""]
     lines.append(tabulate(final_loss_table(data), headers=["size", "variant", "seeds", "val loss", "params (M)",

@@ -250,19 +250,32 @@ def cmd_scale(args) -> int:
     failed = [r for r in records if r["status"] != "ok"]
     for r in failed:
         print(f"resbench: warning: {r['sweep']} {r['label']} L={r['L']}: {r['status']}: {r['message']}", file=sys.stderr)
-    rows = analyse([r for r in records if r["status"] == "ok"])
+    ok = [r for r in records if r["status"] == "ok"]
+    rows = analyse(ok)
     write_jsonl(out / f"{study.name}.jsonl", records)
     write_csv(out / f"{study.name}_fits.csv", rows)
-    table = render_table(rows, records, study)
+    table = render_table(rows, ok, study)
     (out / f"{study.name}_table.md").write_text(table + "\n")
-    plots = [plot_depth(records, rows, out / f"{study.name}_vs_depth.png")]
-    if study.n_sweep:
-        plots.append(plot_n(records, rows, out / f"{study.name}_vs_n.png"))
+    plots = []
+    if ok and have_matplotlib():
+        plots.append(plot_depth(ok, rows, out / f"{study.name}_vs_depth.png"))
+        if study.n_sweep:
+            plots.append(plot_n(ok, rows, out / f"{study.name}_vs_n.png"))
     print(table)
     print(f"{len(records)} cells in {time.perf_counter() - t0:.0f} s; outputs in {out}: "
           f"{study.name}.jsonl, {study.name}_fits.csv, {study.name}_table.md, "
           + ", ".join(p.name for p in plots), file=sys.stderr)
     return 1 if failed else 0
+
+
+def have_matplotlib() -> bool:
+    """Plots need the [plot] extra; without it a study still writes its tables."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("resbench: warning: matplotlib is not installed (pip install 'resbench[plot]'): no plots", file=sys.stderr)
+        return False
+    return True
 
 
 def cmd_project(args) -> int:
