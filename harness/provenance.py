@@ -135,39 +135,33 @@ def _nvidia_driver() -> str | None:
         return None
 
 
-def matmul_fp32_precision() -> str:
-    """How fp32 matmuls run on CUDA: 'tf32' or 'ieee'. torch >= 2.9 has per-backend settings
-    (`torch.backends.cuda.matmul.fp32_precision`, "none" = inherit); mixing them with the legacy
-    API makes `torch.get_float32_matmul_precision()` raise, so read the new API first."""
-    for getter in (lambda: torch.backends.cuda.matmul.fp32_precision, lambda: torch.backends.fp32_precision):
+def _fp32_mode(*getters) -> str | None:
+    """The first of the getters that answers 'tf32' or 'ieee'. torch >= 2.9 has per-backend
+    settings (`fp32_precision`, "none" = inherit from the parent); mixing them with the legacy
+    API makes the legacy getters raise, so the new ones are read first."""
+    for getter in getters:
         try:
             value = getter()
         except (AttributeError, RuntimeError):
             continue
+        if isinstance(value, bool):  # a legacy allow_tf32 flag
+            return "tf32" if value else "ieee"
         if value in ("tf32", "ieee"):
             return value
-    try:
-        return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
-    except RuntimeError:
-        pass
-    try:
-        return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
-    except (AttributeError, RuntimeError):
-        return "ieee"
+    return None
+
+
+def matmul_fp32_precision() -> str:
+    """How fp32 matmuls run on CUDA: 'tf32' or 'ieee'."""
+    return _fp32_mode(lambda: torch.backends.cuda.matmul.fp32_precision, lambda: torch.backends.fp32_precision,
+                      lambda: torch.get_float32_matmul_precision() != "highest",
+                      lambda: torch.backends.cuda.matmul.allow_tf32) or "ieee"
 
 
 def cudnn_fp32_precision() -> str | None:
-    for getter in (lambda: torch.backends.cudnn.conv.fp32_precision, lambda: torch.backends.cudnn.fp32_precision):
-        try:
-            value = getter()
-        except (AttributeError, RuntimeError):
-            continue
-        if value in ("tf32", "ieee"):
-            return value
-    try:
-        return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
-    except (AttributeError, RuntimeError):
-        return None
+    """How fp32 convolutions run in cuDNN (recorded; resbench's model has none)."""
+    return _fp32_mode(lambda: torch.backends.cudnn.conv.fp32_precision, lambda: torch.backends.cudnn.fp32_precision,
+                      lambda: torch.backends.cudnn.allow_tf32)
 
 
 @functools.lru_cache(maxsize=1)

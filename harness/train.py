@@ -1,6 +1,6 @@
 """The short-run training loop: one optimizer, schedule and data order for every variant.
 
-Fairness rules (design/VARIANTS.md): AdamW groups come from `Transformer.param_groups`, so gains,
+Fairness rules (docs/MEASURING.md, "Loss"): AdamW groups come from `Transformer.param_groups`, so gains,
 pseudo-queries and mixing weights are never decayed; lr and schedule are the same for all variants.
 """
 from __future__ import annotations

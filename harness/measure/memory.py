@@ -1,7 +1,7 @@
 """Memory counters: an exact live-tensor-bytes tracker, process RSS, CUDA allocator peaks, NVML.
 
 Every number here is one *view* of memory; callers must label which one they report
-(see design/ARCHITECTURE.md "Memory").
+(see docs/MEASURING.md, "Memory").
 """
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ from ..variants.base import VariantError
 from ..config import (MAX_SEED, ConfigError, VariantSpec, _check_keys, _coerce, _parse_shapes, _parse_variants,
                       check_name, parse_precision, read_yaml, resolve_suite_path, short)
 from ..errors import classify
+from ..provenance import environment
 from ..model import ModelConfig, build_model
 from ..precision import get as get_precision
 from ..results import LOCAL_DIR, results_root
@@ -204,6 +205,7 @@ def run_study(study: Study, progress: bool = True) -> list[dict]:
     if study.threads:
         torch.set_num_threads(study.threads)
     records = []
+    env = environment("cpu")  # what produced these numbers: code, machine, torch
     todo = cells(study)
     for n, (sweep, cfg, spec, N) in enumerate(todo, 1):
         try:
@@ -212,7 +214,7 @@ def run_study(study: Study, progress: bool = True) -> list[dict]:
             status, msg, _ = classify(exc)
             rec = {"sweep": sweep, "N": N, "status": status, "message": msg, "label": spec.label, "variant": spec.name,
                    "options": spec.options, "n_blocks": cfg.n_blocks, "L": cfg.n_layers, "bytes": {}, "seconds": 0.0}
-        records.append(rec)
+        records.append({**rec, "env": env})
         gc.collect()
         if progress:
             print(f"[{n}/{len(todo)}] {sweep:5s} {rec['label']:28s} L={rec['L']:<3d}"
@@ -285,12 +287,13 @@ def cmd_project(args) -> int:
     study = load_study(args.suite, "projection")
     out = _out_dir(args.out)
     records = []
+    env = environment("cpu")
     for shape_name, cfg in study.shapes:
         for spec in study.variants:
             r = project(cfg, spec.name, spec.options, study.batch, get_precision(study.precision), study.views,
                         study.checkpoint_every, study.pipeline_stages,
                            precision=prec)
-            records.append({"shape": shape_name, "label": spec.label, **cfg.to_dict(), "batch": study.batch,
+            records.append({"env": env, "shape": shape_name, "label": spec.label, **cfg.to_dict(), "batch": study.batch,
                             "precision": study.precision, "checkpoint_every": study.checkpoint_every,
                             "pipeline_stages": study.pipeline_stages, **r})
             if not args.quiet:
