@@ -21,7 +21,7 @@ from pathlib import Path
 from resbench.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-REF = "results/reference/epyc-2core"
+REF = "results/reference/xeon-2core"  # the machine of the latest reference runs
 BLOCKS = {
     "quick-table": ["report", f"{REF}/quick.jsonl"],
     "overhead-readme": ["report", f"{REF}/overhead.jsonl", "--targets", "overhead"],

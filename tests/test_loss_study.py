@@ -79,3 +79,20 @@ def test_real_loss_cells_with_dynamics_render_a_report(tmp_path, capsys):
     assert "Welch" in text and "Compute-equivalence" in text and "dynamics" in text.lower()
     for png in ("loss_curves.png", "loss_vs_compute.png", "dynamics_depth.png"):
         assert (tmp_path / "study" / png).stat().st_size > 1000
+
+
+def test_report_names_who_measured_and_who_counted_flops(tmp_path):
+    from resbench.provenance import code_hash
+
+    recs = synthetic(1.0, 0.01, np.random.default_rng(2))
+    for i, r in enumerate(recs):
+        r["env"] = {"commit": "abcdef0123456789", "dirty": i == 0, "machine_id": "m1", "cpu": "Test CPU"}
+    text = report(recs, tmp_path, rederive_flops=False)
+    line = text.splitlines()[2]
+    assert line.startswith(f"Measured by: {len(recs)} records, commit abcdef0123, abcdef0123 (dirty), machine m1 (Test CPU)")
+    assert "FLOPs as recorded" in line
+    recs[0]["env"] = {}
+    from resbench.studies.loss import measured_by
+
+    line = measured_by(recs, rederive_flops=True)
+    assert "id not recorded" in line and f"re-derived at report time by code {code_hash()}" in line

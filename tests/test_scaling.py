@@ -2,11 +2,13 @@
 real split, fake-tensor projection vs real measurement, a mini sweep, the YAML schema and CLI."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from resbench import variants
 from resbench.cli import main
@@ -280,3 +282,16 @@ def test_cli_bad_suite_exits_2(tmp_path, capsys):
     assert err.startswith("resbench: error:") and "unknown variant 'nope'" in err
     assert main(["project", "scaling"]) == 2
     assert "kind must be 'projection'" in capsys.readouterr().err
+
+
+def test_project_cli_writes_its_table(tmp_path, capsys):
+    raw = {"kind": "projection", "name": "p", "precision": "bf16-pure", "batch": 1, "views": ["inference"],
+           "shapes": [{"name": "big", "d_model": 256, "n_blocks": 2, "n_heads": 4, "seq_len": 4096}],
+           "variants": ["prenorm", {"name": "block-attnres", "options": {"n_blocks": 2}}], "pipeline_stages": 2}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["project", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    recs = [json.loads(x) for x in (tmp_path / "o" / "p.jsonl").read_text().splitlines()]
+    assert {r["label"] for r in recs} == {"prenorm", "block-attnres(n_blocks=2)"}
+    assert all(r["inference"] > 0 and r["env"]["code_hash"] for r in recs)
+    assert "big" in (tmp_path / "o" / "p.md").read_text()

@@ -254,13 +254,26 @@ def findings(data: dict) -> list[str]:
     return out
 
 
+def measured_by(records: list[dict], rederive_flops: bool) -> str:
+    """Who measured the records and who computed the FLOP axis: a re-rendered report says both."""
+    from ..provenance import code_hash
+
+    envs = [r.get("env") or {} for r in records]
+    commits = sorted({str(e.get("commit") or "no git")[:10] + (" (dirty)" if e.get("dirty") else "") for e in envs})
+    machines = sorted({f"{e.get('machine_id') or 'id not recorded'} ({e.get('cpu') or e.get('gpu') or '?'})" for e in envs})
+    flops = (f"training FLOPs re-derived at report time by code {code_hash()} from each cell's shape and the "
+             "variant's declared mixing FLOPs" if rederive_flops else "training FLOPs as recorded")
+    return (f"Measured by: {len(records)} records, commit {', '.join(commits)}, machine {', '.join(machines)}; "
+            f"{flops}.")
+
+
 def report(records: list[dict], out: Path, rederive_flops: bool = True) -> str:
     data = collect(records, rederive_flops)
     out.mkdir(parents=True, exist_ok=True)
     from .scaling import have_matplotlib
 
     plots = plot_curves(data, out) + plot_dynamics(data, out) if have_matplotlib() else []
-    lines = ["# Short-run loss study", ""]
+    lines = ["# Short-run loss study", "", measured_by(records, rederive_flops), ""]
     lines += ["## Final validation loss (mean ± 95% CI over seeds; difference vs PreNorm, Welch)", ""]
     lines.append(tabulate(final_loss_table(data), headers=["size", "variant", "seeds", "val loss", "params (M)",
                                                            "Δ vs prenorm [95% CI]", "Welch p", "verdict"],

@@ -291,8 +291,7 @@ def cmd_project(args) -> int:
     for shape_name, cfg in study.shapes:
         for spec in study.variants:
             r = project(cfg, spec.name, spec.options, study.batch, get_precision(study.precision), study.views,
-                        study.checkpoint_every, study.pipeline_stages,
-                           precision=prec)
+                        study.checkpoint_every, study.pipeline_stages)
             records.append({"env": env, "shape": shape_name, "label": spec.label, **cfg.to_dict(), "batch": study.batch,
                             "precision": study.precision, "checkpoint_every": study.checkpoint_every,
                             "pipeline_stages": study.pipeline_stages, **r})
