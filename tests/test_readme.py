@@ -35,12 +35,17 @@ def test_ci_runs_the_readme_test_command():
     assert re.search(r"^make test\s*$", (ROOT / ".ci" / "run").read_text(), re.M)
 
 
-def test_readme_tables_are_the_output_of_their_commands():
-    """Every table in the README between <!-- NAME --> markers is re-produced by its command at
-    the current code (scripts/readme_tables.py): change the code or the results, rerun it."""
+def test_doc_tables_are_the_output_of_their_sources():
+    """Every table in README.md and docs/ between <!-- NAME --> markers is re-produced by its
+    command at the current code, or is its committed output file (scripts/doc_tables.py)."""
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "readme_tables.py"), "--check"],
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "doc_tables.py"), "--check"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_no_placeholder_is_left_in_the_docs():
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        assert "@@" not in path.read_text(), f"{path.name} still has a @@placeholder@@"

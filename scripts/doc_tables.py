@@ -1,0 +1,107 @@
+"""The tables in README.md and docs/ are command output: regenerate them from the committed
+reference results.
+
+    python scripts/doc_tables.py          # rewrite the marked blocks
+    python scripts/doc_tables.py --check  # exit 1 if a block differs from its source; write nothing
+
+A block is the text between `<!-- NAME -->` and `<!-- /NAME -->`. BLOCKS says, per file, what
+fills it: a resbench command (run now, at the current code, on the committed records) or a
+committed output file (written by the reference run's command, named in docs/RESULTS.md).
+tests/test_readme.py runs --check, so a table never drifts from the code or the results under it.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+
+from resbench.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+REF = "results/reference/xeon-2core"  # the machine of the latest reference runs
+
+
+def command(*argv: str):
+    return ("command", list(argv))
+
+
+def written(path: str, by: str, fenced: bool = True):
+    """A committed file and the command that wrote it: fenced as text output, or included as markdown."""
+    return ("written", [path, by, fenced])
+
+
+OVERHEAD = command("report", f"{REF}/overhead.jsonl", "--targets", "overhead")
+BLOCKS = {
+    "README.md": {
+        "quick-table": command("report", f"{REF}/quick.jsonl"),
+        "overhead-readme": OVERHEAD,
+        "list-table": command("list", "--d-model", "1024", "--blocks", "16"),
+    },
+    "docs/OVERHEAD.md": {
+        "overhead-table": OVERHEAD,
+        "profile-full-A": written(f"{REF}/overhead/profile-full-A.md",
+                                  "python scripts/profile_overhead.py full-attnres --top 12"),
+        "profile-block-B": written(f"{REF}/overhead/profile-block-B.md",
+                                   "python scripts/profile_overhead.py block-attnres --option block_size=4 "
+                                   "--d-model 2048 --blocks 8 --heads 16 --batch 2 --top 12"),
+    },
+    "docs/SCALING.md": {
+        "scaling-table": written(f"{REF}/scaling/scaling_table.md", "resbench scale", fenced=False),
+        "projection-table": written(f"{REF}/scaling/projection.md", "resbench project", fenced=False),
+    },
+}
+
+
+def output(source) -> str:
+    kind, args = source
+    if kind == "written":
+        path, by, fenced = args
+        body = Path(path).read_text().rstrip()
+        return f"```text\n$ {by}\n{body}\n```" if fenced else f"`{path}` (`{by}`):\n\n{body}"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main(args)
+    return f"```text\n$ resbench {' '.join(args)}\n{buf.getvalue().rstrip()}\n```"
+
+
+def render(text: str, blocks: dict, where: str) -> str:
+    for name, source in blocks.items():
+        pattern = re.compile(rf"<!-- {name} -->.*?<!-- /{name} -->", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"{where} has no block <!-- {name} -->")
+        body = output(source)
+        text = pattern.sub(lambda m: f"<!-- {name} -->\n{body}\n<!-- /{name} -->", text)
+    return text
+
+
+def cli() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="exit 1 if a file differs from its sources; write nothing")
+    args = p.parse_args()
+    here = os.getcwd()
+    os.chdir(ROOT)  # sources name the reference files relative to the repository
+    try:
+        changed = []
+        for rel, blocks in BLOCKS.items():
+            old = Path(rel).read_text()
+            new = render(old, blocks, rel)
+            if new != old:
+                changed.append(rel)
+                if not args.check:
+                    Path(rel).write_text(new)
+    finally:
+        os.chdir(here)
+    if args.check and changed:
+        print(f"{', '.join(changed)}: tables differ from their sources: run python scripts/doc_tables.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
