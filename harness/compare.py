@@ -17,31 +17,16 @@ from pathlib import Path
 from scipy.stats import mannwhitneyu
 from tabulate import tabulate
 
+from . import workloads
 from .errors import UserError
-from .report import primary_peak
 from .results import IDENTITY, latest_by_key, read_records
 
-MiB = 2**20
-# metric -> (workload, how to read (value, raw samples or None) from a record's metrics, format)
-METRICS = {
-    "train_ms": ("throughput", lambda m: _timing(m.get("train_ms")), "{:.2f}"),
-    "prefill_ms": ("throughput", lambda m: _timing(m.get("prefill_ms")), "{:.2f}"),
-    "train_peak_MiB": ("memory", lambda m: (_mib(m.get("train")), None), "{:.2f}"),
-    "inference_peak_MiB": ("memory", lambda m: (_mib(m.get("inference")), None), "{:.2f}"),
-    "final_val_loss": ("loss", lambda m: (m.get("final_val_loss"), None), "{:.4f}"),
-}
 
 
-def _timing(ms: dict | None):
-    if not ms:
-        return None, None
-    samples = ms.get("samples") or ms.get("samples_ms")  # raw repeats: records since 5b4b198
-    return ms.get("median"), (samples if samples and len(samples) >= 2 else None)
-
-
-def _mib(view: dict | None):
-    value, _ = primary_peak(view)
-    return None if value is None else value / MiB
+def metrics() -> dict[str, tuple]:
+    """metric -> (workload, how to read (value, raw samples or None) from a record's metrics,
+    format), as each workload declares it (Workload.compare_metrics), in workload order."""
+    return {name: (w.name, read, fmt) for w in workloads.registered() for name, (read, fmt) in w.compare_metrics.items()}
 
 
 @dataclass
@@ -136,7 +121,7 @@ def compare(base: dict[str, dict], head: dict[str, dict], threshold: float = 0.1
         raise UserError("BASE and HEAD have no cell in common (same label, shape, device, precision, workload "
                         "and seed)")
     rows = []
-    order = {w: i for i, w in enumerate(("throughput", "memory", "loss"))}
+    order = {w: i for i, w in enumerate(workloads.names())}
     for b, h in sorted(pairs, key=lambda p: (_cell_name(p[0]), order.get(p[0]["cell"]["workload"], 9))):
         name = _cell_name(b)
         if b["status"] != "ok" or h["status"] != "ok":
@@ -144,7 +129,7 @@ def compare(base: dict[str, dict], head: dict[str, dict], threshold: float = 0.1
             rows.append(Row(name, b["cell"]["workload"], None, None, None, None,
                             f"status {b['status']} -> {h['status']}" + (": REGRESSION" if lost else ""), lost))
             continue
-        for metric, (workload, read, _) in METRICS.items():
+        for metric, (workload, read, _) in metrics().items():
             if workload != b["cell"]["workload"]:
                 continue
             (bv, bs), (hv, hs) = read(b["metrics"]), read(h["metrics"])
@@ -176,7 +161,7 @@ def machine_drift(base: dict[str, dict], head: dict[str, dict]) -> float | None:
 
 
 def render(rows: list[Row]) -> str:
-    fmt = {m: f for m, (_, _, f) in METRICS.items()}
+    fmt = {m: f for m, (_, _, f) in metrics().items()}
 
     def num(v, metric):
         return "-" if v is None else fmt.get(metric, "{:.4g}").format(v)

@@ -7,8 +7,6 @@ is a fixed set, the allowed values.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import re
 import reprlib
@@ -19,69 +17,15 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from . import precision, variants
-from .variants.base import VariantError
-
-from .errors import UserError
+from . import precision, variants, workloads
+from .cells import BASELINE, Cell, VariantSpec  # noqa: F401 - re-exported: the suite's vocabulary
+from .errors import ConfigError
 from .model import ModelConfig
+from .variants.base import VariantError
 
 DEVICES = ("cpu", "cuda", "auto")
 PRECISIONS = tuple(precision.PRECISIONS)
-WORKLOADS = ("throughput", "memory", "loss")
-GROUPS = ("shape", "pair")
-BASELINE = "prenorm"
 TARGET_METRICS = ("train", "prefill", "train_memory", "infer_state")
-
-
-class ConfigError(UserError):
-    pass
-
-
-@dataclass(frozen=True)
-class VariantSpec:
-    name: str
-    options: dict = field(default_factory=dict)
-    label: str = ""
-
-    def __post_init__(self):
-        if not self.label:
-            opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
-            object.__setattr__(self, "label", f"{self.name}({opts})" if opts else self.name)
-
-
-@dataclass(frozen=True)
-class ThroughputWorkload:
-    batch: int = 8
-    warmup: int = 2
-    repeats: int = 7
-    # "shape": every variant of a (shape, seed) in one process, interleaved. "pair": each variant
-    # in its own process with the baseline only, for shapes where all models (with gradients and
-    # AdamW state) do not fit in memory at once; ratios are then per pair.
-    group: str = "shape"
-
-
-@dataclass(frozen=True)
-class MemoryWorkload:
-    batch: int = 8
-
-
-@dataclass(frozen=True)
-class LossWorkload:
-    steps: int = 60
-    batch: int = 8
-    lr: float = 3e-3
-    weight_decay: float = 0.1
-    warmup: int = 10
-    schedule: str = "cosine"
-    eval_every: int = 20
-    eval_batches: int = 4
-    corpus: str = "stdlib"
-    corpus_bytes: int = 2_000_000
-    dynamics: bool = False  # record per-sublayer RMS, gradient norms and depth-mixing weights
-
-
-WORKLOAD_TYPES = {"throughput": ThroughputWorkload, "memory": MemoryWorkload, "loss": LossWorkload}
-SCHEDULES = ("cosine", "wsd", "constant")
 
 
 @dataclass(frozen=True)
@@ -99,34 +43,6 @@ class Suite:
     memory_cap_gb: float | None = None
     shape_overrides: dict = field(default_factory=dict)  # shape -> {batch|warmup|repeats: value}
     targets: dict = field(default_factory=dict)  # shape -> variant label -> metric -> bound (see report)
-
-
-@dataclass(frozen=True)
-class Cell:
-    """Everything that defines one measurement; its hash is the record key."""
-
-    variant: str
-    options: dict
-    label: str
-    shape_name: str
-    shape: dict
-    workload: str
-    params: dict
-    device: str
-    precision: str
-    seed: int
-    threads: int
-    variant_source: str = ""  # module:Class@sha of the registered class (variants.source_of)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @property
-    def key(self) -> str:
-        d = self.to_dict()
-        d.pop("label")  # cosmetic: renaming a label must not redo a measurement
-        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 # -- validation helpers ---------------------------------------------------------------------
@@ -187,7 +103,7 @@ def _type_name(t) -> str:
     return getattr(t, "__name__", str(t))
 
 
-def _check_keys(where: str, got: dict, allowed) -> None:
+def check_keys(where: str, got: dict, allowed) -> None:
     if not isinstance(got, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(got).__name__}")
     for key in got:
@@ -195,7 +111,7 @@ def _check_keys(where: str, got: dict, allowed) -> None:
             raise ConfigError(f"{where}: unknown key {short(key)}; allowed: {', '.join(allowed)}")
 
 
-def _coerce(where: str, value: Any, typ) -> Any:
+def coerce(where: str, value: Any, typ) -> Any:
     """Check a scalar against a dataclass field type (ints accepted where floats are; floats must
     be finite: `.nan` or `.inf` would slip past every range check and break the JSON records)."""
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
@@ -210,8 +126,8 @@ def _coerce(where: str, value: Any, typ) -> Any:
 def _dataclass_from(where: str, cls, raw: dict):
     hints = get_type_hints(cls)
     names = [f.name for f in fields(cls)]
-    _check_keys(where, raw, names)
-    return cls(**{k: _coerce(f"{where}.{k}", v, hints[k]) for k, v in raw.items()})
+    check_keys(where, raw, names)
+    return cls(**{k: coerce(f"{where}.{k}", v, hints[k]) for k, v in raw.items()})
 
 
 def _positive(where: str, value) -> None:
@@ -256,7 +172,7 @@ def parse_suite(raw: Any, default_name: str = "suite") -> Suite:
         command = "scale" if raw["kind"] == "scaling" else "project"
         raise ConfigError(f"this is a {raw['kind']} suite: run it with `resbench {command}`")
     precs = parse_precision(raw, many=True) if isinstance(raw, dict) else ("fp32",)
-    _check_keys("suite", raw, SUITE_KEYS)
+    check_keys("suite", raw, SUITE_KEYS)
     for required in ("variants", "shapes", "workloads"):
         if required not in raw:
             raise ConfigError(f"suite: missing key {short(required)}")
@@ -274,19 +190,19 @@ def parse_suite(raw: Any, default_name: str = "suite") -> Suite:
         raise ConfigError(f"seeds must be in 0 .. 2**63 - 1 (the generator's range), got {short(bad[0])}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds has duplicates: {short(seeds)}")
-    threads = _coerce("threads", raw.get("threads", 0), int)
+    threads = coerce("threads", raw.get("threads", 0), int)
     if threads < 0:
         raise ConfigError(f"threads must be >= 0 (0 = torch default), got {threads}")
-    timeout = _coerce("timeout_s", raw.get("timeout_s", 300.0), float)
+    timeout = coerce("timeout_s", raw.get("timeout_s", 300.0), float)
     _positive("timeout_s", timeout)
     cap = raw.get("memory_cap_gb")
     if cap is not None:
-        cap = _coerce("memory_cap_gb", cap, float)
+        cap = coerce("memory_cap_gb", cap, float)
         _positive("memory_cap_gb", cap)
 
     shape_items, shape_overrides = _shape_overrides(raw["shapes"])
-    shapes = _parse_shapes(shape_items)
-    specs = _parse_variants(raw["variants"])
+    shapes = parse_shapes(shape_items)
+    specs = parse_variants(raw["variants"])
     for spec in specs:  # fail now, not in cell 37: every variant must build at every shape
         for shape_name, cfg in shapes:
             try:
@@ -294,13 +210,11 @@ def parse_suite(raw: Any, default_name: str = "suite") -> Suite:
                     variants.build(spec.name, cfg.d_model, cfg.n_layers, spec.options)
             except VariantError as exc:
                 raise ConfigError(f"variants[{spec.label}] at shape {short(shape_name)}: {exc}") from None
-    workloads = _parse_workloads(raw["workloads"])
-    tp = workloads.get("throughput")
-    if tp is not None and tp.group == "pair" and BASELINE not in [s.name for s in specs]:
-        raise ConfigError(f"workloads.throughput.group 'pair' times every variant against {short(BASELINE)}; "
-                          f"add {short(BASELINE)} to variants")
+    workloads_ = _parse_workloads(raw["workloads"])
+    for kind, params in workloads_.items():
+        workloads.get(kind).check(params, [s.name for s in specs])
     targets = _parse_targets(raw.get("targets"), [n for n, _ in shapes], [s.label for s in specs])
-    return Suite(name=name, variants=specs, shapes=shapes, workloads=workloads, device=device, precisions=precs,
+    return Suite(name=name, variants=specs, shapes=shapes, workloads=workloads_, device=device, precisions=precs,
                  seeds=tuple(seeds), threads=threads, timeout_s=timeout, memory_cap_gb=cap,
                  shape_overrides=shape_overrides, targets=targets)
 
@@ -345,7 +259,7 @@ def _shape_overrides(raw) -> tuple[Any, dict[str, dict[str, int]]]:
             over = overrides[name] = {}
             for key in SHAPE_OVERRIDES:
                 if key in item:
-                    value = over[key] = _coerce(f"shapes[{name}].{key}", item.pop(key), int)
+                    value = over[key] = coerce(f"shapes[{name}].{key}", item.pop(key), int)
                     if key == "warmup" and value < 0:
                         raise ConfigError(f"shapes[{name}].warmup must be >= 0, got {short(value)}")
                     if key != "warmup":
@@ -359,16 +273,16 @@ def _parse_targets(raw, shapes: list[str], labels: list[str]) -> dict:
     ratio to the baseline (infer_state: measured extra inference bytes / declared state bytes)."""
     if raw is None:
         return {}
-    _check_keys("targets", raw, shapes)
+    check_keys("targets", raw, shapes)
     out = {}
     for shape, per_variant in raw.items():
-        _check_keys(f"targets.{shape}", per_variant, labels)
+        check_keys(f"targets.{shape}", per_variant, labels)
         out[shape] = {}
         for label, bounds in per_variant.items():
-            _check_keys(f"targets.{shape}.{label}", bounds, TARGET_METRICS)
+            check_keys(f"targets.{shape}.{label}", bounds, TARGET_METRICS)
             for metric, bound in bounds.items():
                 where = f"targets.{shape}.{label}.{metric}"
-                _positive(where, _coerce(where, bound, float))
+                _positive(where, coerce(where, bound, float))
             out[shape][label] = {m: float(b) for m, b in bounds.items()}
     return out
 
@@ -379,7 +293,7 @@ def _meta():
     return torch.device("meta")
 
 
-def _parse_variants(raw) -> tuple[VariantSpec, ...]:
+def parse_variants(raw) -> tuple[VariantSpec, ...]:
     if not isinstance(raw, list) or not raw:
         raise ConfigError("variants must be a non-empty list of names or {name, options, label}")
     registered = variants.names()
@@ -387,14 +301,14 @@ def _parse_variants(raw) -> tuple[VariantSpec, ...]:
     for n, item in enumerate(raw):
         if isinstance(item, str):
             item = {"name": item}
-        _check_keys(f"variants[{n}]", item, ("name", "options", "label"))
+        check_keys(f"variants[{n}]", item, ("name", "options", "label"))
         name = item.get("name")
         if name not in registered:
             raise ConfigError(f"variants[{n}]: unknown variant {short(name)}; registered: {', '.join(registered)}")
         options = item.get("options") or {}
         if not isinstance(options, dict):
             raise ConfigError(f"variants[{n}].options must be a mapping, got {short(options)}")
-        specs.append(VariantSpec(name, dict(options), _coerce(f"variants[{n}].label", item.get("label", ""), str)))
+        specs.append(VariantSpec(name, dict(options), coerce(f"variants[{n}].label", item.get("label", ""), str)))
     labels = [s.label for s in specs]
     dup = {x for x in labels if labels.count(x) > 1}
     if dup:
@@ -402,7 +316,7 @@ def _parse_variants(raw) -> tuple[VariantSpec, ...]:
     return tuple(specs)
 
 
-def _parse_shapes(raw) -> tuple[tuple[str, ModelConfig], ...]:
+def parse_shapes(raw) -> tuple[tuple[str, ModelConfig], ...]:
     if isinstance(raw, dict):  # {name: {...}} is accepted as well as a list
         raw = [{"name": k, **(v or {})} for k, v in raw.items()]
     if not isinstance(raw, list) or not raw:
@@ -410,7 +324,7 @@ def _parse_shapes(raw) -> tuple[tuple[str, ModelConfig], ...]:
     allowed = ["name"] + [f.name for f in fields(ModelConfig)]
     out = []
     for n, item in enumerate(raw):
-        _check_keys(f"shapes[{n}]", item, allowed)
+        check_keys(f"shapes[{n}]", item, allowed)
         item = dict(item)
         name = check_name(f"shapes[{n}].name", item.pop("name", f"shape{n}"))
         if name in [x for x, _ in out]:
@@ -424,22 +338,24 @@ def _parse_shapes(raw) -> tuple[tuple[str, ModelConfig], ...]:
 
 
 def _parse_workloads(raw) -> dict[str, Any]:
-    _check_keys("workloads", raw, WORKLOADS)
+    """{name: that workload's Params}, each checked against what the workload declares."""
+    names = workloads.names()
+    check_keys("workloads", raw, names)
     if not raw:
-        raise ConfigError(f"workloads must name at least one of {', '.join(WORKLOADS)}")
+        raise ConfigError(f"workloads must name at least one of {', '.join(names)}")
     out = {}
     for kind, params in raw.items():
-        wl = _dataclass_from(f"workloads.{kind}", WORKLOAD_TYPES[kind], params or {})
+        spec = workloads.get(kind)
+        wl = _dataclass_from(f"workloads.{kind}", spec.Params, params or {})
         for f in fields(wl):
             v = getattr(wl, f.name)
-            if f.name in ("batch", "repeats", "steps", "lr", "eval_batches", "corpus_bytes"):
+            if f.name in spec.positive:
                 _positive(f"workloads.{kind}.{f.name}", v)
             elif isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
                 raise ConfigError(f"workloads.{kind}.{f.name} must be >= 0, got {short(v)}")
-        if kind == "throughput" and wl.group not in GROUPS:
-            raise ConfigError(f"workloads.throughput.group must be one of {', '.join(GROUPS)}; got {short(wl.group)}")
-        if kind == "loss" and wl.schedule not in SCHEDULES:
-            raise ConfigError(f"workloads.loss.schedule must be one of {', '.join(SCHEDULES)}; got {short(wl.schedule)}")
+        for key, allowed in spec.choices.items():
+            if getattr(wl, key) not in allowed:
+                raise ConfigError(f"workloads.{kind}.{key} must be one of {', '.join(allowed)}; got {short(getattr(wl, key))}")
         out[kind] = wl
     return out
 
@@ -449,7 +365,7 @@ def expand_cells(suite: Suite, device: str) -> list[Cell]:
     ones first)."""
     cells = []
     sources = {spec.name: variants.source_of(spec.name) for spec in suite.variants}
-    for kind in WORKLOADS:
+    for kind in workloads.names():
         if kind not in suite.workloads:
             continue
         for shape_name, cfg in suite.shapes:

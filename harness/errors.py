@@ -6,6 +6,10 @@ class UserError(Exception):
     """A problem with what the user asked for (bad suite, missing file, no GPU, ...)."""
 
 
+class ConfigError(UserError):
+    """A suite (or study) that cannot be run as written; the message names the key."""
+
+
 def classify(exc: BaseException) -> tuple[str, str, dict]:
     """(status, one-line message, {}) for an exception raised by a cell: `diverged` for a
     non-finite loss, `oom` only on evidence (an allocator's out-of-memory error, MemoryError),

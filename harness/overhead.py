@@ -12,9 +12,8 @@ from collections import defaultdict
 
 from tabulate import tabulate
 
-from .config import BASELINE
-from .precision import get as get_precision
-from .report import median_present, primary_peak
+from . import workloads
+from .cells import BASELINE
 from .results import newest_per_cell, newest_producer_only
 
 COLUMNS = (("train", "train ×"), ("prefill", "prefill ×"), ("train_memory", "train peak mem ×"),
@@ -33,23 +32,9 @@ def overhead_metrics(records: list[dict]) -> dict[str, dict[str, dict]]:
         names[(c["shape_name"], c["label"])] = c["variant"]
     out: dict[str, dict[str, dict]] = defaultdict(dict)
     for (shape, label), wl in by.items():
-        tp = [r["metrics"] for r in wl.get("throughput", [])]
-        mem = wl.get("memory", [])
-        m = {"variant": names[(shape, label)],
-             "train": median_present(t.get(f"train_ratio_vs_{BASELINE}") for t in tp),
-             "prefill": median_present(t.get(f"prefill_ratio_vs_{BASELINE}") for t in tp),
-             # the interval of a single seed's run (several seeds: the first one's)
-             "train_ci": next((t.get("train_ratio_ci") for t in tp), None),
-             "prefill_ci": next((t.get("prefill_ratio_ci") for t in tp), None),
-             "train_mfu": median_present(t.get("train_mfu") for t in tp),
-             "prefill_mfu": median_present(t.get("prefill_mfu") for t in tp)}
-        if mem:
-            mm, cell = mem[0]["metrics"], mem[0]["cell"]
-            m["train_peak"] = primary_peak(mm["train"])[0]
-            m["infer_peak"] = primary_peak(mm["inference"])[0]
-            m["state_vectors"] = mm["state_vectors"]
-            itemsize = get_precision(cell["precision"]).param_itemsize  # the stream's dtype (autocast: fp32)
-            m["vector_bytes"] = cell["params"]["batch"] * cell["shape"]["seq_len"] * cell["shape"]["d_model"] * itemsize
+        m = {"variant": names[(shape, label)]}
+        for w in workloads.registered():  # each workload's cost fields (time ratios, peak bytes, ...)
+            m.update(w.cost(wl.get(w.name, [])))
         out[shape][label] = m
     for shape, per in out.items():
         base = next((m for m in per.values() if m["variant"] == BASELINE), None)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -11,6 +12,7 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .cells import OPTIONAL_CELL_FIELDS, Cell
 from .errors import UserError
 from .provenance import producer
 
@@ -101,7 +103,7 @@ def _ends_with_newline(path: Path) -> bool:
         return fh.read(1) == b"\n"
 
 
-CELL_FIELDS = ("variant", "options", "label", "shape_name", "shape", "workload", "params", "device", "precision", "seed")
+CELL_FIELDS = tuple(f.name for f in dataclasses.fields(Cell) if f.name not in OPTIONAL_CELL_FIELDS)
 
 
 def check_record(rec) -> str | None:

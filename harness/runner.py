@@ -1,7 +1,7 @@
 """Suite → cells → one fresh process per job → records.
 
-A job is one cell, except throughput: every variant of one (shape, precision, seed) shares a
-process so their repeats can be interleaved. A sweep never stops for one bad cell: a crash, a
+A job is one cell unless its workload groups cells (throughput: every variant of one shape,
+precision and seed shares a process so their repeats can be interleaved). A sweep never stops for one bad cell: a crash, a
 kill, running out of memory or a timeout becomes that cell's status. Re-running resumes:
 finished cells are skipped.
 """
@@ -22,10 +22,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import variants
-
-from .config import BASELINE, Cell, ConfigError, Suite, expand_cells
-from .data import load_corpus
+from . import variants, workloads
+from .config import Cell, Suite, expand_cells
 from .errors import UserError
 from .provenance import environment, producer, system
 from .results import append_record, check_writable, encode_record, exclusive, finished_keys, now
@@ -42,49 +40,17 @@ def resolve_device(requested: str) -> str:
 
 
 def plan_jobs(cells: list[Cell], todo: set[str]) -> list[list[Cell]]:
-    """Jobs holding at least one unfinished cell. A throughput group reruns whole when any of
-    its cells is unfinished: its ratios need the baseline interleaved in the same process.
-    With group "pair" a group is split into (baseline, variant) pairs."""
-    groups: dict[tuple, list[Cell]] = defaultdict(list)
+    """Jobs holding at least one unfinished cell, grouped as each workload says (workload order)."""
     jobs = []
-    for cell in cells:
-        if cell.workload == "throughput":
-            groups[(cell.shape_name, cell.precision, cell.seed)].append(cell)
-        elif cell.key in todo:
-            jobs.append([cell])
-    tp_jobs = []
-    for group in groups.values():
-        if group[0].params.get("group", "shape") == "pair":
-            tp_jobs += _pairs(group, todo)
-        elif any(c.key in todo for c in group):
-            tp_jobs.append(group)
-    return tp_jobs + jobs
-
-
-def _pairs(group: list[Cell], todo: set[str]) -> list[list[Cell]]:
-    base = [c for c in group if c.variant == BASELINE][:1]
-    others = [c for c in group if c not in base]
-    pairs = [base + [c] for c in others if c.key in todo]
-    if base and base[0].key in todo and not pairs:  # only the baseline is missing: any partner will do
-        pairs = [base + others[:1]]
-    return pairs
+    for wl in workloads.registered():
+        jobs += wl.jobs([c for c in cells if c.workload == wl.name], todo)
+    return jobs
 
 
 def preflight(suite: Suite) -> None:
-    """Errors a user can fix surface once, before any cell runs: a missing corpus, one whose ids
-    do not fit a shape's vocabulary, or too short for a shape's sequence."""
-    loss = suite.workloads.get("loss")
-    if loss is None:
-        return
-    corpus = load_corpus(loss.corpus, max_bytes=loss.corpus_bytes)
-    for name, cfg in suite.shapes:
-        if corpus.vocab_size > cfg.vocab_size:
-            raise ConfigError(f"workloads.loss.corpus {loss.corpus!r} has token ids up to {corpus.vocab_size - 1}: "
-                              f"shapes[{name}].vocab_size is {cfg.vocab_size}")
-        for split, tokens in (("train", corpus.train), ("validation", corpus.val)):
-            if tokens.numel() < cfg.seq_len + 1:
-                raise ConfigError(f"workloads.loss.corpus {loss.corpus!r}: its {split} split has {tokens.numel()} "
-                                  f"tokens, fewer than shapes[{name}].seq_len + 1 = {cfg.seq_len + 1}")
+    """Errors a user can fix surface once, before any cell runs (each workload's own checks)."""
+    for kind, params in suite.workloads.items():
+        workloads.get(kind).preflight(params, suite.shapes)
 
 
 def default_memory_cap() -> float:
@@ -230,7 +196,7 @@ def _run(suite, cells, out, force, device, progress, resume_any) -> list[dict]:
     for job in jobs:
         bar.set_postfix_str(f"{job[0].workload} {job[0].shape_name} " + ",".join(c.label for c in job)[:60])
         with tqdm(total=0, unit="call", desc="  timed calls", leave=False, position=1, file=sys.stderr,
-                  disable=not progress or job[0].workload != "throughput") as inner:
+                  disable=not progress or not workloads.get(job[0].workload).timed_calls) as inner:
             def on_progress(done, total, inner=inner):
                 inner.total = total
                 inner.update(done - inner.n)

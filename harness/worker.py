@@ -15,11 +15,9 @@ import threading
 
 import torch
 
-from . import variants
-from .config import Cell
+from . import variants, workloads
+from .cells import Cell
 from .provenance import environment
-from .errors import classify
-from .workloads import run_loss, run_memory, run_throughput
 
 
 PROGRESS = "resbench-progress"
@@ -46,24 +44,15 @@ def run_job(job: dict) -> dict:
     cells = [Cell(**c) for c in job["cells"]]
     if cells[0].threads:
         torch.set_num_threads(cells[0].threads)
-    kind = cells[0].workload
-    if kind == "loss":  # bit-for-bit curves; not for timing, where it may pick slower kernels
+    workload = workloads.get(cells[0].workload)
+    if workload.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     env = environment(cells[0].device, job.get("system"))
     bad = foreign_variants(cells)
     if bad:
         return {c.key: {"status": "error", "message": bad.get(c.key, "a variant of this job is not the one expanded"),
                         "metrics": {}, "env": env} for c in cells}
-    if kind == "throughput":
-        outcomes = run_throughput(cells, progress=_report_progress)
-    else:
-        runner = {"memory": run_memory, "loss": run_loss}[kind]
-        outcomes = {}
-        for cell in cells:
-            try:
-                outcomes[cell.key] = runner(cell)
-            except Exception as exc:  # noqa: BLE001 - recorded as the cell's status
-                outcomes[cell.key] = classify(exc)
+    outcomes = workload.run(cells, progress=_report_progress)
     return {key: {"status": s, "message": msg, "metrics": m, "env": env} for key, (s, msg, m) in outcomes.items()}
 
 

@@ -1,6 +1,9 @@
-"""Each variant against a naive reference written here from docs/VARIANTS.md: explicit loops over
-sublayers and sources, no reuse of variant internals. Only the shared parts of the model
-(embed, sublayers, norm_f, head) and the variant's parameters (read by name) are used."""
+"""Each variant against a reference of its equations (docs/VARIANTS.md). PreNorm, Highway and
+DenseNet: naive references written here, explicit loops over sublayers, no reuse of variant
+internals (only the shared parts of the model and the variant's parameters, read by name).
+AttnRes: its module is the equations (`impl: reference`, run with the same parameters); its one
+formula, depth attention, is held here against explicit per-source loops, and its block layout
+against the paper's (test_paper_layout_...)."""
 from __future__ import annotations
 
 import math
@@ -83,13 +86,15 @@ def depth_attention(model, reader, sources):
     return h
 
 
-def ref_full_attnres(model, idx):
-    L = len(model.sublayers)
-    v = [model.embed(idx)]  # v_0 = e
-    for l in range(L):
-        h = depth_attention(model, l, v)  # sources v_0 .. v_{l-1} (0-based: e and f_0..f_{l-1})
-        v.append(model.sublayers[l](h))
-    return finish(model, depth_attention(model, L, v))
+def ref_attnres(model, idx):
+    """The AttnRes module's own equations (impl: reference) on this model's parameters."""
+    res = model.residual
+    saved = res.impl, res.two_phase
+    res.impl, res.two_phase = "reference", False
+    try:
+        return model(idx)
+    finally:
+        res.impl, res.two_phase = saved
 
 
 def paper_blocks(L, N):
@@ -101,11 +106,9 @@ def paper_blocks(L, N):
     return [list(range(a, a + n)) for a, n in zip(starts, sizes)]
 
 
-def ref_block_attnres(model, idx, block_size=None, blocks=None):
-    """block_size: blocks of that many sublayers (the last one partial); blocks: explicit lists."""
+def ref_blocks(model, idx, blocks):
+    """Block AttnRes over explicit lists of sublayers, with the per-source loops above."""
     L = len(model.sublayers)
-    if blocks is None:
-        blocks = [list(range(s, min(s + block_size, L))) for s in range(0, L, block_size)]
     b = [model.embed(idx)]  # b_0 = e, then completed block sums
     for members in blocks:
         partial = None
@@ -157,20 +160,22 @@ CASES = [
     ("densenet", {"dilation": 2, "period": 2}, lambda m, x: ref_densenet(m, x, dilation=2, period=2)),
     ("densenet", {"dilation": 2}, lambda m, x: ref_densenet(m, x, dilation=2)),
     ("densenet", {"period": 2}, lambda m, x: ref_densenet(m, x, period=2)),
-    ("full-attnres", {}, ref_full_attnres),
-    ("block-attnres", {"block_size": 2}, lambda m, x: ref_block_attnres(m, x, 2)),
-    ("block-attnres", {"block_size": 4}, lambda m, x: ref_block_attnres(m, x, 4)),  # blocks [4, 2]
-    ("block-attnres", {"block_size": 4, "two_phase": True}, lambda m, x: ref_block_attnres(m, x, 4)),
-    ("block-attnres", {"block_size": 3, "two_phase": True}, lambda m, x: ref_block_attnres(m, x, 3)),
+    ("full-attnres", {}, ref_attnres),
+    ("block-attnres", {"block_size": 2}, ref_attnres),
+    ("block-attnres", {"block_size": 4}, ref_attnres),  # blocks [4, 2]
+    ("block-attnres", {"block_size": 4, "two_phase": True}, ref_attnres),
+    ("block-attnres", {"block_size": 3, "two_phase": True}, ref_attnres),
     # the paper's layout (default): L = 6, N = 2 -> blocks of 1 and 2 transformer blocks
-    ("block-attnres", {"n_blocks": 2}, lambda m, x: ref_block_attnres(m, x, blocks=[[0, 1], [2, 3, 4, 5]])),
-    ("block-attnres", {"n_blocks": 2, "two_phase": True},
-     lambda m, x: ref_block_attnres(m, x, blocks=paper_blocks(6, 2))),
-    ("block-attnres", {"n_blocks": 3}, lambda m, x: ref_block_attnres(m, x, 2)),
-    ("block-attnres", {}, lambda m, x: ref_block_attnres(m, x, 2)),  # default N = min(8, L_b) = L_b = 3
+    ("block-attnres", {"n_blocks": 2}, ref_attnres),
+    ("block-attnres", {"n_blocks": 2, "two_phase": True}, ref_attnres),
+    # and once end to end against explicit block lists, independent of the module's layout code
+    ("block-attnres", {"n_blocks": 2, "impl": "reference"}, lambda m, x: ref_blocks(m, x, paper_blocks(6, 2))),
+    ("block-attnres", {"block_size": 4, "impl": "reference"}, lambda m, x: ref_blocks(m, x, [[0, 1, 2, 3], [4, 5]])),
+    ("block-attnres", {"n_blocks": 3}, ref_attnres),
+    ("block-attnres", {}, ref_attnres),  # default N = min(8, L_b) = L_b = 3
     # resbench's other layout: blocks of ceil(L / N) sublayers
-    ("block-attnres", {"n_blocks": 2, "layout": "ceil"}, lambda m, x: ref_block_attnres(m, x, 3)),
-    ("block-attnres", {"n_blocks": 6, "layout": "ceil"}, lambda m, x: ref_block_attnres(m, x, 1)),
+    ("block-attnres", {"n_blocks": 2, "layout": "ceil"}, ref_attnres),
+    ("block-attnres", {"n_blocks": 6, "layout": "ceil"}, ref_attnres),
 ]
 
 
@@ -190,7 +195,24 @@ def test_reference_is_sensitive():
         torch.testing.assert_close(model(idx), ref_prenorm(model, idx), **TOL)
     model = make_model(CFG, "block-attnres", {"block_size": 4}, seed=2, perturb=True)
     with pytest.raises(AssertionError):
-        torch.testing.assert_close(model(idx), ref_block_attnres(model, idx, 3), **TOL)
+        torch.testing.assert_close(model(idx), ref_blocks(model, idx, [[0, 1, 2], [3, 4, 5]]), **TOL)
+    other = make_model(CFG, "block-attnres", {"block_size": 3, "impl": "reference"}, seed=2)
+    other.load_state_dict(model.state_dict())  # same parameters, another layout
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(model(idx), other(idx), **TOL)
+
+
+def test_the_modules_depth_attention_is_the_formula():
+    """attnres.depth_attention (the reference's one formula) against explicit per-source loops."""
+    from resbench.variants.attnres import depth_attention as formula
+
+    model = make_model(CFG, "full-attnres", seed=3, perturb=True)
+    g = torch.Generator().manual_seed(0)
+    sources = [torch.randn(2, 5, CFG.d_model, generator=g, dtype=torch.float64) * (k + 1) for k in range(4)]
+    for reader in (1, 3, CFG.n_layers):
+        h, alpha = formula(sources, model.residual.query[reader], model.residual.key_gain[reader])
+        torch.testing.assert_close(h, depth_attention(model, reader, sources), **TOL)
+        torch.testing.assert_close(alpha.sum(0), torch.ones(2, 5, dtype=torch.float64), **TOL)
 
 
 @pytest.mark.parametrize("block_size", [1, 2, 3, 4, 5])

@@ -1,6 +1,6 @@
-"""The optimised depth-mixing forms (issue 6) against the naive references, and their memory.
+"""The optimised depth-mixing forms against the references of their equations, and their memory.
 
-test_equations.py holds the float64 naive references; here the fast forms are checked on more
+test_equations.py holds the float64 references (AttnRes: the module's impl: reference); here the fast forms are checked on more
 shapes (more sources, partial last blocks), in float32 against float64, with gradients of the
 two-phase and Block(N=L) identities, in the numerically delicate corners of the partial-sum
 reconstruction, and for live memory: inference keeps the declared state and no O(L^2 d) terms,
@@ -17,8 +17,8 @@ import torch
 from conftest import make_model, tokens
 from resbench.measure import LiveBytesTracker
 from resbench.model import ModelConfig, Transformer
-from test_equations import assert_matches, ref_block_attnres, ref_densenet, ref_full_attnres
-from resbench.variants.attnres import _Keys, _Read, _Store
+from test_equations import assert_matches, ref_attnres, ref_densenet
+from resbench.variants._attnres_fast import _Attend, _SourceLogits, _Store
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_blocks=4, n_heads=4, mlp_ratio=2.0, seq_len=10)  # L = 8
 
@@ -32,12 +32,12 @@ def grads(model, idx, probe_seed=3):
 
 
 FAST_CASES = [
-    ("full-attnres", {}, ref_full_attnres),
-    ("block-attnres", {"block_size": 3}, lambda m, x: ref_block_attnres(m, x, 3)),  # blocks 3, 3, 2
-    ("block-attnres", {"block_size": 3, "two_phase": True}, lambda m, x: ref_block_attnres(m, x, 3)),
-    ("block-attnres", {"n_blocks": 1}, lambda m, x: ref_block_attnres(m, x, 8)),
-    ("block-attnres", {"n_blocks": 1, "two_phase": True}, lambda m, x: ref_block_attnres(m, x, 8)),
-    ("block-attnres", {"block_size": 5, "two_phase": True}, lambda m, x: ref_block_attnres(m, x, 5)),
+    ("full-attnres", {}, ref_attnres),
+    ("block-attnres", {"block_size": 3}, ref_attnres),  # blocks 3, 3, 2
+    ("block-attnres", {"block_size": 3, "two_phase": True}, ref_attnres),
+    ("block-attnres", {"n_blocks": 1}, ref_attnres),
+    ("block-attnres", {"n_blocks": 1, "two_phase": True}, ref_attnres),
+    ("block-attnres", {"block_size": 5, "two_phase": True}, ref_attnres),
     ("densenet", {}, ref_densenet),
     ("densenet", {"dilation": 3, "period": 1}, lambda m, x: ref_densenet(m, x, dilation=3)),
     ("densenet", {"period": 3}, lambda m, x: ref_densenet(m, x, period=3)),  # kept X_j without a DWA
@@ -121,8 +121,8 @@ def _reader_inputs(dtype, gap, n=3, B=2, T=5, d=16, L=4, reader=2, seed=0):
 
 def _fast_reader(reader, defer, qk, p, *values):
     store = _Store(defer)
-    cols = [_Keys.apply(v, qk, k, 0, store)[reader] for k, v in enumerate(values)]
-    return _Read.apply(reader, qk, p, None, store, *values, *cols)
+    cols = [_SourceLogits.apply(v, qk, k, 0, store)[reader] for k, v in enumerate(values)]
+    return _Attend.apply(reader, qk, p, None, store, *values, *cols)
 
 
 def _naive_reader(reader, qk, p, *values):

@@ -379,7 +379,7 @@ def test_prefill_peak_is_the_state_plus_the_widest_sublayer_transient(name, stat
     activations (fc output and GELU output, 2·h per token): exactly that, nothing kept from the
     embedding or the sublayer input. Checked exactly, in bytes."""
     from resbench.model import ModelConfig, build_model
-    from resbench.studies.memory_views import inference_bytes
+    from resbench.measure.memory_views import inference_bytes
 
     cfg = ModelConfig(vocab_size=64, d_model=64, n_blocks=4, n_heads=4, mlp_ratio=4.0, seq_len=32)
     B = 2
@@ -398,7 +398,7 @@ def test_attnres_prefill_holds_its_sources_and_no_sublayer_input(name, options):
     sublayer's norm has read it (it was one extra d-vector per token: 'infer extra / declared'
     read 1.17 for Block at shape A)."""
     from resbench.model import ModelConfig, build_model
-    from resbench.studies.memory_views import inference_bytes
+    from resbench.measure.memory_views import inference_bytes
 
     cfg = ModelConfig(vocab_size=64, d_model=256, n_blocks=4, n_heads=4, mlp_ratio=4.0, seq_len=16)
     B, L = 2, cfg.n_layers

@@ -15,7 +15,7 @@ from resbench.cli import main
 from resbench.config import ConfigError
 from resbench.measure.projection import project
 from resbench.model import ModelConfig, build_model
-from resbench.studies import memory_views as V
+from resbench.measure import memory_views as V
 from resbench.studies.scaling import load_study, parse_study, run_study
 from resbench.studies.scaling_fit import (
     declared_depth_class,
@@ -265,6 +265,7 @@ def test_shipped_suites_parse_and_cover_every_variant():
     ({"views": ["inference", "bogus"]}, "views must be"),
     ({"n_sweep": {"blocks": 8, "values": [1, 2], "options": {"n_blocks": 2}}}, "n_sweep.options"),
     ({"n_sweep": {"blocks": 2, "values": [1, 8]}}, "n_sweep value 8"),
+    ({"n_sweep": {"blocks": 8, "values": [1, 2], "options": {"block_size": 4}}}, "must not set block_size"),
     ({"shape": {"d_model": 64, "n_blocks": 3}}, "shape: unknown key 'n_blocks'"),
     ({"pipeline_stages": 5}, "pipeline_stages"),
 ])
@@ -295,3 +296,17 @@ def test_project_cli_writes_its_table(tmp_path, capsys):
     assert {r["label"] for r in recs} == {"prenorm", "block-attnres(n_blocks=2)"}
     assert all(r["inference"] > 0 and r["env"]["code_hash"] for r in recs)
     assert "big" in (tmp_path / "o" / "p.md").read_text()
+
+
+def test_n_sweep_must_vary_n(monkeypatch):
+    """A variant that takes n_blocks but does not build N blocks from it cannot be N-swept."""
+    from resbench.variants.base import Residual
+
+    class Stuck(Residual):
+        def __init__(self, d_model, n_layers, *, n_blocks: int = 1):
+            super().__init__(d_model, n_layers)
+            self.n_blocks = 1  # ignores the option
+
+    monkeypatch.setattr(variants, "_REGISTRY", {**variants._REGISTRY, "stuck": Stuck})
+    with pytest.raises(ConfigError, match="with n_blocks=2 builds N=1 AttnRes blocks, so N would not vary"):
+        parse_study({**MINI, "n_sweep": {"variant": "stuck", "blocks": 4, "values": [1, 2]}}, "scaling")

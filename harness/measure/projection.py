@@ -17,6 +17,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from .. import variants
 from ..model import ModelConfig, Transformer
 from ..precision import Precision
+from . import memory_views as V
 
 
 def meta_model(cfg: ModelConfig, variant: str, options: dict | None = None) -> Transformer:
@@ -40,8 +41,6 @@ def param_bytes(model: Transformer, dtype: torch.dtype) -> int:
 def project(cfg: ModelConfig, variant: str, options: dict | None, batch: int, precision: Precision,
             views: tuple[str, ...], checkpoint_every: int = 1, stages: int = 4) -> dict:
     """Projected bytes per view (same functions and tracker as the real measurement)."""
-    from ..studies import memory_views as V  # the views live with the study that reports them
-
     model = meta_model(cfg, variant, options)
     dtype = precision.param_dtype
     out = {"param_bytes": param_bytes(model, dtype), "state_vectors": model.residual.state_vectors()}

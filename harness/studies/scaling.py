@@ -21,14 +21,14 @@ import torch
 from .. import variants
 from ..variants.base import VariantError
 
-from ..config import (MAX_SEED, ConfigError, VariantSpec, _check_keys, _coerce, _parse_shapes, _parse_variants,
+from ..config import (MAX_SEED, ConfigError, VariantSpec, check_keys, coerce, parse_shapes, parse_variants,
                       check_name, parse_precision, read_yaml, resolve_suite_path, short)
 from ..errors import classify
 from ..provenance import environment
 from ..model import ModelConfig, build_model
 from ..precision import get as get_precision
 from ..results import LOCAL_DIR, results_root
-from . import memory_views as V
+from ..measure import memory_views as V
 
 SCALING_KEYS = ("kind", "name", "precision", "threads", "seed", "batch", "shape", "depths", "variants", "n_sweep",
                 "views", "checkpoint_every", "pipeline_stages")
@@ -82,16 +82,16 @@ def _int_list(where: str, raw, at_least: int = 1) -> tuple[int, ...]:
 
 
 def _positive_int(where: str, raw) -> int:
-    v = _coerce(where, raw, int)
+    v = coerce(where, raw, int)
     if v < 1:
         raise ConfigError(f"{where} must be >= 1, got {short(v)}")
     return v
 
 
-def _check_builds(spec: VariantSpec, cfg: ModelConfig, where: str) -> None:
+def _check_builds(spec: VariantSpec, cfg: ModelConfig, where: str):
     try:
         with torch.device("meta"):
-            variants.build(spec.name, cfg.d_model, cfg.n_layers, spec.options)
+            return variants.build(spec.name, cfg.d_model, cfg.n_layers, spec.options)
     except VariantError as exc:
         raise ConfigError(f"variants[{spec.label}] at {where}: {exc}") from None
 
@@ -105,7 +105,7 @@ def parse_study(raw: Any, kind: str, default_name: str = "study") -> Study:
     if got != kind:  # checked first: a suite of another kind should say so, not list its keys
         raise ConfigError(f"kind must be {short(kind)} for `resbench {'scale' if kind == 'scaling' else 'project'}`, "
                           f"got {short(got)}")
-    _check_keys("suite", raw, SCALING_KEYS if kind == "scaling" else PROJECTION_KEYS)
+    check_keys("suite", raw, SCALING_KEYS if kind == "scaling" else PROJECTION_KEYS)
     required = ("shape", "depths", "variants") if kind == "scaling" else ("shapes", "variants")
     for key in required:
         if key not in raw:
@@ -116,22 +116,22 @@ def parse_study(raw: Any, kind: str, default_name: str = "study") -> Study:
         raise ConfigError(f"views must be a non-empty list of {', '.join(V.VIEWS)}; got {short(views)}")
     common = dict(
         kind=kind, name=check_name("name", raw.get("name", default_name)), precision=precision,
-        batch=_positive_int("batch", raw.get("batch", 1)), variants=_parse_variants(raw["variants"]),
+        batch=_positive_int("batch", raw.get("batch", 1)), variants=parse_variants(raw["variants"]),
         views=tuple(v for v in V.VIEWS if v in views),
         checkpoint_every=_positive_int("checkpoint_every", raw.get("checkpoint_every", 1)),
         pipeline_stages=_positive_int("pipeline_stages", raw.get("pipeline_stages", 4)),
     )
     if kind == "projection":
-        shapes = _parse_shapes(raw["shapes"])
+        shapes = parse_shapes(raw["shapes"])
         for spec in common["variants"]:
             for name, cfg in shapes:
                 _check_builds(spec, cfg, f"shape {short(name)}")
         return Study(shapes=shapes, **common)
 
-    _check_keys("shape", raw["shape"], SHAPE_KEYS)
-    shape = {k: _coerce(f"shape.{k}", v, float if k == "mlp_ratio" else int) for k, v in raw["shape"].items()}
+    check_keys("shape", raw["shape"], SHAPE_KEYS)
+    shape = {k: coerce(f"shape.{k}", v, float if k == "mlp_ratio" else int) for k, v in raw["shape"].items()}
     depths = _int_list("depths", raw["depths"], at_least=2)
-    threads, seed = _coerce("threads", raw.get("threads", 0), int), _coerce("seed", raw.get("seed", 0), int)
+    threads, seed = coerce("threads", raw.get("threads", 0), int), coerce("seed", raw.get("seed", 0), int)
     if threads < 0:
         raise ConfigError(f"threads must be >= 0 (0 = torch default), got {threads}")
     if not 0 <= seed <= MAX_SEED:
@@ -148,8 +148,11 @@ def parse_study(raw: Any, kind: str, default_name: str = "study") -> Study:
     if study.n_sweep:
         ns = study.n_sweep
         for n in ns.values:
-            _check_builds(dataclasses.replace(ns.variant, options={**ns.variant.options, "n_blocks": n}),
-                          study.config(ns.blocks), f"n_sweep value {n}")
+            res = _check_builds(dataclasses.replace(ns.variant, options={**ns.variant.options, "n_blocks": n}),
+                                study.config(ns.blocks), f"n_sweep value {n}")
+            if getattr(res, "n_blocks", None) != n:  # a sweep must vary what it claims to sweep
+                raise ConfigError(f"n_sweep: {ns.variant.name} with n_blocks={n} builds N="
+                                  f"{getattr(res, 'n_blocks', '?')} AttnRes blocks, so N would not vary")
     if common["pipeline_stages"] > depths[0]:
         raise ConfigError(f"pipeline_stages ({common['pipeline_stages']}) must be <= the smallest depth ({depths[0]} blocks)")
     return study
@@ -158,13 +161,15 @@ def parse_study(raw: Any, kind: str, default_name: str = "study") -> Study:
 def _parse_n_sweep(raw) -> NSweep | None:
     if raw is None:
         return None
-    _check_keys("n_sweep", raw, ("variant", "options", "blocks", "values"))
+    check_keys("n_sweep", raw, ("variant", "options", "blocks", "values"))
     for key in ("blocks", "values"):
         if key not in raw:
             raise ConfigError(f"n_sweep: missing key {short(key)}")
-    spec = _parse_variants([{"name": raw.get("variant", "block-attnres"), "options": raw.get("options") or {}}])[0]
-    if "n_blocks" in spec.options:
-        raise ConfigError("n_sweep.options must not set n_blocks: n_sweep.values does")
+    spec = parse_variants([{"name": raw.get("variant", "block-attnres"), "options": raw.get("options") or {}}])[0]
+    for key in ("n_blocks", "block_size"):  # n_sweep.values sets N; block_size would fix it instead
+        if key in spec.options:
+            raise ConfigError(f"n_sweep.options must not set {key}: n_sweep.values sets the number of "
+                              "AttnRes blocks N (n_sweep.blocks is the transformer depth)")
     return NSweep(spec, _positive_int("n_sweep.blocks", raw["blocks"]), _int_list("n_sweep.values", raw["values"], 2))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from .scaling_fit import declared_depth_class, declared_n_class, depth_class, fit_line, n_class
-from .memory_views import VIEWS
+from ..measure.memory_views import VIEWS
 
 VIEW_TITLES = {
     "inference": "inference prefill (no grad)",

@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils._pytree import tree_leaves
 
-from ..measure import LiveBytesTracker
+from .memory import LiveBytesTracker
 from ..precision import FP32, Precision
 
 VIEWS = ("inference", "checkpointed", "pipeline", "train")

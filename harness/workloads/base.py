@@ -1,0 +1,103 @@
+"""The workload protocol: what one kind of measurement declares so that config, runner, worker,
+report and compare can handle it without knowing its name.
+
+A workload module defines a `Workload` subclass, decorated with `@register("name")`:
+
+    Params            a frozen dataclass: the YAML keys of `workloads.<name>`, typed, with defaults
+    positive/choices  fields that must be > 0 (other numbers must be >= 0), fields with a fixed set
+    check/preflight   checks against the rest of the suite (config time) and its data (before any cell)
+    jobs              how its cells group into worker processes (default: one cell per process)
+    run / run_cell    what the worker process does: {cell key: (status, message, metrics)}
+    summary/columns   the report's row fields from a variant's ok records, and the columns showing them
+    footnotes/warning lines under a report table; a reason the table's numbers cannot be trusted
+    compare_metrics   metric -> (read (value, raw samples or None) from metrics, format)
+    cost              the overhead study's fields from a variant's ok records
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Any, Callable
+
+from ..cells import Cell
+from ..errors import classify
+
+Outcome = tuple[str, "str | None", dict]  # (status, message, metrics)
+REGISTRY: dict[str, "Workload"] = {}
+
+
+def register(name: str):
+    """Class decorator: one instance of the workload is registered under `name`."""
+    def deco(cls):
+        if name in REGISTRY and type(REGISTRY[name]) is not cls:
+            raise ValueError(f"workload {name!r} is already registered by {type(REGISTRY[name]).__qualname__}")
+        cls.name = name
+        REGISTRY[name] = cls()
+        return cls
+    return deco
+
+
+class Workload:
+    name = "?"
+    Params: type = type(None)
+    order = 50  # expansion order: cells of a lower order run first
+    positive: tuple[str, ...] = ()
+    choices: dict[str, tuple] = {}
+    deterministic = False  # the worker asks torch for deterministic algorithms (bit-for-bit curves)
+    timed_calls = False  # the worker reports progress per timed call (an inner progress bar)
+    columns: tuple[tuple[str, Callable[[dict], str]], ...] = ()
+    compare_metrics: dict[str, tuple[Callable[[dict], tuple], str]] = {}
+
+    # -- config time ------------------------------------------------------------------------
+    def check(self, params, variant_names: list[str]) -> None:
+        """Raise ConfigError for a combination with the rest of the suite that cannot run."""
+
+    def preflight(self, params, shapes) -> None:
+        """Raise ConfigError for a user-fixable problem with the data, once, before any cell."""
+
+    # -- running ----------------------------------------------------------------------------
+    def jobs(self, cells: list[Cell], todo: set[str]) -> list[list[Cell]]:
+        return [[c] for c in cells if c.key in todo]
+
+    def run(self, cells: list[Cell], progress=None) -> dict[str, Outcome]:
+        out = {}
+        for cell in cells:
+            try:
+                out[cell.key] = self.run_cell(cell)
+            except Exception as exc:  # noqa: BLE001 - recorded as the cell's status
+                out[cell.key] = classify(exc)
+        return out
+
+    def run_cell(self, cell: Cell) -> Outcome:
+        raise NotImplementedError
+
+    # -- reading records --------------------------------------------------------------------
+    def summary(self, metrics: list[dict]) -> dict[str, Any]:
+        """Report row fields from one variant's ok metrics (an empty list: the fields, all None)."""
+        return {}
+
+    def footnotes(self, metrics: list[dict], rows: list[dict]) -> list[str]:
+        return []
+
+    def warning(self, records: list[dict]) -> str | None:
+        return None
+
+    def cost(self, records: list[dict]) -> dict[str, Any]:
+        return {}
+
+
+# -- formatting helpers for columns -----------------------------------------------------------
+
+def median_present(xs):
+    """Median of the values that are not None; None if there are none."""
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def num(x, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def fmt_ms(ms: dict | None) -> str:
+    if not ms:
+        return "-"
+    return f"{ms['median']:.1f} [{ms['min']:.1f}–{ms['max']:.1f}]"

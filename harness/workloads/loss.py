@@ -1,0 +1,95 @@
+"""loss: K steps of byte-level LM on the corpus (AdamW, warm-up + schedule), held-out validation
+loss every eval_every steps, the curve kept; optionally the training dynamics."""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from ..cells import Cell
+from ..data import batch_at, load_corpus, val_batches
+from ..dynamics import probe
+from ..errors import ConfigError
+from ..measure import count_flops
+from ..precision import get as get_precision
+from ..train import SCHEDULES, TrainConfig, lm_loss, train
+from .base import Workload, register
+from .common import model_of, static_info
+
+
+@dataclass(frozen=True)
+class Params:
+    steps: int = 60
+    batch: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    warmup: int = 10
+    schedule: str = "cosine"
+    eval_every: int = 20
+    eval_batches: int = 4
+    corpus: str = "stdlib"
+    corpus_bytes: int = 2_000_000
+    dynamics: bool = False  # record per-sublayer RMS, gradient norms and depth-mixing weights
+
+
+def _loss_cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} (n={len(values)})"
+
+
+def run_loss(cell: Cell) -> tuple[str, str | None, dict]:
+    p = cell.params
+    corpus = load_corpus(p["corpus"], max_bytes=p["corpus_bytes"])
+    cfg, model = model_of(cell)
+    if corpus.vocab_size > cfg.vocab_size:
+        return "error", f"corpus vocab {corpus.vocab_size} > shape vocab_size {cfg.vocab_size}", {}
+    tcfg = TrainConfig(steps=p["steps"], batch=p["batch"], lr=p["lr"], weight_decay=p["weight_decay"],
+                       warmup=p["warmup"], schedule=p["schedule"], eval_every=p["eval_every"],
+                       eval_batches=p["eval_batches"])
+    x, y = batch_at(corpus.train, 0, tcfg.batch, cfg.seq_len, cell.seed)
+    x, y = x.to(cell.device), y.to(cell.device)
+    # FLOPs of fwd + bwd (what FlopCounterMode sees of a step), counted without an optimizer
+    # step so the training that follows is untouched.
+    prec = get_precision(cell.precision)
+    flops = count_flops(lambda: lm_loss(model, x, y, prec).backward())
+    model.zero_grad(set_to_none=True)
+    result = train(model, corpus, tcfg, seed=cell.seed, device=cell.device, precision=prec)
+    m = {**static_info(cell, cfg, model), **result, "corpus": corpus.describe(),
+         "flops_per_step": flops, "train_flops": flops * tcfg.steps}
+    if p.get("dynamics"):
+        vx, vy = val_batches(corpus, tcfg.batch, cfg.seq_len, 1)[0]
+        m["dynamics"] = probe(model, vx.to(cell.device), vy.to(cell.device))
+    return "ok", None, m
+
+
+@register("loss")
+class Loss(Workload):
+    Params = Params
+    order = 2
+    positive = ("batch", "steps", "lr", "eval_batches", "corpus_bytes")
+    choices = {"schedule": SCHEDULES}
+    deterministic = True  # bit-for-bit curves; not for timing, where it may pick slower kernels
+    columns = (("val loss", lambda r: _loss_cell(r["val_loss"])),)
+    compare_metrics = {"final_val_loss": (lambda m: (m.get("final_val_loss"), None), "{:.4f}")}
+
+    def preflight(self, params, shapes):
+        """A missing corpus, one whose ids do not fit a shape's vocabulary, or one too short for a
+        shape's sequence: once, before any cell runs."""
+        corpus = load_corpus(params.corpus, max_bytes=params.corpus_bytes)
+        where = f"workloads.{self.name}.corpus {params.corpus!r}"
+        for name, cfg in shapes:
+            if corpus.vocab_size > cfg.vocab_size:
+                raise ConfigError(f"{where} has token ids up to {corpus.vocab_size - 1}: "
+                                  f"shapes[{name}].vocab_size is {cfg.vocab_size}")
+            for split, tokens in (("train", corpus.train), ("validation", corpus.val)):
+                if tokens.numel() < cfg.seq_len + 1:
+                    raise ConfigError(f"{where}: its {split} split has {tokens.numel()} "
+                                      f"tokens, fewer than shapes[{name}].seq_len + 1 = {cfg.seq_len + 1}")
+
+    def run_cell(self, cell):
+        return run_loss(cell)
+
+    def summary(self, metrics):
+        return {"val_loss": [m["final_val_loss"] for m in metrics]}
