@@ -7,7 +7,7 @@ from collections import Counter
 import warnings
 from pathlib import Path
 
-from .config import expand_cells, load_suite
+from .config import expand_cells, load_suite, read_yaml, resolve_suite_path
 from .errors import UserError
 from .overhead import render_overhead
 from .provenance import checkout_root, environment, producer
@@ -16,7 +16,21 @@ from .results import FINISHED, default_results_path, read_records, results_root,
 from .runner import resolve_device, run_suite
 
 
+STUDY_KINDS = {"scaling": "cmd_scale", "projection": "cmd_project"}  # suites with their own `kind:`
+
+
 def cmd_run(args) -> int:
+    """Any suite: a measurement suite (cells of workloads), or a study suite with a `kind:`."""
+    raw = read_yaml(resolve_suite_path(args.suite))
+    kind = raw.get("kind") if isinstance(raw, dict) else None
+    if kind in STUDY_KINDS:
+        from .studies import scaling
+
+        given = [f"--{n.replace('_', '-')}" for n in ("force", "resume_any", "device") if getattr(args, n)]
+        if given:
+            raise UserError(f"{' '.join(given)} does not apply to a {kind} suite (its cells run in-process, "
+                            "always all of them)")
+        return getattr(scaling, STUDY_KINDS[kind])(args)
     suite = load_suite(args.suite)
     out = Path(args.out) if args.out else default_results_path(suite.name)
     _warn_other_checkout()
@@ -75,10 +89,12 @@ def cmd_report(args) -> int:
 
 def add_subcommands(sub) -> None:
     warnings.showwarning = warn_to_stderr
-    run = sub.add_parser("run", help="run a suite (default: the shipped quick suite) and print the table")
+    run = sub.add_parser("run", help="run a suite (default: the shipped quick suite) and print the table; a "
+                         "scaling or projection suite runs as `resbench scale` / `resbench project` would")
     run.add_argument("suite", nargs="?", default="quick", help="suite YAML path or shipped suite name (default: quick)")
     run.add_argument("--out", help="results JSONL (default: results/local/<suite name>.jsonl under the resbench "
-                     "checkout you are in, else under the working directory)")
+                     "checkout you are in, else under the working directory); for a scaling or projection "
+                     "suite, the output directory (default: results/local/scaling)")
     run.add_argument("--force", action="store_true", help="redo cells that already have a finished record")
     run.add_argument("--resume-any", action="store_true",
                      help="also skip cells finished by other code or on another machine (default: only this code, "

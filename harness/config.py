@@ -170,7 +170,7 @@ def parse_suite(raw: Any, default_name: str = "suite") -> Suite:
         raise ConfigError("suite is empty")
     if isinstance(raw, dict) and raw.get("kind") in ("scaling", "projection"):
         command = "scale" if raw["kind"] == "scaling" else "project"
-        raise ConfigError(f"this is a {raw['kind']} suite: run it with `resbench {command}`")
+        raise ConfigError(f"this is a {raw['kind']} suite: run it with `resbench run` or `resbench {command}`")
     precs = parse_precision(raw, many=True) if isinstance(raw, dict) else ("fp32",)
     check_keys("suite", raw, SUITE_KEYS)
     for required in ("variants", "shapes", "workloads"):

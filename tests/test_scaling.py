@@ -310,3 +310,18 @@ def test_n_sweep_must_vary_n(monkeypatch):
     monkeypatch.setattr(variants, "_REGISTRY", {**variants._REGISTRY, "stuck": Stuck})
     with pytest.raises(ConfigError, match="with n_blocks=2 builds N=1 AttnRes blocks, so N would not vary"):
         parse_study({**MINI, "n_sweep": {"variant": "stuck", "blocks": 4, "values": [1, 2]}}, "scaling")
+
+
+def test_run_runs_a_study_suite_as_its_own_command_would(tmp_path, capsys):
+    """One CLI pattern: `resbench run SUITE` runs any suite kind (here: a projection)."""
+    raw = {"kind": "projection", "name": "p", "precision": "bf16-pure", "batch": 1, "views": ["inference"],
+           "shapes": [{"name": "big", "d_model": 64, "n_blocks": 2, "n_heads": 4, "seq_len": 256}],
+           "variants": ["prenorm"], "pipeline_stages": 2}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert "big" in (tmp_path / "o" / "p.md").read_text()
+    capsys.readouterr()
+    assert main(["run", str(path), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resbench: error: --force does not apply to a projection suite") and err.count("\n") == 1
