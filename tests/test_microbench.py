@@ -2,9 +2,11 @@
 full train step.
 
 The default test run passes --benchmark-disable (pyproject), so each runs once as a plain test.
-Timed, with JSON kept under results/ (README "History and regressions"):
+Timed, with the JSON kept (the reference machine's: results/reference/xeon-2core/pytest-benchmark/cpu.json,
+command in docs/RESULTS.md; write yours under results/local/):
 
-    pytest tests/test_microbench.py --benchmark-enable --benchmark-json results/pytest-benchmark/cpu.json
+    pytest tests/test_microbench.py --benchmark-enable --benchmark-timer time.process_time -o addopts="" \
+        --benchmark-json FILE
 """
 from __future__ import annotations
 
