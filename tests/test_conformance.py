@@ -18,6 +18,7 @@ OPTION_CASES = [(n, {}) for n in NAMES] + [
     ("block-attnres", {"block_size": 4, "two_phase": True}),
     ("full-attnres", {"impl": "reference"}),
     ("block-attnres", {"n_blocks": 2, "impl": "reference"}),
+    ("densenet", {"dilation": 2, "period": 2, "impl": "reference"}),
 ]
 CASE_IDS = [n + "".join(f"-{k}={v}" for k, v in o.items()) for n, o in OPTION_CASES]
 # Variant parameters whose gradient is exactly zero by the math: AttnRes reader 0 (the first

@@ -86,15 +86,22 @@ def depth_attention(model, reader, sources):
     return h
 
 
-def ref_attnres(model, idx):
-    """The AttnRes module's own equations (impl: reference) on this model's parameters."""
+def ref_module(model, idx):
+    """The variant module's own equations (impl: reference) on this model's parameters."""
     res = model.residual
-    saved = res.impl, res.two_phase
-    res.impl, res.two_phase = "reference", False
+    saved = res.impl, getattr(res, "two_phase", False)
+    res.impl = "reference"
+    if hasattr(res, "two_phase"):
+        res.two_phase = False
     try:
         return model(idx)
     finally:
-        res.impl, res.two_phase = saved
+        res.impl = saved[0]
+        if hasattr(res, "two_phase"):
+            res.two_phase = saved[1]
+
+
+ref_attnres = ref_module
 
 
 def paper_blocks(L, N):
@@ -160,6 +167,10 @@ CASES = [
     ("densenet", {"dilation": 2, "period": 2}, lambda m, x: ref_densenet(m, x, dilation=2, period=2)),
     ("densenet", {"dilation": 2}, lambda m, x: ref_densenet(m, x, dilation=2)),
     ("densenet", {"period": 2}, lambda m, x: ref_densenet(m, x, period=2)),
+    # the module's own equations: against the naive loops, and the fast form against them
+    ("densenet", {"dilation": 2, "period": 2, "impl": "reference"}, lambda m, x: ref_densenet(m, x, dilation=2, period=2)),
+    ("densenet", {"dilation": 2, "period": 2}, ref_module),
+    ("densenet", {}, ref_module),
     ("full-attnres", {}, ref_attnres),
     ("block-attnres", {"block_size": 2}, ref_attnres),
     ("block-attnres", {"block_size": 4}, ref_attnres),  # blocks [4, 2]

@@ -21,10 +21,9 @@ tests/test_fast_forms.py and tests/test_equations.py hold them against `impl: re
 from __future__ import annotations
 
 import torch
-import torch.utils._pytree as pytree
 from torch.autograd.function import once_differentiable
 
-from .base import fast_inv_rms, mix_dtype, no_autocast
+from .base import fast_inv_rms, leafless_pytree_node, mix_dtype, no_autocast
 
 
 def _weighted_sum(values, weights: torch.Tensor) -> torch.Tensor:
@@ -71,6 +70,7 @@ def _attend_math(reader, qk, p, pre, values, cols):
     return h, a, w, r, s_p
 
 
+@leafless_pytree_node
 class _Store:
     """Per-forward scratch shared by the backward nodes, for the source-side work of the softmax
     backward: per-token dots <g_l, v_k> (reader l's output gradient against source k) and the
@@ -113,9 +113,6 @@ class _Store:
         self.grads.clear()
         self._scratch.clear()
 
-
-pytree.register_pytree_node(_Store, lambda s: ([], s), lambda _, s: s,
-                            serialized_type_name="resbench.variants._attnres_fast._Store")
 
 
 def _dot(g: torch.Tensor, v: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:

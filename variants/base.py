@@ -17,6 +17,7 @@ import inspect
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 RMS_EPS = 1e-6
@@ -126,3 +127,12 @@ def fast_inv_rms(v: torch.Tensor) -> torch.Tensor:
     """inv_rms in one pass and without a squared temporary (a vector norm); same value, keepdim."""
     norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True, dtype=mix_dtype(v.dtype))
     return torch.rsqrt(norm * norm / v.shape[-1] + RMS_EPS)
+
+
+def leafless_pytree_node(cls):
+    """Class decorator: instances ride along in a state pytree as a node without leaves, so
+    activation checkpointing can carry a per-forward scratch store (the fast forms' backward
+    bookkeeping) without treating it as a tensor."""
+    pytree.register_pytree_node(cls, lambda s: ([], s), lambda _, s: s,
+                                serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")
+    return cls
