@@ -7,7 +7,7 @@ from collections import Counter
 import warnings
 from pathlib import Path
 
-from .config import expand_cells, load_suite, read_yaml, resolve_suite_path
+from .config import expand_cells, load_suite, parse_suite, read_yaml, resolve_suite_path
 from .errors import UserError
 from .overhead import render_overhead
 from .provenance import checkout_root, environment, producer
@@ -21,7 +21,8 @@ STUDY_KINDS = {"scaling": "cmd_scale", "projection": "cmd_project"}  # suites wi
 
 def cmd_run(args) -> int:
     """Any suite: a measurement suite (cells of workloads), or a study suite with a `kind:`."""
-    raw = read_yaml(resolve_suite_path(args.suite))
+    path = resolve_suite_path(args.suite)
+    raw = read_yaml(path)  # read once: its kind decides which command runs it
     kind = raw.get("kind") if isinstance(raw, dict) else None
     if kind in STUDY_KINDS:
         from .studies import scaling
@@ -31,7 +32,7 @@ def cmd_run(args) -> int:
             raise UserError(f"{' '.join(given)} does not apply to a {kind} suite (its cells run in-process, "
                             "always all of them)")
         return getattr(scaling, STUDY_KINDS[kind])(args)
-    suite = load_suite(args.suite)
+    suite = parse_suite(raw, default_name=path.stem)
     out = Path(args.out) if args.out else default_results_path(suite.name)
     _warn_other_checkout()
     records = run_suite(suite, out, force=args.force, device=args.device, progress=not args.quiet,

@@ -70,7 +70,7 @@ def summary_rows(rs: list[dict]) -> tuple[list[dict], list[str]]:
         bad = [f"{k}: {r['status']}" for k, v in wl.items() for r in v if r["status"] != "ok"]
         notes += [f"{label} {k} seed {r['cell']['seed']}: {r['status']} — {r.get('message')}"
                   for k, v in wl.items() for r in v if r["status"] != "ok"]
-        any_m = next((ms[0] for w in workloads.names() for ms in [ok.get(w, [])] if ms), {})
+        any_m = next((ok[w][0] for w in workloads.names() if ok.get(w)), {})  # static facts: any workload
         row = {"variant": label, "params": any_m.get("params"), "state_vectors": any_m.get("state_vectors")}
         for w in workloads.registered():
             row.update(w.summary(ok.get(w.name, [])))
