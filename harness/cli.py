@@ -67,11 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_list)
 
     from . import commands, history
-    from .studies import scaling
 
-    commands.add_subcommands(sub)  # run, report
+    commands.add_subcommands(sub)  # run, report, and the studies' shortcuts (scale, project)
     history.add_subcommands(sub)  # compare, dashboard
-    scaling.add_subcommands(sub)  # scale, project
     return p
 
 

@@ -7,32 +7,31 @@ from collections import Counter
 import warnings
 from pathlib import Path
 
-from .config import expand_cells, load_suite, parse_suite, read_yaml, resolve_suite_path
+from . import studies
+from .config import expand_cells, read_yaml, resolve_suite_path
 from .errors import UserError
-from .overhead import render_overhead
 from .provenance import checkout_root, environment, producer
 from .report import render, tables
-from .results import FINISHED, default_results_path, read_records, results_root, warn_to_stderr
+from .results import FINISHED, LOCAL_DIR, default_results_path, read_records, results_root, warn_to_stderr
 from .runner import resolve_device, run_suite
 
 
-STUDY_KINDS = {"scaling": "cmd_scale", "projection": "cmd_project"}  # suites with their own `kind:`
-
-
 def cmd_run(args) -> int:
-    """Any suite: a measurement suite (cells of workloads), or a study suite with a `kind:`."""
+    """Any suite: its `kind:` picks the study (none: a plain measurement suite)."""
     path = resolve_suite_path(args.suite)
-    raw = read_yaml(path)  # read once: its kind decides which command runs it
-    kind = raw.get("kind") if isinstance(raw, dict) else None
-    if kind in STUDY_KINDS:
-        from .studies import scaling
-
-        given = [f"--{n.replace('_', '-')}" for n in ("force", "resume_any", "device") if getattr(args, n)]
+    study, cfg = studies.parse(read_yaml(path), default_name=path.stem)
+    wanted = getattr(args, "kind", None)  # a shortcut subcommand (scale, project) runs one kind
+    if wanted and (study is None or study.name != wanted):
+        raise UserError(f"`resbench {args.command}` runs a `kind: {wanted}` suite; {path} is "
+                        f"{'a measurement suite' if study is None else f'kind: {study.name}'} (use `resbench run`)")
+    if study is not None and study.own_schema:
+        given = [f"--{n.replace('_', '-')}" for n in ("force", "resume_any", "device") if getattr(args, n, None)]
         if given:
-            raise UserError(f"{' '.join(given)} does not apply to a {kind} suite (its cells run in-process, "
+            raise UserError(f"{' '.join(given)} does not apply to a {study.name} suite (its cells run in-process, "
                             "always all of them)")
-        return getattr(scaling, STUDY_KINDS[kind])(args)
-    suite = parse_suite(raw, default_name=path.stem)
+        return study.run(cfg, Path(args.out) if args.out else results_root() / LOCAL_DIR / "scaling",
+                         progress=not args.quiet)
+    suite = cfg
     out = Path(args.out) if args.out else default_results_path(suite.name)
     _warn_other_checkout()
     records = run_suite(suite, out, force=args.force, device=args.device, progress=not args.quiet,
@@ -49,8 +48,8 @@ def cmd_run(args) -> int:
         if t["unstable"]:
             warnings.warn(f"{t['heading'].split(':')[0]}: {t['unstable']}", stacklevel=2)
     met = True
-    if suite.targets:
-        text, met = render_overhead(shown, suite.targets)
+    if study is not None and shown:
+        text, met = study.analyse(shown, suite, out.with_suffix(""))  # its files beside the records
         print(text)
     latest = {r["key"]: r["status"] for r in shown}
     unfinished = {k for k in keys if latest.get(k) not in FINISHED}
@@ -69,29 +68,29 @@ def _warn_other_checkout() -> None:
 
 
 def cmd_report(args) -> int:
+    """The tables of any records; with --suite, that suite's study report (exit 1 if its checks fail)."""
+    study, cfg = studies.load(args.suite) if args.suite else (None, None)
+    out = Path(args.out) if args.out else results_root() / LOCAL_DIR / (cfg.name if cfg else "report")
+    if study is not None and study.own_schema:
+        return study.report(args.results, cfg, out)
     records = read_records(*args.results)
     if not records:
         raise UserError(f"no records in {', '.join(args.results)}")
-    if args.loss_study:
-        from .studies.loss import report
-
-        print(report(records, Path(args.loss_study)))
-        print(f"report and plots: {args.loss_study}", file=sys.stderr)
-    elif args.targets:
-        text, met = render_overhead(records, load_suite(args.targets).targets)
-        print(text)
-        return 0 if met else 1
-    elif args.json:
+    if args.json:
         print(json.dumps([{k: v for k, v in t.items() if k != "records"} for t in tables(records)], indent=1))
-    else:
+        return 0
+    if study is None:
         print(render(records))
-    return 0
+        return 0
+    text, ok = study.analyse(records, cfg, out)
+    print(text)
+    return 0 if ok else 1
 
 
 def add_subcommands(sub) -> None:
     warnings.showwarning = warn_to_stderr
-    run = sub.add_parser("run", help="run a suite (default: the shipped quick suite) and print the table; a "
-                         "scaling or projection suite runs as `resbench scale` / `resbench project` would")
+    run = sub.add_parser("run", help="run any suite (default: the shipped quick suite) and print its tables and, "
+                         "for a suite with a `kind:`, its study's report")
     run.add_argument("suite", nargs="?", default="quick", help="suite YAML path or shipped suite name (default: quick)")
     run.add_argument("--out", help="results JSONL (default: results/local/<suite name>.jsonl under the resbench "
                      "checkout you are in, else under the working directory); for a scaling or projection "
@@ -104,11 +103,21 @@ def add_subcommands(sub) -> None:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 
-    rep = sub.add_parser("report", help="re-render the tables of one or more results files")
-    rep.add_argument("results", nargs="+", help="results JSONL file(s)")
-    rep.add_argument("--loss-study", metavar="DIR", help="render the loss-study report (statistics over seeds, "
-                     "compute-equivalence, time-to-target, dynamics) as DIR/report.md with PNG plots")
-    rep.add_argument("--targets", metavar="SUITE", help="the cost-vs-prenorm table, checked against the suite's "
-                     "targets (e.g. overhead); exit 1 if one is not met")
+    rep = sub.add_parser("report", help="re-render the tables of results files, or a study's report (--suite)")
+    rep.add_argument("results", nargs="+", help="results JSONL file(s) (a scaling or projection study: its .jsonl)")
+    rep.add_argument("--suite", metavar="SUITE", help="render the report of this suite's study (its `kind:`): "
+                     "overhead checks the targets (exit 1 if one is missed), loss writes report.md + PNG plots, "
+                     "scaling / projection re-render their tables and plots")
+    rep.add_argument("--out", metavar="DIR", help="where a study's report files go (default: "
+                     "results/local/<suite name>)")
     rep.add_argument("--json", action="store_true", help="the tables as JSON (raw numbers: ms, bytes, ratios)")
     rep.set_defaults(func=cmd_report)
+
+    for study in studies.registered():  # shortcuts: `resbench scale` = `resbench run scaling`
+        if study.command:
+            sc = sub.add_parser(study.command, help=f"{study.help} (= resbench run on a kind: {study.name} suite)")
+            sc.add_argument("suite", nargs="?", default=study.default_suite,
+                            help=f"{study.name} YAML path or shipped name (default: {study.default_suite})")
+            sc.add_argument("--out", help="output directory (default: results/local/scaling)")
+            sc.add_argument("--quiet", action="store_true", help="no per-cell progress lines")
+            sc.set_defaults(func=cmd_run, kind=study.name)

@@ -152,8 +152,8 @@ def machine_drift(base: dict[str, dict], head: dict[str, dict]) -> float | None:
     """HEAD/BASE of the matmul peak each CPU run measured for MFU: how much faster the machine
     itself was. Repeats within a run cannot see a shift between runs (a busy neighbour)."""
     def peak(recs):
-        vals = sorted(r["metrics"]["peak_flops"] for r in recs.values() if r["status"] == "ok"
-                      and str(r["metrics"].get("peak_flops_source", "")).startswith("measured"))
+        vals = sorted(v for r in recs.values() if r["status"] == "ok" and r["cell"]["workload"] in workloads.names()
+                      for v in [workloads.get(r["cell"]["workload"]).machine_peak(r["metrics"])] if v is not None)
         return vals[len(vals) // 2] if vals else None
 
     b, h = peak(base), peak(head)

@@ -25,7 +25,6 @@ from .variants.base import VariantError
 
 DEVICES = ("cpu", "cuda", "auto")
 PRECISIONS = tuple(precision.PRECISIONS)
-TARGET_METRICS = ("train", "prefill", "train_memory", "infer_state")
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,8 @@ class Suite:
     # a worker whose RSS passes this is stopped and recorded `oom` (None: 90% of physical memory)
     memory_cap_gb: float | None = None
     shape_overrides: dict = field(default_factory=dict)  # shape -> {batch|warmup|repeats: value}
-    targets: dict = field(default_factory=dict)  # shape -> variant label -> metric -> bound (see report)
+    kind: str = ""  # the study on top of the records ("" = none); see studies/
+    study: dict = field(default_factory=dict)  # that study's own keys, validated by it (overhead: targets)
 
 
 # -- validation helpers ---------------------------------------------------------------------
@@ -130,9 +130,44 @@ def _dataclass_from(where: str, cls, raw: dict):
     return cls(**{k: coerce(f"{where}.{k}", v, hints[k]) for k, v in raw.items()})
 
 
-def _positive(where: str, value) -> None:
-    if value <= 0:
-        raise ConfigError(f"{where} must be > 0, got {short(value)}")
+def positive(where: str, value, typ=int, minimum=None):
+    """The one range check: `value` coerced to `typ` and > 0 (or >= `minimum`)."""
+    value = coerce(where, value, typ)
+    if (value < minimum) if minimum is not None else (value <= 0):
+        raise ConfigError(f"{where} must be {'>= ' + format(minimum) if minimum is not None else '> 0'}, "
+                          f"got {short(value)}")
+    return value
+
+
+def int_list(where: str, raw, at_least: int = 1) -> tuple[int, ...]:
+    """A sorted tuple of distinct positive ints (depths, sweep values)."""
+    if not isinstance(raw, list) or len(raw) < at_least or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw):
+        raise ConfigError(f"{where} must be a list of at least {at_least} positive integers, got {short(raw)}")
+    if len(set(raw)) != len(raw):
+        raise ConfigError(f"{where} has duplicates: {short(raw)}")
+    return tuple(sorted(raw))
+
+
+def check_builds(spec: VariantSpec, cfg: ModelConfig, where: str):
+    """The one check of a variant's options: it builds at this shape (on meta, no storage), else a
+    ConfigError naming the variant and where."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return variants.build(spec.name, cfg.d_model, cfg.n_layers, spec.options)
+    except VariantError as exc:
+        raise ConfigError(f"variants[{spec.label}] at {where}: {exc}") from None
+
+
+def model_config(where: str, fields_: dict) -> ModelConfig:
+    """A ModelConfig from a suite mapping: types checked here, sizes by ModelConfig itself."""
+    try:
+        return _dataclass_from(where, ModelConfig, fields_)
+    except ConfigError as exc:
+        msg = str(exc)
+        raise ConfigError(msg if msg.startswith(where) else f"{where}: {msg}") from None
 
 
 # -- the suite ------------------------------------------------------------------------------
@@ -165,14 +200,15 @@ def load_suite(spec: str) -> Suite:
     return parse_suite(read_yaml(path), default_name=path.stem)
 
 
-def parse_suite(raw: Any, default_name: str = "suite") -> Suite:
+def parse_suite(raw: Any, default_name: str = "suite", extra_keys: tuple[str, ...] = ()) -> Suite:
+    """A measurement suite. `extra_keys` are a study's (studies.parse reads them); a `kind:` is
+    only accepted that way: studies.parse is the entry point for every suite file."""
     if raw is None:
         raise ConfigError("suite is empty")
-    if isinstance(raw, dict) and raw.get("kind") in ("scaling", "projection"):
-        command = "scale" if raw["kind"] == "scaling" else "project"
-        raise ConfigError(f"this is a {raw['kind']} suite: run it with `resbench run` or `resbench {command}`")
+    if isinstance(raw, dict) and "kind" in raw and "kind" not in extra_keys:
+        raise ConfigError(f"this is a `kind: {short(raw['kind'])}` suite: run it with `resbench run`")
     precs = parse_precision(raw, many=True) if isinstance(raw, dict) else ("fp32",)
-    check_keys("suite", raw, SUITE_KEYS)
+    check_keys("suite", raw, SUITE_KEYS + tuple(extra_keys))
     for required in ("variants", "shapes", "workloads"):
         if required not in raw:
             raise ConfigError(f"suite: missing key {short(required)}")
@@ -190,33 +226,35 @@ def parse_suite(raw: Any, default_name: str = "suite") -> Suite:
         raise ConfigError(f"seeds must be in 0 .. 2**63 - 1 (the generator's range), got {short(bad[0])}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds has duplicates: {short(seeds)}")
-    threads = coerce("threads", raw.get("threads", 0), int)
-    if threads < 0:
-        raise ConfigError(f"threads must be >= 0 (0 = torch default), got {threads}")
-    timeout = coerce("timeout_s", raw.get("timeout_s", 300.0), float)
-    _positive("timeout_s", timeout)
+    threads = parse_threads(raw)
+    timeout = positive("timeout_s", raw.get("timeout_s", 300.0), float)
     cap = raw.get("memory_cap_gb")
     if cap is not None:
-        cap = coerce("memory_cap_gb", cap, float)
-        _positive("memory_cap_gb", cap)
+        cap = positive("memory_cap_gb", cap, float)
 
     shape_items, shape_overrides = _shape_overrides(raw["shapes"])
     shapes = parse_shapes(shape_items)
     specs = parse_variants(raw["variants"])
     for spec in specs:  # fail now, not in cell 37: every variant must build at every shape
         for shape_name, cfg in shapes:
-            try:
-                with _meta():
-                    variants.build(spec.name, cfg.d_model, cfg.n_layers, spec.options)
-            except VariantError as exc:
-                raise ConfigError(f"variants[{spec.label}] at shape {short(shape_name)}: {exc}") from None
+            check_builds(spec, cfg, f"shape {short(shape_name)}")
     workloads_ = _parse_workloads(raw["workloads"])
     for kind, params in workloads_.items():
         workloads.get(kind).check(params, [s.name for s in specs])
-    targets = _parse_targets(raw.get("targets"), [n for n, _ in shapes], [s.label for s in specs])
     return Suite(name=name, variants=specs, shapes=shapes, workloads=workloads_, device=device, precisions=precs,
                  seeds=tuple(seeds), threads=threads, timeout_s=timeout, memory_cap_gb=cap,
-                 shape_overrides=shape_overrides, targets=targets)
+                 shape_overrides=shape_overrides)
+
+
+def parse_threads(raw: dict) -> int:
+    return positive("threads", raw.get("threads", 0), int, minimum=0)
+
+
+def parse_seed(where: str, value) -> int:
+    value = coerce(where, value, int)
+    if not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{where} must be in 0 .. 2**63 - 1 (the generator's range), got {short(value)}")
+    return value
 
 
 def parse_precision(raw: dict, many: bool = False):
@@ -259,38 +297,10 @@ def _shape_overrides(raw) -> tuple[Any, dict[str, dict[str, int]]]:
             over = overrides[name] = {}
             for key in SHAPE_OVERRIDES:
                 if key in item:
-                    value = over[key] = coerce(f"shapes[{name}].{key}", item.pop(key), int)
-                    if key == "warmup" and value < 0:
-                        raise ConfigError(f"shapes[{name}].warmup must be >= 0, got {short(value)}")
-                    if key != "warmup":
-                        _positive(f"shapes[{name}].{key}", value)
+                    over[key] = positive(f"shapes[{name}].{key}", item.pop(key), int,
+                                         minimum=0 if key == "warmup" else None)
         items.append(item)
     return items, overrides
-
-
-def _parse_targets(raw, shapes: list[str], labels: list[str]) -> dict:
-    """targets: {shape: {variant label: {metric: bound}}}; a bound is the largest acceptable
-    ratio to the baseline (infer_state: measured extra inference bytes / declared state bytes)."""
-    if raw is None:
-        return {}
-    check_keys("targets", raw, shapes)
-    out = {}
-    for shape, per_variant in raw.items():
-        check_keys(f"targets.{shape}", per_variant, labels)
-        out[shape] = {}
-        for label, bounds in per_variant.items():
-            check_keys(f"targets.{shape}.{label}", bounds, TARGET_METRICS)
-            for metric, bound in bounds.items():
-                where = f"targets.{shape}.{label}.{metric}"
-                _positive(where, coerce(where, bound, float))
-            out[shape][label] = {m: float(b) for m, b in bounds.items()}
-    return out
-
-
-def _meta():
-    import torch
-
-    return torch.device("meta")
 
 
 def parse_variants(raw) -> tuple[VariantSpec, ...]:
@@ -329,11 +339,7 @@ def parse_shapes(raw) -> tuple[tuple[str, ModelConfig], ...]:
         name = check_name(f"shapes[{n}].name", item.pop("name", f"shape{n}"))
         if name in [x for x, _ in out]:
             raise ConfigError(f"shapes: two shapes are named {name!r}; their settings would collide")
-        try:
-            cfg = _dataclass_from(f"shapes[{name}]", ModelConfig, item)
-        except VariantError as exc:  # ModelConfig's own checks (sizes, heads)
-            raise ConfigError(f"shapes[{name}]: {exc}") from None
-        out.append((name, cfg))
+        out.append((name, model_config(f"shapes[{name}]", item)))
     return tuple(out)
 
 
@@ -349,10 +355,8 @@ def _parse_workloads(raw) -> dict[str, Any]:
         wl = _dataclass_from(f"workloads.{kind}", spec.Params, params or {})
         for f in fields(wl):
             v = getattr(wl, f.name)
-            if f.name in spec.positive:
-                _positive(f"workloads.{kind}.{f.name}", v)
-            elif isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
-                raise ConfigError(f"workloads.{kind}.{f.name} must be >= 0, got {short(v)}")
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                positive(f"workloads.{kind}.{f.name}", v, type(v), minimum=None if f.name in spec.positive else 0)
         for key, allowed in spec.choices.items():
             if getattr(wl, key) not in allowed:
                 raise ConfigError(f"workloads.{kind}.{key} must be one of {', '.join(allowed)}; got {short(getattr(wl, key))}")

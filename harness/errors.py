@@ -6,8 +6,10 @@ class UserError(Exception):
     """A problem with what the user asked for (bad suite, missing file, no GPU, ...)."""
 
 
-class ConfigError(UserError):
-    """A suite (or study) that cannot be run as written; the message names the key."""
+class ConfigError(UserError, ValueError):
+    """A suite, shape or option that cannot be run as written; the message names the key. The one
+    validation error of the harness (variants, which import nothing of it, raise VariantError,
+    which config.check_builds turns into this)."""
 
 
 def classify(exc: BaseException) -> tuple[str, str, dict]:

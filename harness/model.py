@@ -16,7 +16,8 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.checkpoint import checkpoint
 
 from . import variants
-from .variants.base import RMS_EPS, Residual, VariantError, check_positive
+from .errors import ConfigError
+from .variants.base import RMS_EPS, Residual
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,13 @@ class ModelConfig:
 
     def __post_init__(self):
         for key in ("vocab_size", "d_model", "n_blocks", "n_heads", "seq_len"):
-            check_positive(key, getattr(self, key))
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{key} must be a positive integer, got {v!r}")
         if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) or self.mlp_ratio <= 0:
-            raise VariantError(f"mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
+            raise ConfigError(f"mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
         if self.d_model % self.n_heads:
-            raise VariantError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+            raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
 
     @property
     def n_layers(self) -> int:
@@ -104,7 +107,7 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig, residual: Residual):
         super().__init__()
         if residual.d_model != cfg.d_model or residual.n_layers != cfg.n_layers:
-            raise VariantError(
+            raise ConfigError(
                 f"residual built for d_model={residual.d_model}, L={residual.n_layers}; "
                 f"model has d_model={cfg.d_model}, L={cfg.n_layers}"
             )
@@ -165,13 +168,14 @@ class Transformer(nn.Module):
     def _checkpointed(self, state: Any, every: int) -> Any:
         """The state's tensors are the segment's saved inputs: a variant must not write into
         them in place in a later segment (tests/test_scaling.py checks loss and grads)."""
-        check_positive("checkpoint_every", every)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ConfigError(f"checkpoint_every must be a positive integer, got {every!r}")
         step = 2 * every  # k blocks = 2k sublayers
         for start in range(0, self.cfg.n_layers, step):
             leaves, spec = tree_flatten(state)
             bad = [type(x).__name__ for x in leaves if x is not None and not isinstance(x, (torch.Tensor, int, float, bool))]
             if bad:
-                raise VariantError(f"checkpointing needs the residual state to be a pytree of tensors; "
+                raise ConfigError(f"checkpointing needs the residual state to be a pytree of tensors; "
                                    f"{self.residual.name!r} holds {bad[0]} (register it with torch.utils._pytree)")
             # no dropout anywhere in the model, so no RNG state needs saving for the recompute
             state = checkpoint(self._segment, spec, start, min(start + step, self.cfg.n_layers), *leaves,

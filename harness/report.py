@@ -79,7 +79,8 @@ def summary_rows(rs: list[dict]) -> tuple[list[dict], list[str]]:
 
 
 def _text(t: dict) -> str:
-    cols = [c for w in workloads.registered() for c in w.columns]
+    present = {r["cell"]["workload"] for r in t["records"]}  # a workload's columns only where it ran
+    cols = [c for w in workloads.registered() if w.name in present for c in w.columns]
     rows = [[r["variant"], num(r["params"] and r["params"] / 1e6, ".3f"), *(show(r) for _, show in cols), r["status"]]
             for r in t["rows"]]
     headers = ["variant", "params (M)", *(h for h, _ in cols), "status"]

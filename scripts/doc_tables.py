@@ -35,7 +35,7 @@ def written(path: str, by: str, fenced: bool = True):
     return ("written", [path, by, fenced])
 
 
-OVERHEAD = command("report", f"{REF}/overhead.jsonl", "--targets", "overhead")
+OVERHEAD = command("report", f"{REF}/overhead.jsonl", "--suite", "overhead")
 BLOCKS = {
     "README.md": {
         "quick-table": command("report", f"{REF}/quick.jsonl"),

@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from resbench.cli import main
+from resbench import studies
 from resbench.config import ConfigError, expand_cells, load_suite, parse_suite
 
 GOOD = {
@@ -35,13 +36,13 @@ def test_good_suite_expands_to_cells():
 
 def test_shape_overrides_apply_to_workloads_with_the_field_at_that_shape_only():
     shapes = [{**GOOD["shapes"][0], "batch": 5, "repeats": 9}, {**GOOD["shapes"][0], "name": "t"}]
-    suite = parse_suite(bad(shapes=shapes, targets={"s": {"prenorm": {"train": 1.1}}}))
+    _, suite = studies.parse(bad(shapes=shapes, kind="overhead", targets={"s": {"prenorm": {"train": 1.1}}}))
     params = {(c.shape_name, c.workload): c.params for c in expand_cells(suite, "cpu")}
     assert params[("s", "throughput")]["batch"] == 5 and params[("s", "throughput")]["repeats"] == 9
     assert params[("s", "memory")] == {"batch": 5}  # memory has no repeats
     assert params[("t", "throughput")]["batch"] == 2 and params[("t", "throughput")]["repeats"] == 2
-    assert suite.targets == {"s": {"prenorm": {"train": 1.1}}}
-    assert load_suite("overhead").shape_overrides["B"]["batch"] == 2
+    assert suite.study == {"targets": {"s": {"prenorm": {"train": 1.1}}}} and suite.kind == "overhead"
+    assert studies.load("overhead")[1].shape_overrides["B"]["batch"] == 2
 
 
 def test_cell_key_ignores_label_but_not_options():
@@ -77,15 +78,17 @@ def test_cell_key_ignores_label_but_not_options():
     (bad(variants=["densenet"], workloads={"throughput": {"group": "pair"}}), "add 'prenorm' to variants"),
     (bad(shapes=[{"name": "s", "batch": 0}]), "shapes[s].batch must be > 0"),
     (bad(shapes=[{"name": "s", "repeats": "many"}]), "shapes[s].repeats must be int"),
-    (bad(targets={"z": {}}), "targets: unknown key 'z'; allowed: s"),
-    (bad(targets={"s": {"highway": {}}}), "targets.s: unknown key 'highway'"),
-    (bad(targets={"s": {"prenorm": {"speed": 1}}}), "allowed: train, prefill, train_memory, infer_state"),
-    (bad(targets={"s": {"prenorm": {"train": "fast"}}}), "targets.s.prenorm.train must be float"),
+    (bad(kind="overhead", targets={"z": {}}), "targets: unknown key 'z'; allowed: s"),
+    (bad(kind="overhead", targets={"s": {"highway": {}}}), "targets.s: unknown key 'highway'"),
+    (bad(kind="overhead", targets={"s": {"prenorm": {"speed": 1}}}), "allowed: train, prefill, train_memory, infer_state"),
+    (bad(kind="overhead", targets={"s": {"prenorm": {"train": "fast"}}}), "targets.s.prenorm.train must be float"),
+    (bad(targets={"s": {}}), "targets belongs to the overhead study: add `kind: overhead`"),
+    (bad(kind="speed"), "kind must be one of loss, overhead, projection, scaling"),
     (None, "suite is empty"),
 ])
 def test_bad_suite_is_one_line_error(raw, needle):
     with pytest.raises(ConfigError) as info:
-        parse_suite(raw)
+        studies.parse(raw)  # the one validator of every suite kind
     msg = str(info.value)
     assert needle in msg
     assert "\n" not in msg

@@ -74,7 +74,7 @@ def test_real_loss_cells_with_dynamics_render_a_report(tmp_path, capsys):
     for size in collect(read_records(out)).values():
         for runs in size.values():
             assert all(m["flops_per_step"] == m["counted_flops_per_step"] > 0 for m in runs)
-    assert main(["report", str(out), "--loss-study", str(tmp_path / "study")]) == 0
+    assert main(["report", str(out), "--suite", "loss", "--out", str(tmp_path / "study")]) == 0
     text = (tmp_path / "study" / "report.md").read_text()
     assert "Welch" in text and "Compute-equivalence" in text and "dynamics" in text.lower()
     for png in ("loss_curves.png", "loss_vs_compute.png", "dynamics_depth.png"):

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from resbench.cli import main
-from resbench.overhead import overhead_metrics, render_overhead
+from resbench.studies.overhead import overhead_metrics, render_overhead
 
 MiB = 2**20
 SHAPE = {"d_model": 64, "seq_len": 16, "n_blocks": 2}
@@ -57,13 +57,13 @@ def test_cli_report_targets_exit_code(tmp_path, capsys):
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records()))
     suite = tmp_path / "s.yaml"
-    base = ("name: s\nvariants: [prenorm, {name: block-attnres, label: block}]\n"
+    base = ("kind: overhead\nname: s\nvariants: [prenorm, {name: block-attnres, label: block}]\n"
             "shapes: [{name: A, d_model: 64, n_blocks: 2, n_heads: 2}]\nworkloads: {memory: {}}\n")
     suite.write_text(base + "targets: {A: {block: {train: 1.2}}}\n")
-    assert main(["report", str(path), "--targets", str(suite)]) == 0
+    assert main(["report", str(path), "--suite", str(suite)]) == 0
     assert "shape A" in capsys.readouterr().out
     suite.write_text(base + "targets: {A: {block: {train: 1.05}}}\n")
-    assert main(["report", str(path), "--targets", str(suite)]) == 1
+    assert main(["report", str(path), "--suite", str(suite)]) == 1
 
 
 def test_timed_ratio_interval_decides_met_missed_or_unresolved():

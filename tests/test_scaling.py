@@ -131,7 +131,7 @@ def test_checkpointing_rejects_a_state_that_is_not_a_pytree():
     r = model.residual
     r.begin, r.read, r.end = Box, (lambda s, i: s.x), (lambda s: s.x)
     r.write = lambda s, i, y: Box(s.x + y)
-    with pytest.raises(VariantError, match="pytree"):
+    with pytest.raises(ConfigError, match="pytree"):
         model(tokens(TINY), checkpoint_every=1)
 
 
@@ -282,7 +282,7 @@ def test_cli_bad_suite_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("resbench: error:") and "unknown variant 'nope'" in err
     assert main(["project", "scaling"]) == 2
-    assert "kind must be 'projection'" in capsys.readouterr().err
+    assert "runs a `kind: projection` suite" in capsys.readouterr().err
 
 
 def test_project_cli_writes_its_table(tmp_path, capsys):

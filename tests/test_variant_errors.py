@@ -7,13 +7,14 @@ import pytest
 from resbench import variants
 from resbench.cli import main
 from resbench.model import ModelConfig, Transformer, build_model
+from resbench.errors import ConfigError
 from resbench.variants.base import VariantError
 
 D, L = 32, 6
 
 
-def one_line_error(fn, *names):
-    with pytest.raises(VariantError) as info:
+def one_line_error(fn, *names, error=VariantError):
+    with pytest.raises(error) as info:
         fn()
     msg = str(info.value)
     assert "\n" not in msg, msg
@@ -84,16 +85,16 @@ def test_densenet_needs_whole_blocks():
 @pytest.mark.parametrize("field", ["vocab_size", "d_model", "n_blocks", "n_heads", "seq_len", "mlp_ratio"])
 @pytest.mark.parametrize("value", [0, -1, "8"])
 def test_model_config_rejects_bad_sizes(field, value):
-    one_line_error(lambda: ModelConfig(**{field: value}), field)
+    one_line_error(lambda: ModelConfig(**{field: value}), field, error=ConfigError)  # the harness's, not a variant's
 
 
 def test_model_config_heads_must_divide_width():
-    one_line_error(lambda: ModelConfig(d_model=100, n_heads=3), "d_model", "n_heads", "100", "3")
+    one_line_error(lambda: ModelConfig(d_model=100, n_heads=3), "d_model", "n_heads", "100", "3", error=ConfigError)
 
 
 def test_model_rejects_residual_of_other_shape(tiny_cfg):
     one_line_error(lambda: Transformer(tiny_cfg, variants.build("prenorm", tiny_cfg.d_model, tiny_cfg.n_layers + 2)),
-                   "L=")
+                   "L=", error=ConfigError)
 
 
 # -- the CLI -------------------------------------------------------------------------------

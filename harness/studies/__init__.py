@@ -1,1 +1,73 @@
-"""Studies built on the runner's records: depth scaling, loss."""
+"""Studies: a suite's `kind:` (overhead, loss, scaling, projection). One module per study in this
+package, each a `Study` subclass registered with `@register("kind")` (base.py says what it
+declares) and discovered by import, like workloads and variants. A suite without `kind:` is a
+plain measurement suite: its records and their tables, no study on top."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import Any
+
+from ..config import Suite, parse_suite, read_yaml, resolve_suite_path, short
+from ..errors import ConfigError
+from .base import REGISTRY, Study, register
+
+__all__ = ["Study", "register", "get", "names", "registered", "load", "parse"]
+_discovered = False
+
+
+def _discover() -> None:
+    global _discovered
+    if not _discovered:
+        _discovered = True
+        for mod in pkgutil.iter_modules(__path__):
+            if mod.name != "base" and not mod.name.startswith("_"):
+                importlib.import_module(f"{__name__}.{mod.name}")
+
+
+def registered() -> list[Study]:
+    _discover()
+    return sorted(REGISTRY.values(), key=lambda s: s.name)
+
+
+def names() -> list[str]:
+    return [s.name for s in registered()]
+
+
+def get(kind: str) -> Study:
+    _discover()
+    return REGISTRY[kind]
+
+
+def parse(raw: Any, default_name: str = "suite") -> tuple[Study | None, Any]:
+    """The one validator of every suite: (its study or None, its validated config). The `kind:`
+    picks the schema: a study's own, or the measurement suite's plus the study's keys."""
+    if raw is None:
+        raise ConfigError("suite is empty")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"suite must be a mapping, got {type(raw).__name__}")
+    kind = raw.get("kind")
+    if kind is None:
+        owner = {key: s.name for s in registered() for key in s.keys}
+        for key in raw:
+            if key in owner:
+                raise ConfigError(f"suite: {key} belongs to the {owner[key]} study: add `kind: {owner[key]}`")
+        return None, parse_suite(raw, default_name)
+    if not isinstance(kind, str) or kind not in names():
+        raise ConfigError(f"kind must be one of {', '.join(names())} (or absent: a plain measurement suite); "
+                          f"got {short(kind)}")
+    study = get(kind)
+    if study.own_schema:
+        return study, study.parse(raw, default_name)
+    suite: Suite = parse_suite(raw, default_name, extra_keys=("kind", *study.keys))
+    values = study.parse_keys({k: raw[k] for k in study.keys if k in raw}, [n for n, _ in suite.shapes],
+                              [s.label for s in suite.variants])
+    return study, dataclasses.replace(suite, kind=kind, study=values)
+
+
+def load(spec: str) -> tuple[Study | None, Any]:
+    """A suite path or shipped name → (study or None, config)."""
+    path = resolve_suite_path(spec)
+    return parse(read_yaml(path), default_name=Path(path).stem)

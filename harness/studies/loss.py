@@ -19,12 +19,14 @@ import torch
 from tabulate import tabulate
 
 from .. import variants
+from ..cells import BASELINE
 from ..errors import UserError
 from ..model import ModelConfig, step_flops
 from ..results import newest_per_cell, newest_producer_only
 from ..stats import bootstrap_multiplier, first_reach, fit_power_law, mean_ci, welch_compare
+from .base import Study, register
 
-BASE = "prenorm"
+BASE = BASELINE  # matched by label: the baseline run without options (its label is its name)
 
 
 def _size_key(shape: dict) -> tuple:
@@ -295,3 +297,12 @@ def report(records: list[dict], out: Path, rederive_flops: bool = True) -> str:
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
     return text
+
+
+@register("loss")
+class Loss(Study):
+    help = "short-run loss over seeds × sizes: statistics, compute-equivalence, time-to-target, dynamics"
+
+    def analyse(self, records, suite, out):
+        text = report(records, out)
+        return text + f"\nreport and plots: {out}", True

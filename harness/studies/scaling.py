@@ -1,5 +1,6 @@
-"""Depth-scaling memory study: `resbench scale` (measure, fit, classify, plot) and
-`resbench project` (the same views under fake tensors, for shapes beyond this machine).
+"""Depth-scaling memory study (`kind: scaling`; `resbench run scaling`, or `resbench scale`):
+sweep depth L (and the AttnRes block count N), measure every memory view, fit, classify, plot.
+projection.py runs the same views under fake tensors at shapes beyond this machine.
 
 Cells run in-process, one after another: LiveBytesTracker counts only storages created inside
 the measured call, so an earlier cell's leftovers cannot enter a later cell's number.
@@ -18,22 +19,19 @@ from typing import Any
 
 import torch
 
-from .. import variants
-from ..variants.base import VariantError
 
-from ..config import (MAX_SEED, ConfigError, VariantSpec, check_keys, coerce, parse_shapes, parse_variants,
-                      check_name, parse_precision, read_yaml, resolve_suite_path, short)
+from ..config import (ConfigError, VariantSpec, check_builds, check_keys, check_name, coerce, int_list,
+                      model_config, parse_precision, parse_seed, parse_threads, parse_variants,
+                      positive, read_yaml, resolve_suite_path, short)
 from ..errors import classify
 from ..provenance import environment
 from ..model import ModelConfig, build_model
 from ..precision import get as get_precision
-from ..results import LOCAL_DIR, results_root
 from ..measure import memory_views as V
+from .base import Study, register
 
 SCALING_KEYS = ("kind", "name", "precision", "threads", "seed", "batch", "shape", "depths", "variants", "n_sweep",
                 "views", "checkpoint_every", "pipeline_stages")
-PROJECTION_KEYS = ("kind", "name", "precision", "batch", "shapes", "variants", "views", "checkpoint_every",
-                   "pipeline_stages")
 SHAPE_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name != "n_blocks")
 
 
@@ -45,7 +43,8 @@ class NSweep:
 
 
 @dataclass(frozen=True)
-class Study:
+class MemorySuite:
+    """A validated scaling or projection suite."""
     kind: str
     name: str
     precision: str
@@ -67,89 +66,57 @@ class Study:
 
 # -- the YAML schema --------------------------------------------------------------------------
 
-def load_study(spec: str, kind: str) -> Study:
+def load_study(spec: str, kind: str) -> MemorySuite:
     path = resolve_suite_path(spec)
     return parse_study(read_yaml(path), kind, default_name=path.stem)
 
 
-def _int_list(where: str, raw, at_least: int = 1) -> tuple[int, ...]:
-    if not isinstance(raw, list) or len(raw) < at_least or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw):
-        raise ConfigError(f"{where} must be a list of at least {at_least} positive integers, got {short(raw)}")
-    if len(set(raw)) != len(raw):
-        raise ConfigError(f"{where} has duplicates: {short(raw)}")
-    return tuple(sorted(raw))
-
-
-def _positive_int(where: str, raw) -> int:
-    v = coerce(where, raw, int)
-    if v < 1:
-        raise ConfigError(f"{where} must be >= 1, got {short(v)}")
-    return v
-
-
-def _check_builds(spec: VariantSpec, cfg: ModelConfig, where: str):
-    try:
-        with torch.device("meta"):
-            return variants.build(spec.name, cfg.d_model, cfg.n_layers, spec.options)
-    except VariantError as exc:
-        raise ConfigError(f"variants[{spec.label}] at {where}: {exc}") from None
-
-
-def parse_study(raw: Any, kind: str, default_name: str = "study") -> Study:
+def parse_common(raw: Any, kind: str, keys: tuple[str, ...], required: tuple[str, ...], default_name: str) -> dict:
+    """The keys scaling and projection share: name, precision, batch, variants, views, checkpointing."""
     if raw is None:
         raise ConfigError("suite is empty")
     if not isinstance(raw, dict):
         raise ConfigError(f"suite must be a mapping, got {type(raw).__name__}")
     got = raw.get("kind")
     if got != kind:  # checked first: a suite of another kind should say so, not list its keys
-        raise ConfigError(f"kind must be {short(kind)} for `resbench {'scale' if kind == 'scaling' else 'project'}`, "
-                          f"got {short(got)}")
-    check_keys("suite", raw, SCALING_KEYS if kind == "scaling" else PROJECTION_KEYS)
-    required = ("shape", "depths", "variants") if kind == "scaling" else ("shapes", "variants")
+        raise ConfigError(f"kind must be {short(kind)} here, got {short(got)}")
+    check_keys("suite", raw, keys)
     for key in required:
         if key not in raw:
             raise ConfigError(f"suite: missing key {short(key)}")
-    precision = parse_precision(raw)
     views = raw.get("views", list(V.VIEWS))
     if not isinstance(views, list) or not views or any(v not in V.VIEWS for v in views):
         raise ConfigError(f"views must be a non-empty list of {', '.join(V.VIEWS)}; got {short(views)}")
-    common = dict(
-        kind=kind, name=check_name("name", raw.get("name", default_name)), precision=precision,
-        batch=_positive_int("batch", raw.get("batch", 1)), variants=parse_variants(raw["variants"]),
+    return dict(
+        kind=kind, name=check_name("name", raw.get("name", default_name)), precision=parse_precision(raw),
+        batch=positive("batch", raw.get("batch", 1)), variants=parse_variants(raw["variants"]),
         views=tuple(v for v in V.VIEWS if v in views),
-        checkpoint_every=_positive_int("checkpoint_every", raw.get("checkpoint_every", 1)),
-        pipeline_stages=_positive_int("pipeline_stages", raw.get("pipeline_stages", 4)),
+        checkpoint_every=positive("checkpoint_every", raw.get("checkpoint_every", 1)),
+        pipeline_stages=positive("pipeline_stages", raw.get("pipeline_stages", 4)),
     )
-    if kind == "projection":
-        shapes = parse_shapes(raw["shapes"])
-        for spec in common["variants"]:
-            for name, cfg in shapes:
-                _check_builds(spec, cfg, f"shape {short(name)}")
-        return Study(shapes=shapes, **common)
 
+
+def parse_study(raw: Any, kind: str, default_name: str = "study") -> MemorySuite:
+    """A scaling or projection suite (each study module owns its kind's schema)."""
+    if kind == "projection":
+        from .projection import parse_projection
+
+        return parse_projection(raw, default_name)
+    common = parse_common(raw, kind, SCALING_KEYS, ("shape", "depths", "variants"), default_name)
     check_keys("shape", raw["shape"], SHAPE_KEYS)
     shape = {k: coerce(f"shape.{k}", v, float if k == "mlp_ratio" else int) for k, v in raw["shape"].items()}
-    depths = _int_list("depths", raw["depths"], at_least=2)
-    threads, seed = coerce("threads", raw.get("threads", 0), int), coerce("seed", raw.get("seed", 0), int)
-    if threads < 0:
-        raise ConfigError(f"threads must be >= 0 (0 = torch default), got {threads}")
-    if not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"seed must be in 0 .. 2**63 - 1 (the generator's range), got {short(seed)}")
-    study = Study(shape=shape, depths=depths, threads=threads, seed=seed, n_sweep=_parse_n_sweep(raw.get("n_sweep")),
-                  **common)
-    try:
-        cfgs = [study.config(b) for b in depths]
-    except VariantError as exc:
-        raise ConfigError(f"shape: {exc}") from None
+    depths = int_list("depths", raw["depths"], at_least=2)
+    study = MemorySuite(shape=shape, depths=depths, threads=parse_threads(raw), seed=parse_seed("seed", raw.get("seed", 0)),
+                  n_sweep=_parse_n_sweep(raw.get("n_sweep")), **common)
+    cfgs = [model_config("shape", {**shape, "n_blocks": b}) for b in depths]
     for spec in study.variants:
         for cfg in cfgs:
-            _check_builds(spec, cfg, f"depth {cfg.n_blocks} blocks")
+            check_builds(spec, cfg, f"depth {cfg.n_blocks} blocks")
     if study.n_sweep:
         ns = study.n_sweep
         for n in ns.values:
-            res = _check_builds(dataclasses.replace(ns.variant, options={**ns.variant.options, "n_blocks": n}),
-                                study.config(ns.blocks), f"n_sweep value {n}")
+            res = check_builds(dataclasses.replace(ns.variant, options={**ns.variant.options, "n_blocks": n}),
+                               study.config(ns.blocks), f"n_sweep value {n}")
             if getattr(res, "n_blocks", None) != n:  # a sweep must vary what it claims to sweep
                 raise ConfigError(f"n_sweep: {ns.variant.name} with n_blocks={n} builds N="
                                   f"{getattr(res, 'n_blocks', '?')} AttnRes blocks, so N would not vary")
@@ -170,12 +137,12 @@ def _parse_n_sweep(raw) -> NSweep | None:
         if key in spec.options:
             raise ConfigError(f"n_sweep.options must not set {key}: n_sweep.values sets the number of "
                               "AttnRes blocks N (n_sweep.blocks is the transformer depth)")
-    return NSweep(spec, _positive_int("n_sweep.blocks", raw["blocks"]), _int_list("n_sweep.values", raw["values"], 2))
+    return NSweep(spec, positive("n_sweep.blocks", raw["blocks"]), int_list("n_sweep.values", raw["values"], 2))
 
 
 # -- measuring ------------------------------------------------------------------------------
 
-def measure_cell(study: Study, cfg: ModelConfig, spec: VariantSpec) -> dict:
+def measure_cell(study: MemorySuite, cfg: ModelConfig, spec: VariantSpec) -> dict:
     """All views of one (variant, shape), real tensors, this process."""
     prec = get_precision(study.precision)
     model = build_model(cfg, spec.name, spec.options, study.seed, "cpu", prec.param_dtype)
@@ -194,7 +161,7 @@ def measure_cell(study: Study, cfg: ModelConfig, spec: VariantSpec) -> dict:
     }
 
 
-def cells(study: Study) -> list[tuple[str, ModelConfig, VariantSpec, int | None]]:
+def cells(study: MemorySuite) -> list[tuple[str, ModelConfig, VariantSpec, int | None]]:
     """(sweep, shape, variant, N) in run order: the depth sweep, then the N sweep. N-sweep cells
     keep the sweep's label, so they fit as one series."""
     out = [("depth", study.config(b), spec, None) for spec in study.variants for b in study.depths]
@@ -206,7 +173,7 @@ def cells(study: Study) -> list[tuple[str, ModelConfig, VariantSpec, int | None]
     return out
 
 
-def run_study(study: Study, progress: bool = True) -> list[dict]:
+def run_study(study: MemorySuite, progress: bool = True) -> list[dict]:
     if study.threads:
         torch.set_num_threads(study.threads)
     records = []
@@ -234,10 +201,9 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-# -- commands -------------------------------------------------------------------------------
+# -- the studies ------------------------------------------------------------------------------
 
-def _out_dir(arg: str | None) -> Path:
-    out = Path(arg) if arg else results_root() / LOCAL_DIR / "scaling"
+def out_dir(out: Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -247,32 +213,21 @@ def _out_dir(arg: str | None) -> Path:
     return out
 
 
-def cmd_scale(args) -> int:
-    from .scaling_report import analyse, plot_depth, plot_n, render_table, write_csv
-
-    study = load_study(args.suite, "scaling")
-    out = _out_dir(args.out)
-    t0 = time.perf_counter()
-    records = run_study(study, progress=not args.quiet)
-    failed = [r for r in records if r["status"] != "ok"]
-    for r in failed:
-        print(f"resbench: warning: {r['sweep']} {r['label']} L={r['L']}: {r['status']}: {r['message']}", file=sys.stderr)
-    ok = [r for r in records if r["status"] == "ok"]
-    rows = analyse(ok)
-    write_jsonl(out / f"{study.name}.jsonl", records)
-    write_csv(out / f"{study.name}_fits.csv", rows)
-    table = render_table(rows, ok, study)
-    (out / f"{study.name}_table.md").write_text(table + "\n")
-    plots = []
-    if ok and have_matplotlib():
-        plots.append(plot_depth(ok, rows, out / f"{study.name}_vs_depth.png"))
-        if study.n_sweep:
-            plots.append(plot_n(ok, rows, out / f"{study.name}_vs_n.png"))
-    print(table)
-    print(f"{len(records)} cells in {time.perf_counter() - t0:.0f} s; outputs in {out}: "
-          f"{study.name}.jsonl, {study.name}_fits.csv, {study.name}_table.md, "
-          + ", ".join(p.name for p in plots), file=sys.stderr)
-    return 1 if failed else 0
+def read_jsonl(paths: list[str]) -> list[dict]:
+    out = []
+    for p in paths:
+        try:
+            lines = Path(p).read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {p}: {exc.strerror}") from None
+        for n, line in enumerate(lines, 1):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise ConfigError(f"{p}:{n}: not a JSON line") from None
+    if not out:
+        raise ConfigError(f"no records in {', '.join(paths)}")
+    return out
 
 
 def have_matplotlib() -> bool:
@@ -285,40 +240,46 @@ def have_matplotlib() -> bool:
     return True
 
 
-def cmd_project(args) -> int:
-    from ..measure.projection import project
-    from .scaling_report import render_projection
+@register("scaling")
+class Scaling(Study):
+    help = "depth-scaling memory study: sweep L (and N), fit, classify, plot"
+    own_schema = True
+    command, default_suite = "scale", "scaling"
 
-    study = load_study(args.suite, "projection")
-    out = _out_dir(args.out)
-    records = []
-    env = environment("cpu")
-    for shape_name, cfg in study.shapes:
-        for spec in study.variants:
-            r = project(cfg, spec.name, spec.options, study.batch, get_precision(study.precision), study.views,
-                        study.checkpoint_every, study.pipeline_stages)
-            records.append({"env": env, "shape": shape_name, "label": spec.label, **cfg.to_dict(), "batch": study.batch,
-                            "precision": study.precision, "checkpoint_every": study.checkpoint_every,
-                            "pipeline_stages": study.pipeline_stages, **r})
-            if not args.quiet:
-                print(f"{shape_name} {spec.label}: projected in {r['seconds']:.1f} s", file=sys.stderr)
-    write_jsonl(out / f"{study.name}.jsonl", records)
-    table = render_projection(records, study)
-    (out / f"{study.name}.md").write_text(table + "\n")
-    print(table)
-    print(f"outputs in {out}: {study.name}.jsonl, {study.name}.md", file=sys.stderr)
-    return 0
+    def parse(self, raw, default_name):
+        return parse_study(raw, "scaling", default_name)
 
+    def run(self, study, out, progress):
+        t0, out = time.perf_counter(), out_dir(out)  # an unwritable directory fails before the run
+        records = run_study(study, progress=progress)
+        write_jsonl(out / f"{study.name}.jsonl", records)
+        code = self._render(records, study, out)
+        print(f"{len(records)} cells in {time.perf_counter() - t0:.0f} s; records: {out / f'{study.name}.jsonl'}",
+              file=sys.stderr)
+        return code
 
-def add_subcommands(sub) -> None:
-    sc = sub.add_parser("scale", help="depth-scaling memory study: sweep L (and N), fit, classify, plot")
-    sc.add_argument("suite", nargs="?", default="scaling", help="scaling YAML path or shipped name (default: scaling)")
-    sc.add_argument("--out", help="output directory (default: results/local/scaling)")
-    sc.add_argument("--quiet", action="store_true", help="no per-cell progress lines")
-    sc.set_defaults(func=cmd_scale)
+    def report(self, paths, study, out):
+        return self._render(read_jsonl(paths), study, out_dir(out))
 
-    pj = sub.add_parser("project", help="project peak memory at shapes beyond this machine (fake tensors)")
-    pj.add_argument("suite", nargs="?", default="projection", help="projection YAML path or shipped name (default: projection)")
-    pj.add_argument("--out", help="output directory (default: results/local/scaling)")
-    pj.add_argument("--quiet", action="store_true", help="no per-shape progress lines")
-    pj.set_defaults(func=cmd_project)
+    def _render(self, records, study, out) -> int:
+        from .scaling_report import analyse, plot_depth, plot_n, render_table, write_csv
+
+        failed = [r for r in records if r["status"] != "ok"]
+        for r in failed:
+            print(f"resbench: warning: {r['sweep']} {r['label']} L={r['L']}: {r['status']}: {r['message']}",
+                  file=sys.stderr)
+        ok = [r for r in records if r["status"] == "ok"]
+        rows = analyse(ok)
+        if rows:
+            write_csv(out / f"{study.name}_fits.csv", rows)
+        table = render_table(rows, ok, study)
+        (out / f"{study.name}_table.md").write_text(table + "\n")
+        plots = []
+        if ok and have_matplotlib():
+            plots.append(plot_depth(ok, rows, out / f"{study.name}_vs_depth.png"))
+            if study.n_sweep:
+                plots.append(plot_n(ok, rows, out / f"{study.name}_vs_n.png"))
+        print(table)
+        print(f"outputs in {out}: {study.name}_fits.csv, {study.name}_table.md"
+              + "".join(f", {p.name}" for p in plots), file=sys.stderr)
+        return 1 if failed else 0

@@ -11,18 +11,34 @@ A workload module defines a `Workload` subclass, decorated with `@register("name
     summary/columns   the report's row fields from a variant's ok records, and the columns showing them
     footnotes/warning lines under a report table; a reason the table's numbers cannot be trusted
     compare_metrics   metric -> (read (value, raw samples or None) from metrics, format)
-    cost              the overhead study's fields from a variant's ok records
+    cost              the overhead study's fields (`Cost`) from a variant's ok records
+    machine_peak      the machine's own speed as a record measured it (compare's drift warning)
 """
 from __future__ import annotations
 
 import statistics
-from typing import Any, Callable
+from typing import Any, Callable, TypedDict
 
 from ..cells import Cell
 from ..errors import classify
 
 Outcome = tuple[str, "str | None", dict]  # (status, message, metrics)
 REGISTRY: dict[str, "Workload"] = {}
+
+
+class Cost(TypedDict, total=False):
+    """A variant's cost at one shape, the fields each workload's `cost` contributes (the overhead
+    study reads them, and names the ratios it derives train_memory and infer_state)."""
+    train: float | None          # throughput: median train-step time ratio to the baseline
+    train_ci: list | None        # its 95% interval
+    prefill: float | None
+    prefill_ci: list | None
+    train_mfu: float | None
+    prefill_mfu: float | None
+    train_peak: int              # memory: peak live bytes of a train step
+    infer_peak: int              # peak live bytes of a no-grad forward
+    state_vectors: int           # the variant's declared depth state, d-vectors per token
+    vector_bytes: int            # bytes of one d-vector for every token of the batch
 
 
 def register(name: str):
@@ -81,8 +97,12 @@ class Workload:
     def warning(self, records: list[dict]) -> str | None:
         return None
 
-    def cost(self, records: list[dict]) -> dict[str, Any]:
+    def cost(self, records: list[dict]) -> Cost:
         return {}
+
+    def machine_peak(self, metrics: dict) -> float | None:
+        """A speed of the machine itself this record measured (a GEMM probe), if any."""
+        return None
 
 
 # -- formatting helpers for columns -----------------------------------------------------------

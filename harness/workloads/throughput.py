@@ -242,6 +242,10 @@ class Throughput(Workload):
                 "their quartiles across rounds; timings, ratios and MFU in this table are not reliable. "
                 "Rerun on a quiet machine.")
 
+    def machine_peak(self, metrics):
+        measured = str(metrics.get("peak_flops_source", "")).startswith("measured")
+        return metrics.get("peak_flops") if measured else None
+
     def cost(self, records):
         tp = [r["metrics"] for r in records]
         return {"train": median_present(t.get(f"train_ratio_vs_{BASELINE}") for t in tp),

@@ -4,7 +4,7 @@ Per variant: train and prefill time ratios (median of interleaved per-round rati
 memory ratio, MFU, and `infer_state`: the inference bytes a variant holds beyond the baseline
 divided by what its declared state predicts, (state_vectors - baseline's) x tokens x d x bytes.
 1.0 means the extra memory is exactly the declared depth state; O(L^2 d) intermediates would
-push it far above.
+push it far above. A suite of `kind: overhead` may bound any of these with `targets:`.
 """
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from collections import defaultdict
 
 from tabulate import tabulate
 
-from . import workloads
-from .cells import BASELINE
-from .results import newest_per_cell, newest_producer_only
+from .. import workloads
+from ..cells import BASELINE
+from ..config import check_keys, positive
+from ..results import newest_per_cell, newest_producer_only
+from .base import Study, register
 
 COLUMNS = (("train", "train ×"), ("prefill", "prefill ×"), ("train_memory", "train peak mem ×"),
            ("infer_state", "infer extra / declared state"))
@@ -103,3 +105,26 @@ def render_overhead(records: list[dict], targets: dict | None = None) -> tuple[s
         out.append(f"targets: {counts['met']} met (✓), {counts['missed'] + counts['missing']} missed (✗), "
                    f"{counts['unresolved']} unresolved (?: the interval straddles the bound)")
     return "\n".join(out).rstrip() + "\n", counts["missed"] + counts["missing"] == 0
+
+
+@register("overhead")
+class Overhead(Study):
+    help = "cost vs the baseline per shape (time, memory, MFU, declared state), checked against `targets:`"
+    keys = ("targets",)
+
+    def parse_keys(self, raw: dict, shapes: list[str], labels: list[str]) -> dict:
+        """targets: {shape: {variant label: {metric: bound}}}; a bound is the largest acceptable
+        ratio to the baseline (infer_state: measured extra inference bytes / declared state bytes)."""
+        targets = raw.get("targets") or {}
+        check_keys("targets", targets, shapes)
+        out: dict = {}
+        for shape, per_variant in targets.items():
+            check_keys(f"targets.{shape}", per_variant, labels)
+            out[shape] = {}
+            for label, bounds in per_variant.items():
+                check_keys(f"targets.{shape}.{label}", bounds, [k for k, _ in COLUMNS])
+                out[shape][label] = {m: positive(f"targets.{shape}.{label}.{m}", b, float) for m, b in bounds.items()}
+        return {"targets": out}
+
+    def analyse(self, records, suite, out):
+        return render_overhead(records, suite.study.get("targets"))
