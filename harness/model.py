@@ -70,23 +70,61 @@ def take(h):
     return h.pop() if isinstance(h, list) else h
 
 
+class KVCache:
+    """Keys and values of every attention sublayer for the tokens seen so far, preallocated for
+    `max_len` positions ([n_blocks, B, H, max_len, d_head] each). `length` is the positions
+    filled; Transformer.forward advances it after each call. This is all incremental decoding
+    keeps between tokens: every registered variant mixes depth within a token (see
+    Residual.token_local), so its depth state is rebuilt per token and dies with it."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int | None = None, dtype=torch.float32,
+                 device: torch.device | str = "cpu"):
+        self.max_len = max_len or cfg.seq_len
+        shape = (cfg.n_blocks, batch, cfg.n_heads, self.max_len, cfg.d_model // cfg.n_heads)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0
+
+    def extend(self, block: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this call's keys/values [B, H, T, dh] after the filled positions; return the keys
+        and values of every position so far (views, no copy)."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; this call needs {end}")
+        self.k[block, :, :, self.length:end] = k
+        self.v[block, :, :, self.length:end] = v
+        return self.k[block, :, :, :end], self.v[block, :, :, :end]
+
+    def nbytes(self, length: int | None = None) -> int:
+        """Bytes of keys and values for `length` positions (default: those filled)."""
+        n = self.length if length is None else length
+        return 2 * self.k[:, :, :, :n].numel() * self.k.element_size()
+
+
 class Attention(nn.Module):
     """Sublayer f(h) = Attn(norm(h)): causal multi-head self-attention."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, block: int = 0):
         super().__init__()
-        self.n_heads = cfg.n_heads
+        self.n_heads, self.block = cfg.n_heads, block
         self.norm = RMSNorm(cfg.d_model)
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, h):
+    def forward(self, h, cache: KVCache | None = None):
         u = self.norm(take(h))
         B, T, D = u.shape
         qkv = self.qkv(u).view(B, T, 3, self.n_heads, D // self.n_heads).transpose(1, 3)  # [B, H, 3, T, dh]
         del u
-        y = F.scaled_dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], is_causal=True)
+        q, k, v = qkv.unbind(2)
         del qkv
+        past = 0 if cache is None else cache.length
+        if cache is not None:
+            k, v = cache.extend(self.block, k, v)
+        # the new tokens sit at positions past .. past+T-1: each sees the cache and itself
+        mask = None if past == 0 or T == 1 else torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(past)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=past == 0 and T > 1)
+        del q, k, v
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -99,7 +137,7 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cfg.d_model, cfg.d_hidden, bias=False)
         self.proj = nn.Linear(cfg.d_hidden, cfg.d_model, bias=False)
 
-    def forward(self, h):
+    def forward(self, h, cache: KVCache | None = None):  # noqa: ARG002 - per token: nothing to cache
         return self.proj(F.gelu(self.fc(self.norm(take(h))), approximate="tanh"))
 
 
@@ -115,7 +153,7 @@ class Transformer(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model)
         self.sublayers = nn.ModuleList(
-            Attention(cfg) if i % 2 == 0 else MLP(cfg) for i in range(cfg.n_layers)
+            Attention(cfg, i // 2) if i % 2 == 0 else MLP(cfg) for i in range(cfg.n_layers)
         )
         self.norm_f = RMSNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -138,27 +176,43 @@ class Transformer(nn.Module):
                     scale = (2 * self.cfg.n_blocks) ** -0.5 if name.endswith("proj") else 1.0
                     m.weight.normal_(0.0, std * scale, generator=generator)
 
-    def embed(self, idx: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(idx.shape[1], device=idx.device)
+    def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        pos = torch.arange(start, start + idx.shape[1], device=idx.device)
         return self.tok_emb(idx) + self.pos_emb(pos)
 
-    def forward(self, idx: torch.Tensor, checkpoint_every: int = 0) -> torch.Tensor:
-        """idx [B, T] int64 → logits [B, T, vocab]. checkpoint_every=k > 0: activation
-        checkpointing by segments of k blocks (only the residual state at segment boundaries is
-        kept for backward; each segment is recomputed in backward)."""
+    def forward(self, idx: torch.Tensor, checkpoint_every: int = 0, cache: KVCache | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """idx [B, T] int64 → logits [B, T, vocab] (last_only: [B, 1, vocab]). checkpoint_every=k
+        > 0: activation checkpointing by segments of k blocks (only the residual state at segment
+        boundaries is kept for backward; each segment is recomputed in backward). With a cache,
+        idx continues the cached tokens: prefill (T > 1) or one decode step (T = 1)."""
         # no local keeps the embedding or the final state alive: only what the residual keeps lives
+        start = 0 if cache is None else cache.length
+        if checkpoint_every and cache is not None:
+            raise ConfigError("checkpoint_every recomputes a training forward; a KV cache is for decoding, not both")
         if checkpoint_every:
             x = self.residual.end(self._checkpointed(self.residual.begin(self.embed(idx)), checkpoint_every))
         else:
-            x = self.residual.end(self.run_sublayers(self.residual.begin(self.embed(idx)), 0, self.cfg.n_layers))
-        return self.head(self.norm_f(x))
+            x = self.residual.end(self.run_sublayers(self.residual.begin(self.embed(idx, start)), 0,
+                                                     self.cfg.n_layers, cache))
+        if cache is not None:
+            cache.length += idx.shape[1]
+        return self.head(self.norm_f(x[:, -1:] if last_only else x))
 
-    def run_sublayers(self, state: Any, start: int, stop: int) -> Any:
+    def run_sublayers(self, state: Any, start: int, stop: int, cache: KVCache | None = None) -> Any:
         """Sublayers [start, stop) on a residual state: one pipeline stage or checkpoint segment."""
         for i in range(start, stop):
             # h = read(state, i); state = write(state, i, f_i(h)), with h handed over (see take)
-            state = self.residual.write(state, i, self.sublayers[i]([self.residual.read(state, i)]))
+            state = self.residual.write(state, i, self.sublayers[i]([self.residual.read(state, i)], cache))
         return state
+
+    @torch.no_grad()
+    def prefill(self, idx: torch.Tensor, cache: KVCache, chunk: int = 0, last_only: bool = True) -> torch.Tensor:
+        """Run a prompt into the cache, `chunk` tokens per forward (0: all at once); the logits of
+        its last token (or of every token)."""
+        step = chunk or idx.shape[1]
+        out = [self(idx[:, s:s + step], cache=cache, last_only=last_only) for s in range(0, idx.shape[1], step)]
+        return out[-1] if last_only else torch.cat(out, dim=1)
 
     def _segment(self, spec, start: int, stop: int, *leaves):
         # Fresh containers on every call: variants mutate their state (dicts, lists) in place, and

@@ -4,7 +4,9 @@
 #
 #   RESBENCH_COMMIT=$(git rev-parse HEAD) scripts/gpu_acceptance.sh OUT_DIR
 #
-# Writes OUT_DIR/{pytest.log, run.log, gpu.jsonl, report.md, env.txt}. It needs python3 with
+# Writes OUT_DIR/{pytest.log, run.log, gpu.jsonl, report.md, env.txt}, then the decode suite
+# (INFERENCE_SUITE, default inference-gpu; empty: skipped) as OUT_DIR/{inference.jsonl,
+# inference.md, inference.log}. It needs python3 with
 # torch, pyyaml, tabulate, tqdm, numpy, scipy and pytest; resbench itself is laid out from this
 # checkout as its wheel would install it (pyproject.toml's package-dir mapping), so no pip runs.
 # Overrides, for a check of the plumbing on a CPU: SUITE (default gpu), DEVICE (default: the
@@ -39,4 +41,10 @@ device_args=()
 (cd "$out" && "$py" -m resbench run "${SUITE:-gpu}" --out "$out/gpu.jsonl" --quiet "${device_args[@]}") \
   > "$out/report.md" 2> "$out/run.log" || status=1
 tail -n 3 "$out/run.log"
+inference=${INFERENCE_SUITE-inference-gpu}
+if [ -n "$inference" ]; then
+  (cd "$out" && "$py" -m resbench run "$inference" --out "$out/inference.jsonl" --quiet "${device_args[@]}") \
+    > "$out/inference.md" 2> "$out/inference.log" || status=1
+  tail -n 3 "$out/inference.log"
+fi
 exit $status

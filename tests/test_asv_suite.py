@@ -18,6 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # one grid point of each kind: a timing (spawned interpreter with torch) and two cached tracks
 SUBSET = [r"time_train_step\('prenorm', 2\)", r"time_prefill\('full-attnres', 4\)",
+          r"time_decode_token\('block-attnres', 2\)",
           r"track_state_bytes_per_token\('densenet', ", r"track_final_val_loss\('prenorm', 2\)"]
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="asv needs git")
@@ -58,7 +59,8 @@ def test_asv_quick_run_of_a_subset(asv):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
     assert "failed" not in out, out
-    for name in ("time_train_step", "time_prefill", "track_state_bytes_per_token", "track_final_val_loss"):
+    for name in ("time_train_step", "time_prefill", "time_decode_token", "track_state_bytes_per_token",
+                 "track_final_val_loss"):
         assert name in out
     assert "Traceback" not in out, out
     # --python=same saves nothing unless told: no results of this run anywhere

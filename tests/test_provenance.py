@@ -188,7 +188,8 @@ def test_the_gpu_acceptance_script_runs_without_pip(tmp_path):
     suite.write_text(yaml.safe_dump({"name": "s", "device": "cuda", "variants": ["prenorm"], "shapes": SHAPE,
                                      "threads": 1, "workloads": {"memory": {"batch": 2}}}))
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": sys.executable, "SUITE": str(suite), "DEVICE": "cpu", "RESBENCH_COMMIT": "cafe1234"}
+    env = {**os.environ, "PYTHON": sys.executable, "SUITE": str(suite), "DEVICE": "cpu", "RESBENCH_COMMIT": "cafe1234",
+           "INFERENCE_SUITE": str(suite)}
     done = subprocess.run([str(ROOT / "scripts" / "gpu_acceptance.sh"), str(out)], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -196,3 +197,4 @@ def test_the_gpu_acceptance_script_runs_without_pip(tmp_path):
     assert rec["status"] == "ok" and rec["env"]["commit"] == "cafe1234" and rec["env"]["commit_stated"]
     assert "skipped" in (out / "pytest.log").read_text() and "commit cafe1234" in (out / "report.md").read_text()
     assert "resbench" in (out / "env.txt").read_text()
+    assert read_records(out / "inference.jsonl")[0]["status"] == "ok"

@@ -206,9 +206,25 @@ def test_projection_matches_real_within_5_percent(name, options):
     idx = tokens(cfg, batch=2)
     real = {"inference": V.inference_bytes(model, idx), "checkpointed": V.train_bytes(model, idx, idx, 1),
             "train": V.train_bytes(model, idx, idx, 0), "pipeline": V.pipeline_bytes(model, idx, 2)["max"]}
-    fake = project(cfg, name, options, 2, PRECISIONS["fp32"], tuple(real), checkpoint_every=1, stages=2)
+    for view, chunk in (("prefill", 0), ("prefill_chunked", 5)):
+        real[view], kv = V.prefill_bytes(model, idx, chunk)
+        assert kv == 2 * cfg.n_blocks * 2 * cfg.seq_len * cfg.d_model * 4  # keys and values, every block
+        assert real[view] > kv
+    fake = project(cfg, name, options, 2, PRECISIONS["fp32"], tuple(real), checkpoint_every=1, stages=2, chunk=5)
     for view, r in real.items():
         assert r > 0 and abs(fake[view] - r) <= 0.05 * r, (view, fake[view], r)
+    assert fake["kv_cache_bytes"] == kv
+
+
+@pytest.mark.parametrize("name,options", [("prenorm", {}), ("full-attnres", {}), ("block-attnres", {"n_blocks": 2})])
+def test_chunked_prefill_holds_one_chunk_beyond_the_cache(name, options):
+    """Past the KV cache, a prefill holds the forward of its chunk: chunking cuts it."""
+    cfg = ModelConfig(vocab_size=64, d_model=64, n_blocks=2, n_heads=4, seq_len=64)
+    idx = tokens(cfg, batch=1)
+    model = build_model(cfg, name, options)
+    whole, kv = V.prefill_bytes(model, idx, 0)
+    chunked, _ = V.prefill_bytes(model, idx, 8)
+    assert chunked - kv < (whole - kv) / 2, (whole, chunked, kv)
 
 
 def test_projection_runs_a_production_shape_quickly():

@@ -10,6 +10,10 @@ The model drives it like this (see harness/model.py):
     x = residual.end(state)                    # goes to the final norm and the head
 
 Variants import only torch and this module; they know nothing about measuring.
+
+The calls see tensors [B, T, d] and mix across depth only, token by token (`token_local`): the
+same calls serve a whole sequence, a prefill chunk, or one decode step (T = 1), and between
+tokens a variant keeps nothing beyond the attention's KV cache (the model's).
 """
 from __future__ import annotations
 
@@ -36,6 +40,11 @@ class Residual(nn.Module):
     """
 
     name: str = "?"
+    # Depth mixing reads only the same token's states, so incremental decoding runs the protocol
+    # per token and keeps no depth state between tokens. A variant that mixes across tokens
+    # (e.g. a causal convolution over positions) sets False: decoding then refuses it, since it
+    # would need a cache of its own that this protocol does not carry.
+    token_local: bool = True
 
     def __init__(self, d_model: int, n_layers: int):
         super().__init__()

@@ -9,6 +9,11 @@ are excluded (they scale with L·d², not with tokens, and are reported apart).
   checkpointed  forward + backward with activation checkpointing every k blocks
   train         forward + backward, plain autograd (everything saved)
   pipeline      bytes per token of the residual state handed from one pipeline stage to the next
+
+and, for serving (not in the default VIEWS of the scaling study):
+
+  prefill          a prompt run into a KV cache in one forward: the cache plus the forward's peak
+  prefill_chunked  the same prompt in chunks of `chunk` tokens: the cache plus one chunk's peak
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from .memory import LiveBytesTracker
 from ..precision import FP32, Precision
 
 VIEWS = ("inference", "checkpointed", "pipeline", "train")
+PREFILL_VIEWS = ("prefill", "prefill_chunked")
 
 
 def _call(module: nn.Module, params: dict | None, *args, **kwargs):
@@ -52,6 +58,29 @@ class _Step(nn.Module):
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
         del logits
         loss.backward()
+
+
+class _Prefill(nn.Module):
+    """Allocate the KV cache and prefill into it, as one module call (functional_call reaches
+    the parameters through it): the cache's bytes count, as a server's do."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx, chunk: int, dtype):
+        from ..model import KVCache
+
+        cache = KVCache(self.model.cfg, idx.shape[0], idx.shape[1], dtype, idx.device)
+        self.model.prefill(idx, cache, chunk)
+        return cache.nbytes()
+
+
+def prefill_bytes(model, idx, chunk: int = 0, params=None, precision: Precision = FP32) -> tuple[int, int]:
+    """(peak bytes, KV cache bytes) of a prefill into a fresh cache, `chunk` tokens per forward."""
+    with torch.no_grad(), precision.context(idx.device), LiveBytesTracker() as t:
+        kv = _call(_Prefill(model), _prefixed(params), idx, chunk, precision.param_dtype)
+    return t.peak, kv
 
 
 def _prefixed(params: dict | None) -> dict | None:
@@ -148,12 +177,15 @@ def pipeline_bytes(model, idx, stages: int, params=None) -> dict:
 
 
 def measure(model, idx, targets, views, checkpoint_every: int, stages: int, params=None,
-            precision: Precision = FP32) -> tuple[dict, dict]:
-    """({view: bytes}, pipeline details) for the requested views; 'pipeline' bytes are the
+            precision: Precision = FP32, chunk: int = 0) -> tuple[dict, dict]:
+    """({view: bytes}, details) for the requested views; 'pipeline' bytes are the
     token-proportional part at the busiest boundary."""
     out, extra = {}, {}
     for view in views:
-        if view == "inference":
+        if view in PREFILL_VIEWS:
+            out[view], extra["kv_cache_bytes"] = prefill_bytes(model, idx, chunk if view == "prefill_chunked" else 0,
+                                                               params, precision)
+        elif view == "inference":
             out[view] = inference_bytes(model, idx, params, precision)
         elif view == "checkpointed":
             out[view] = train_bytes(model, idx, targets, checkpoint_every, params, precision)
@@ -165,5 +197,5 @@ def measure(model, idx, targets, views, checkpoint_every: int, stages: int, para
             out[view] = pipe["max"]
             extra = {f"pipeline_{k}": {str(c): b for c, b in pipe[k].items()} for k in ("boundaries", "vectors", "fixed")}
         else:
-            raise ValueError(f"unknown view {view!r}; views: {', '.join(VIEWS)}")
+            raise ValueError(f"unknown view {view!r}; views: {', '.join(VIEWS + PREFILL_VIEWS)}")
     return out, extra

@@ -39,7 +39,7 @@ def param_bytes(model: Transformer, dtype: torch.dtype) -> int:
 
 
 def project(cfg: ModelConfig, variant: str, options: dict | None, batch: int, precision: Precision,
-            views: tuple[str, ...], checkpoint_every: int = 1, stages: int = 4) -> dict:
+            views: tuple[str, ...], checkpoint_every: int = 1, stages: int = 4, chunk: int = 0) -> dict:
     """Projected bytes per view (same functions and tracker as the real measurement)."""
     model = meta_model(cfg, variant, options)
     dtype = precision.param_dtype
@@ -48,5 +48,6 @@ def project(cfg: ModelConfig, variant: str, options: dict | None, batch: int, pr
     with FakeTensorMode():
         params = fake_params(model, dtype)
         idx = torch.zeros(batch, cfg.seq_len, dtype=torch.long)
-        bytes_, _ = V.measure(model, idx, idx, views, checkpoint_every, stages, params, precision)
-    return {**out, **bytes_, "seconds": time.perf_counter() - t0}
+        bytes_, extra = V.measure(model, idx, idx, views, checkpoint_every, stages, params, precision, chunk)
+    kv = {"kv_cache_bytes": extra["kv_cache_bytes"]} if "kv_cache_bytes" in extra else {}
+    return {**out, **bytes_, **kv, "seconds": time.perf_counter() - t0}

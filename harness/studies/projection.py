@@ -5,23 +5,26 @@ from __future__ import annotations
 
 import sys
 
-from ..config import check_builds, parse_shapes, short
+from ..config import check_builds, parse_shapes, positive, short
+from ..measure import memory_views as V
 from ..precision import get as get_precision
 from ..provenance import environment
 from .base import Study, register
 from .scaling import MemorySuite, out_dir, parse_common, read_jsonl, write_jsonl
 
 PROJECTION_KEYS = ("kind", "name", "precision", "batch", "shapes", "variants", "views", "checkpoint_every",
-                   "pipeline_stages")
+                   "pipeline_stages", "prefill_chunk")
 
 
 def parse_projection(raw, default_name: str = "projection") -> MemorySuite:
-    common = parse_common(raw, "projection", PROJECTION_KEYS, ("shapes", "variants"), default_name)
+    common = parse_common(raw, "projection", PROJECTION_KEYS, ("shapes", "variants"), default_name,
+                          allowed_views=V.VIEWS + V.PREFILL_VIEWS)
+    chunk = positive("prefill_chunk", raw.get("prefill_chunk", 16384))
     shapes = parse_shapes(raw["shapes"])
     for spec in common["variants"]:
         for name, cfg in shapes:
             check_builds(spec, cfg, f"shape {short(name)}")
-    return MemorySuite(shapes=shapes, **common)
+    return MemorySuite(shapes=shapes, prefill_chunk=chunk, **common)
 
 
 @register("projection")
@@ -41,11 +44,11 @@ class Projection(Study):
         for shape_name, cfg in study.shapes:
             for spec in study.variants:
                 r = project(cfg, spec.name, spec.options, study.batch, get_precision(study.precision), study.views,
-                            study.checkpoint_every, study.pipeline_stages)
+                            study.checkpoint_every, study.pipeline_stages, study.prefill_chunk)
                 records.append({"env": env, "shape": shape_name, "label": spec.label, **cfg.to_dict(),
                                 "batch": study.batch, "precision": study.precision,
                                 "checkpoint_every": study.checkpoint_every,
-                                "pipeline_stages": study.pipeline_stages, **r})
+                                "pipeline_stages": study.pipeline_stages, "prefill_chunk": study.prefill_chunk, **r})
                 if progress:
                     print(f"{shape_name} {spec.label}: projected in {r['seconds']:.1f} s", file=sys.stderr)
         write_jsonl(out / f"{study.name}.jsonl", records)

@@ -54,6 +54,7 @@ class MemorySuite:
     checkpoint_every: int
     pipeline_stages: int
     shapes: tuple[tuple[str, ModelConfig], ...] = ()  # projection
+    prefill_chunk: int = 0  # projection: tokens per forward of the prefill_chunked view
     shape: dict = dataclasses.field(default_factory=dict)  # scaling: ModelConfig minus n_blocks
     depths: tuple[int, ...] = ()
     n_sweep: NSweep | None = None
@@ -71,7 +72,8 @@ def load_study(spec: str, kind: str) -> MemorySuite:
     return parse_study(read_yaml(path), kind, default_name=path.stem)
 
 
-def parse_common(raw: Any, kind: str, keys: tuple[str, ...], required: tuple[str, ...], default_name: str) -> dict:
+def parse_common(raw: Any, kind: str, keys: tuple[str, ...], required: tuple[str, ...], default_name: str,
+                 allowed_views: tuple[str, ...] = V.VIEWS) -> dict:
     """The keys scaling and projection share: name, precision, batch, variants, views, checkpointing."""
     if raw is None:
         raise ConfigError("suite is empty")
@@ -85,12 +87,12 @@ def parse_common(raw: Any, kind: str, keys: tuple[str, ...], required: tuple[str
         if key not in raw:
             raise ConfigError(f"suite: missing key {short(key)}")
     views = raw.get("views", list(V.VIEWS))
-    if not isinstance(views, list) or not views or any(v not in V.VIEWS for v in views):
-        raise ConfigError(f"views must be a non-empty list of {', '.join(V.VIEWS)}; got {short(views)}")
+    if not isinstance(views, list) or not views or any(v not in allowed_views for v in views):
+        raise ConfigError(f"views must be a non-empty list of {', '.join(allowed_views)}; got {short(views)}")
     return dict(
         kind=kind, name=check_name("name", raw.get("name", default_name)), precision=parse_precision(raw),
         batch=positive("batch", raw.get("batch", 1)), variants=parse_variants(raw["variants"]),
-        views=tuple(v for v in V.VIEWS if v in views),
+        views=tuple(v for v in allowed_views if v in views),
         checkpoint_every=positive("checkpoint_every", raw.get("checkpoint_every", 1)),
         pipeline_stages=positive("pipeline_stages", raw.get("pipeline_stages", 4)),
     )

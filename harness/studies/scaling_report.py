@@ -15,6 +15,8 @@ VIEW_TITLES = {
     "checkpointed": "training, checkpoint every k blocks",
     "pipeline": "pipeline traffic (busiest stage boundary)",
     "train": "plain training (everything saved)",
+    "prefill": "prefill into KV cache",
+    "prefill_chunked": "chunked prefill into KV cache",
 }
 
 
@@ -165,7 +167,11 @@ def render_projection(records: list[dict], study) -> str:
                    f"checkpoint every {r0['checkpoint_every']} block(s), {r0['pipeline_stages']} pipeline stages. "
                    f"GiB for the whole batch ({r0['batch'] * r0['seq_len']:,} tokens): peaks of live tensors created by "
                    f"the step (weights apart, column 'weights'; gradients and optimizer state excluded); pipeline = "
-                   f"bytes crossing the busiest stage boundary.\n")
+                   f"bytes crossing the busiest stage boundary."
+                   + (f" The prefill views hold the KV cache ({_gib(r0['kv_cache_bytes'])} GiB, the same for every "
+                      f"variant) plus the forward's peak; chunked: {r0.get('prefill_chunk', 0):,} tokens per forward "
+                      "(each chunk's chunk x context attention mask included)." if "kv_cache_bytes" in r0 else "")
+                   + "\n")
         out.append(tabulate(
             [[r["label"], r["state_vectors"], _gib(r["param_bytes"])] + [_gib(r[v]) for v in views]
              + [f"{r['seconds']:.0f}"] for r in recs],

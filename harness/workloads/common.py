@@ -28,5 +28,5 @@ def static_info(cell: Cell, cfg: ModelConfig, model) -> dict:
         "declared_extra_params": model.residual.declared_extra_params(),
         "state_vectors": model.residual.state_vectors(),
         "n_layers": cfg.n_layers,
-        "tokens_per_step": cell.params["batch"] * cfg.seq_len,
+        "tokens_per_step": cell.params["batch"] * cfg.seq_len if "batch" in cell.params else None,
     }

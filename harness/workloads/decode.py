@@ -1,0 +1,244 @@
+"""decode: inference as a server runs it. Per (context, batch): prefill a prompt into the KV
+cache (time-to-first-token), then decode `new_tokens` tokens one forward each (inter-token
+latency, every token timed). Every variant of a (shape, precision, seed) runs in one process,
+round-robin per round as throughput does, so the ratios to the baseline see the same machine.
+
+Memory per point: the KV cache (2 x blocks x batch x positions x d), the depth state a variant
+holds *within* a token (declared: state_vectors x batch x d; nothing is kept between tokens, see
+Residual.token_local) and the measured peak of one decode step at that context, held against it.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import variants
+from ..cells import BASELINE, Cell
+from ..errors import ConfigError, classify
+from ..measure import LiveBytesTracker, summarize, synchronize, time_once
+from ..model import KVCache, ModelConfig
+from ..precision import get as get_precision
+from ..stats import median_ci
+from .base import Workload, num, register
+from .common import model_of, static_info
+
+
+@dataclass(frozen=True)
+class Params:
+    contexts: tuple = (64, 256)  # prompt lengths; each + new_tokens must fit the shape's seq_len
+    batches: tuple = (1, 4)
+    new_tokens: int = 16  # decode steps timed after each prefill
+    warmup: int = 1
+    repeats: int = 7  # rounds: each runs every variant once per (context, batch), rotated
+    chunk: int = 0  # prefill chunk in tokens (0: the whole prompt in one forward)
+
+
+def _ms(samples: list[float]) -> dict:
+    s = {k: (v * 1e3 if k != "n" else v) for k, v in summarize(samples).items()}
+    a = np.asarray(samples) * 1e3
+    s["p90"], s["p99"] = float(np.percentile(a, 90)), float(np.percentile(a, 99))
+    s["samples"] = [float(x) for x in a]  # raw, for compare's test
+    return s
+
+
+def _ratio(samples: list[float], base: list[float], per_round: int) -> tuple[float | None, list | None]:
+    """Median of per-round ratios of the rounds' medians (a round = `per_round` samples), and its
+    distribution-free 95% interval."""
+    rounds = [(float(np.median(samples[i:i + per_round])), float(np.median(base[i:i + per_round])))
+              for i in range(0, min(len(samples), len(base)), per_round)]
+    if not rounds:
+        return None, None
+    med, lo, hi = median_ci([a / b for a, b in rounds])
+    return med, ([lo, hi] if math.isfinite(lo) else None)
+
+
+def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | None, dict]]:
+    first = cells[0]
+    device, wl = first.device, first.params
+    prec = get_precision(first.precision)
+    out: dict[str, tuple[str, str | None, dict]] = {}
+    models, info = {}, {}
+    for cell in cells:
+        try:
+            cfg, model = model_of(cell)
+            info[cell.key] = {**static_info(cell, cfg, model), "points": []}
+            models[cell.key] = model.eval()
+        except Exception as exc:  # noqa: BLE001 - one bad variant must not stop the group
+            out[cell.key] = classify(exc)
+    cfg = ModelConfig(**first.shape)
+    g = torch.Generator().manual_seed(first.seed)
+    points = [(c, b) for b in wl["batches"] for c in wl["contexts"]]
+    calls = len(points) * (wl["warmup"] + wl["repeats"]) * len(models) * (1 + wl["new_tokens"])
+    done, failed = 0, {}
+    itemsize = torch.tensor([], dtype=prec.param_dtype).element_size()
+
+    def tick(n=1):
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, calls)
+
+    for context, batch in points:
+        prompt = torch.randint(0, cfg.vocab_size, (batch, context), generator=g).to(device)
+        cont = torch.randint(0, cfg.vocab_size, (batch, wl["new_tokens"]), generator=g).to(device)
+        caches = {k: KVCache(cfg, batch, context + wl["new_tokens"], prec.param_dtype, device) for k in models}
+        ttft, itl = defaultdict(list), defaultdict(list)
+
+        def generate(key: str, timed: bool) -> None:
+            model, cache = models[key], caches[key]
+            cache.length = 0
+            with torch.no_grad(), prec.context(device):
+                t = time_once(lambda: model.prefill(prompt, cache, wl["chunk"]), device)
+                if timed:
+                    ttft[key].append(t)
+                tick()
+                for j in range(wl["new_tokens"]):
+                    t = time_once(lambda: model(cont[:, j:j + 1], cache=cache, last_only=True), device)
+                    if timed:
+                        itl[key].append(t)
+                    tick()
+
+        live = [k for k in models if k not in failed]
+        for r in range(wl["warmup"] + wl["repeats"]):
+            k0 = r % max(len(live), 1)
+            for key in live[k0:] + live[:k0]:
+                if key in failed:
+                    continue
+                try:
+                    generate(key, timed=r >= wl["warmup"])
+                except Exception as exc:  # noqa: BLE001 - the variant leaves; the others finish
+                    failed[key] = exc
+        for key in live:
+            if key in failed:
+                continue
+            # one more decode step at this context, under the tracker: what the step itself allocates
+            cache = caches[key]
+            cache.length = context
+            with torch.no_grad(), prec.context(device), LiveBytesTracker() as tracker:
+                models[key](cont[:, :1], cache=cache, last_only=True)
+                synchronize(device)
+            state_vectors = info[key]["state_vectors"]
+            info[key]["points"].append({
+                "context": context, "batch": batch, "new_tokens": wl["new_tokens"], "chunk": wl["chunk"],
+                "ttft_ms": _ms(ttft[key]), "itl_ms": _ms(itl[key]),
+                "tokens_per_s": batch / (float(np.median(itl[key]))),
+                "kv_cache_bytes": cache.nbytes(context + wl["new_tokens"]),
+                "depth_state_bytes": state_vectors * batch * cfg.d_model * itemsize,
+                "step_peak_bytes": tracker.peak,
+            })
+        del caches
+    base_key = next((c.key for c in cells if c.variant == BASELINE and c.key in models and c.key not in failed), None)
+    for cell in cells:
+        if cell.key not in models:
+            continue
+        if cell.key in failed:
+            out[cell.key] = classify(failed[cell.key])
+            continue
+        m = info[cell.key]
+        for p, bp in zip(m["points"], info[base_key]["points"] if base_key else [None] * len(m["points"])):
+            if bp is None:
+                continue
+            p[f"itl_ratio_vs_{BASELINE}"], p["itl_ratio_ci"] = _ratio(p["itl_ms"]["samples"], bp["itl_ms"]["samples"],
+                                                                      wl["new_tokens"])
+            p[f"ttft_ratio_vs_{BASELINE}"], p["ttft_ratio_ci"] = _ratio(p["ttft_ms"]["samples"],
+                                                                        bp["ttft_ms"]["samples"], 1)
+            p["step_extra_bytes"] = p["step_peak_bytes"] - bp["step_peak_bytes"]
+        out[cell.key] = ("ok", None, m)
+    return out
+
+
+def headline(m: dict) -> dict | None:
+    """The point a table row shows: batch 1 (else the smallest), the longest context."""
+    pts = m.get("points") or []
+    if not pts:
+        return None
+    b = min(p["batch"] for p in pts)
+    return max((p for p in pts if p["batch"] == b), key=lambda p: p["context"])
+
+
+def _itl(m: dict):
+    p = headline(m)
+    return (p["itl_ms"]["median"], p["itl_ms"]["samples"]) if p else (None, None)
+
+
+def _ratio_text(p: dict) -> str:
+    r, ci = p.get(f"itl_ratio_vs_{BASELINE}"), p.get("itl_ratio_ci")
+    if r is None:
+        return "-"
+    return f"{r:.3f}" + (f" [{ci[0]:.3f}–{ci[1]:.3f}]" if ci else "")
+
+
+@register("decode")
+class Decode(Workload):
+    Params = Params
+    order = 3
+    positive = ("new_tokens", "repeats")
+    timed_calls = True
+    columns = (
+        ("decode ms/token", lambda r: num(r["decode_ms"], ".2f")),
+        ("× prenorm", lambda r: num(r["decode_ratio"], ".3f")),
+        ("TTFT ms", lambda r: num(r["ttft_ms"], ".1f")),
+    )
+    compare_metrics = {"decode_ms": (_itl, "{:.3f}")}
+
+    def check(self, params, variant_names):
+        for key in ("contexts", "batches"):
+            v = getattr(params, key)
+            if not isinstance(v, (list, tuple)) or not v or not all(
+                    isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v) or len(set(v)) != len(v):
+                raise ConfigError(f"workloads.{self.name}.{key} must be a list of distinct positive integers, "
+                                  f"got {v!r}")
+        for name in variant_names:
+            if not variants.get(name).token_local:
+                raise ConfigError(f"workloads.{self.name}: variant {name!r} mixes across tokens (token_local "
+                                  "False); incremental decoding would need its own cache")
+
+    def preflight(self, params, shapes):
+        for name, cfg in shapes:
+            need = max(params.contexts) + params.new_tokens
+            if need > cfg.seq_len:
+                raise ConfigError(f"workloads.{self.name}: the longest context {max(params.contexts)} + new_tokens "
+                                  f"{params.new_tokens} = {need} positions exceed shapes[{name}].seq_len "
+                                  f"{cfg.seq_len} (the learned position table)")
+
+    def jobs(self, cells, todo):
+        """Every variant of a (shape, precision, seed) in one process: its ratios need the
+        baseline interleaved beside it."""
+        groups: dict[tuple, list[Cell]] = defaultdict(list)
+        for cell in cells:
+            groups[(cell.shape_name, cell.precision, cell.seed)].append(cell)
+        return [g for g in groups.values() if any(c.key in todo for c in g)]
+
+    def run(self, cells, progress=None):
+        return run_decode(cells, progress)
+
+    def summary(self, metrics):
+        p = headline(metrics[0]) if metrics else None
+        return {"decode_ms": p and p["itl_ms"]["median"], "decode_ratio": p and p.get(f"itl_ratio_vs_{BASELINE}"),
+                "ttft_ms": p and p["ttft_ms"]["median"], "decode_points": (metrics[0]["points"] if metrics else [])}
+
+    def footnotes(self, metrics, rows):
+        """The whole sweep, one line per (variant, batch, context): the table a reader of
+        decode wants, under the summary."""
+        if not metrics:
+            return []
+        lines = [f"Decode (the row: batch 1 at the longest context; × {BASELINE} = median of per-round ratios of "
+                 "median inter-token latency [95% interval]; TTFT = prefill of the prompt; cache = KV cache at "
+                 "context + new tokens; depth state = declared per-token bytes; step extra = measured peak of one "
+                 f"decode step minus {BASELINE}'s):", "",
+                 "| variant | batch | context | TTFT ms | ms/token p50 | p90 | p99 | × prenorm [95% CI] | tok/s | "
+                 "KV cache MiB | depth state KiB | step extra KiB |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            for p in r.get("decode_points") or []:
+                extra = p.get("step_extra_bytes")
+                lines.append(
+                    f"| {r['variant']} | {p['batch']} | {p['context']} | {p['ttft_ms']['median']:.1f} | "
+                    f"{p['itl_ms']['median']:.2f} | {p['itl_ms']['p90']:.2f} | {p['itl_ms']['p99']:.2f} | "
+                    f"{_ratio_text(p)} | {p['tokens_per_s']:,.0f} | {p['kv_cache_bytes'] / 2**20:.2f} | "
+                    f"{p['depth_state_bytes'] / 1024:.1f} | {'-' if extra is None else f'{extra / 1024:.1f}'} |")
+        return lines
