@@ -36,11 +36,23 @@ def written(path: str, by: str, fenced: bool = True):
 
 
 OVERHEAD = command("report", f"{REF}/overhead.jsonl", "--suite", "overhead")
+INFERENCE_TARGETS = command("report", f"{REF}/inference.jsonl", "--suite", "inference")
+INFERENCE = command("report", f"{REF}/inference.jsonl")
+PROJECTION = written(f"{REF}/scaling/projection.md", "resbench project", fenced=False)
 BLOCKS = {
     "README.md": {
         "quick-table": command("report", f"{REF}/quick.jsonl"),
         "overhead-readme": OVERHEAD,
         "list-table": command("list", "--d-model", "1024", "--blocks", "16"),
+        "inference-readme": INFERENCE_TARGETS,
+    },
+    "docs/INFERENCE.md": {
+        "inference-targets": INFERENCE_TARGETS,
+        "inference-table": INFERENCE,
+        "profile-decode-A": written(f"{REF}/inference/profile-decode-A.md",
+                                    "python scripts/profile_overhead.py block-attnres --option block_size=4 "
+                                    "--view decode --batch 1 --top 12"),
+        "projection-inference": PROJECTION,
     },
     "docs/OVERHEAD.md": {
         "overhead-table": OVERHEAD,
@@ -52,7 +64,7 @@ BLOCKS = {
     },
     "docs/SCALING.md": {
         "scaling-table": written(f"{REF}/scaling/scaling_table.md", "resbench scale", fenced=False),
-        "projection-table": written(f"{REF}/scaling/projection.md", "resbench project", fenced=False),
+        "projection-table": PROJECTION,
     },
 }
 

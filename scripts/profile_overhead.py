@@ -1,8 +1,11 @@
-"""Where does a variant's extra time go? Profile one train step (or prefill) of a variant and of
-prenorm at the same shape and print the ops whose self time differs most.
+"""Where does a variant's extra time go? Profile one train step (or prefill, or one decode token)
+of a variant and of prenorm at the same shape and print the ops whose self time differs most.
 
     python scripts/profile_overhead.py full-attnres --d-model 512 --blocks 16 --heads 8 --batch 8
     python scripts/profile_overhead.py block-attnres --option block_size=4 --view prefill
+    python scripts/profile_overhead.py block-attnres --option block_size=4 --view decode --batch 1
+
+decode: 16 decode tokens after a prompt of --seq tokens in the KV cache (the cache rewound each call).
 
 Self CPU time per op from torch.profiler, median-free (one profiled step after warm-up), so read
 the shares, not the absolute milliseconds; `resbench run overhead` gives the timed ratios.
@@ -17,7 +20,7 @@ import torch
 import yaml
 from tabulate import tabulate
 
-from resbench.model import ModelConfig, build_model
+from resbench.model import KVCache, ModelConfig, build_model
 from resbench.train import TrainConfig, make_optimizer, train_step
 
 
@@ -28,6 +31,18 @@ def step_fn(variant: str, options: dict, cfg: ModelConfig, batch: int, view: str
         def fn():
             with torch.no_grad():
                 model(x)
+        return fn
+    if view == "decode":
+        prompt = cfg.seq_len - 16
+        cache = KVCache(cfg, batch)
+        with torch.no_grad():
+            model.prefill(x[:, :prompt], cache)
+
+        def fn():
+            cache.length = prompt
+            with torch.no_grad():
+                for j in range(16):
+                    model(x[:, j:j + 1], cache=cache, last_only=True)
         return fn
     opt = make_optimizer(model, TrainConfig())
     return lambda: train_step(model, opt, x, x, TrainConfig())
@@ -52,13 +67,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--view", choices=("train", "prefill"), default="train")
+    ap.add_argument("--view", choices=("train", "prefill", "decode"), default="train")
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     options = dict(kv.split("=", 1) for kv in args.option)
     options = {k: yaml.safe_load(v) for k, v in options.items()}
-    cfg = ModelConfig(d_model=args.d_model, n_blocks=args.blocks, n_heads=args.heads, seq_len=args.seq)
+    seq = args.seq + (16 if args.view == "decode" else 0)  # room for the decoded tokens' positions
+    cfg = ModelConfig(d_model=args.d_model, n_blocks=args.blocks, n_heads=args.heads, seq_len=seq)
     base = self_times(step_fn("prenorm", {}, cfg, args.batch, args.view))
     var = self_times(step_fn(args.variant, options, cfg, args.batch, args.view))
     tb, tv = sum(base.values()), sum(var.values())

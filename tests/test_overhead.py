@@ -26,6 +26,8 @@ def records(full_infer_extra_vectors=4.0):
         ("block", "block-attnres", 1.10, 0.99, 3, 1.06 * base_train, 2 * vec),
     ]:
         out.append(rec(label, variant, "throughput", {"train_ratio_vs_prenorm": tr, "prefill_ratio_vs_prenorm": pf,
+                                                      "train_ratio_ci": [tr - 0.01, tr + 0.01],
+                                                      "prefill_ratio_ci": [pf - 0.01, pf + 0.01],
                                                       "train_mfu": 0.5, "prefill_mfu": 0.4}))
         out.append(rec(label, variant, "memory", {"state_vectors": sv, "train": {"peak_bytes": train_peak},
                                                   "inference": {"peak_bytes": base_inf + inf_extra}}))
@@ -43,7 +45,7 @@ def test_metrics_from_records():
 def test_targets_met_and_missed():
     good = {"A": {"full": {"train": 1.25, "infer_state": 1.1}}}
     text, ok = render_overhead(records(), good)
-    assert ok and "1.200 (≤ 1.25 ✓)" in text and "2 met (✓), 0 missed" in text
+    assert ok and "1.200 [1.190–1.210] (≤ 1.25 ✓)" in text and "2 met (✓), 0 missed" in text
     # an O(L^2 d)-style blow-up of inference memory fails the state check
     text, ok = render_overhead(records(full_infer_extra_vectors=20), good)
     assert not ok and "5.000 (≤ 1.1 ✗)" in text
@@ -76,3 +78,24 @@ def test_timed_ratio_interval_decides_met_missed_or_unresolved():
     assert not ok
     text, ok = render_overhead(recs, {"A": {"full": {"train": 1.40}}})
     assert ok and "(≤ 1.4 ✓)" in text and "1 met" in text
+
+
+def test_decode_target_reads_batch_one_at_the_longest_context():
+    def point(ctx, batch, ratio, ci):
+        return {"context": ctx, "batch": batch, "itl_ratio_vs_prenorm": ratio, "itl_ratio_ci": ci}
+
+    recs = [rec("prenorm", "prenorm", "decode", {"points": [point(64, 1, 1.0, [1, 1]), point(256, 1, 1.0, [1, 1])]}),
+            rec("block", "block-attnres", "decode",
+                {"points": [point(64, 1, 1.5, [1.4, 1.6]), point(256, 1, 1.03, [1.01, 1.04]),
+                            point(256, 4, 2.0, [1.9, 2.1])]})]
+    assert overhead_metrics(recs)["A"]["block"]["decode"] == 1.03
+    text, ok = render_overhead(recs, {"A": {"block": {"decode": 1.05}}})
+    assert ok and "decode ×" in text and "(≤ 1.05 ✓)" in text
+    assert "train ×" not in text and "MFU" not in text  # only what was measured or bounded
+    text, ok = render_overhead(recs, {"A": {"block": {"decode": 1.02}}})
+    assert ok and "1 unresolved" in text  # the interval straddles the bound: this run cannot tell
+    _, ok = render_overhead(recs, {"A": {"block": {"decode": 1.0}}})
+    assert not ok  # the whole interval is above the bound
+    del recs[1]["metrics"]["points"][1]["itl_ratio_ci"]  # too few rounds for an interval
+    text, ok = render_overhead(recs, {"A": {"block": {"decode": 1.05}}})
+    assert ok and "1 unresolved" in text and "0 met" in text

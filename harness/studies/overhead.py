@@ -1,7 +1,7 @@
 """The cost of depth mixing over the baseline, per shape, checked against a suite's `targets`.
 
-Per variant: train and prefill time ratios (median of interleaved per-round ratios), train peak
-memory ratio, MFU, and `infer_state`: the inference bytes a variant holds beyond the baseline
+Per variant: train, prefill and decode time ratios (median of interleaved per-round ratios), train
+peak memory ratio, MFU, and `infer_state`: the inference bytes a variant holds beyond the baseline
 divided by what its declared state predicts, (state_vectors - baseline's) x tokens x d x bytes.
 1.0 means the extra memory is exactly the declared depth state; O(L^2 d) intermediates would
 push it far above. A suite of `kind: overhead` may bound any of these with `targets:`.
@@ -18,8 +18,12 @@ from ..config import check_keys, positive
 from ..results import newest_per_cell, newest_producer_only
 from .base import Study, register
 
-COLUMNS = (("train", "train ×"), ("prefill", "prefill ×"), ("train_memory", "train peak mem ×"),
-           ("infer_state", "infer extra / declared state"))
+
+
+def columns() -> list[tuple[str, str, bool]]:
+    """(metric, header, exact) of every workload's cost columns, in workload order; `targets:`
+    bound them by metric."""
+    return [(k, h, w.cost_exact) for w in workloads.registered() for k, h in w.cost_columns]
 
 
 def overhead_metrics(records: list[dict]) -> dict[str, dict[str, dict]]:
@@ -41,22 +45,20 @@ def overhead_metrics(records: list[dict]) -> dict[str, dict[str, dict]]:
     for shape, per in out.items():
         base = next((m for m in per.values() if m["variant"] == BASELINE), None)
         for m in per.values():
-            m["train_memory"] = m["infer_state"] = None
-            if base is None or "train_peak" not in m or "train_peak" not in base:
-                continue
-            m["train_memory"] = m["train_peak"] / base["train_peak"]
-            extra_vectors = m["state_vectors"] - base["state_vectors"]
-            if extra_vectors > 0:
-                m["infer_state"] = (m["infer_peak"] - base["infer_peak"]) / (extra_vectors * m["vector_bytes"])
+            for w in workloads.registered():
+                m.update(w.relative_cost(m, base) if base is not None else {})
     return out
 
 
-def verdict(value: float | None, ci, bound: float) -> str:
+def verdict(value: float | None, ci, bound: float, exact: bool = False) -> str:
     """met / missed / unresolved. Timed ratios carry a 95% interval: met only if all of it is
-    within the bound, missed only if all of it is beyond; otherwise this run's noise cannot tell.
-    Memory figures are exact counts: the value decides."""
+    within the bound, missed only if all of it is beyond; otherwise this run's noise cannot tell
+    (too few rounds for an interval: it cannot tell either). Memory figures are exact counts:
+    the value decides."""
     if value is None:
         return "missing"
+    if not exact and not ci:
+        return "unresolved"
     lo, hi = ci if ci else (value, value)
     if hi <= bound:
         return "met"
@@ -77,26 +79,31 @@ def render_overhead(records: list[dict], targets: dict | None = None) -> tuple[s
     out = []
     for shape in sorted(set(metrics) | set(targets)):
         per, bounds = metrics.get(shape, {}), targets.get(shape, {})
+        # a column only where something was measured or bounded (a suite without decode: no decode ×)
+        cols = [(k, h, x) for k, h, x in columns() if any(m.get(k) is not None for m in per.values())
+                or any(k in b for b in bounds.values())]
+        mfus = [k for k in ("train_mfu", "prefill_mfu") if any(m.get(k) is not None for m in per.values())]
         rows = []
         for label in list(per) + [x for x in bounds if x not in per]:
             m = per.get(label, {})
             row = [label]
-            for key, _ in COLUMNS:
+            for key, _, exact in cols:
                 value, ci, bound = m.get(key), m.get(f"{key}_ci"), bounds.get(label, {}).get(key)
                 text = "-" if value is None else f"{value:.3f}"
                 if ci and value is not None and m["variant"] != BASELINE:
                     text += f" [{ci[0]:.3f}–{ci[1]:.3f}]"
                 if bound is not None:
-                    v = verdict(value, ci, bound)
+                    v = verdict(value, ci, bound, exact)
                     counts[v] += 1
                     text += f" (≤ {bound:g} {MARK[v]})"
                 row.append(text)
-            for key in ("train_mfu", "prefill_mfu"):
+            for key in mfus:
                 row.append("-" if m.get(key) is None else f"{m[key]:.1%}")
             rows.append(row)
         out.append(f"### shape {shape}: cost vs {BASELINE}")
         out.append("")
-        out.append(tabulate(rows, headers=["variant", *(h for _, h in COLUMNS), "MFU train", "MFU prefill"],
+        out.append(tabulate(rows, headers=["variant", *(h for _, h, _ in cols),
+                                           *({"train_mfu": "MFU train", "prefill_mfu": "MFU prefill"}[k] for k in mfus)],
                             disable_numparse=True, tablefmt="github"))
         out.append("")
     out.append("Timed ratios: median of per-round ratios [distribution-free 95% interval]; memory: exact "
@@ -122,7 +129,7 @@ class Overhead(Study):
             check_keys(f"targets.{shape}", per_variant, labels)
             out[shape] = {}
             for label, bounds in per_variant.items():
-                check_keys(f"targets.{shape}.{label}", bounds, [k for k, _ in COLUMNS])
+                check_keys(f"targets.{shape}.{label}", bounds, [k for k, _, _ in columns()])
                 out[shape][label] = {m: positive(f"targets.{shape}.{label}.{m}", b, float) for m, b in bounds.items()}
         return {"targets": out}
 

@@ -11,7 +11,8 @@ A workload module defines a `Workload` subclass, decorated with `@register("name
     summary/columns   the report's row fields from a variant's ok records, and the columns showing them
     footnotes/warning lines under a report table; a reason the table's numbers cannot be trusted
     compare_metrics   metric -> (read (value, raw samples or None) from metrics, format)
-    cost              the overhead study's fields (`Cost`) from a variant's ok records
+    cost              the overhead study's fields (`Cost`) from a variant's ok records, and with
+    relative_cost     the baseline's (ratios needing both); cost_columns: the study's columns
     machine_peak      the machine's own speed as a record measured it (compare's drift warning)
 """
 from __future__ import annotations
@@ -35,6 +36,8 @@ class Cost(TypedDict, total=False):
     prefill_ci: list | None
     train_mfu: float | None
     prefill_mfu: float | None
+    decode: float | None         # decode: inter-token latency ratio, batch 1 at the longest context
+    decode_ci: list | None
     train_peak: int              # memory: peak live bytes of a train step
     infer_peak: int              # peak live bytes of a no-grad forward
     state_vectors: int           # the variant's declared depth state, d-vectors per token
@@ -62,6 +65,8 @@ class Workload:
     timed_calls = False  # the worker reports progress per timed call (an inner progress bar)
     columns: tuple[tuple[str, Callable[[dict], str]], ...] = ()
     compare_metrics: dict[str, tuple[Callable[[dict], tuple], str]] = {}
+    cost_columns: tuple[tuple[str, str], ...] = ()  # (Cost key, header) in the overhead table; bounds by key
+    cost_exact = False  # its cost columns are exact counts (a bound is met by the value), not timed ratios
 
     # -- config time ------------------------------------------------------------------------
     def check(self, params, variant_names: list[str]) -> None:
@@ -98,6 +103,10 @@ class Workload:
         return None
 
     def cost(self, records: list[dict]) -> Cost:
+        return {}
+
+    def relative_cost(self, cost: Cost, base: Cost) -> Cost:
+        """Fields of a variant's cost that need the baseline's cost too (both hold every workload's)."""
         return {}
 
     def machine_peak(self, metrics: dict) -> float | None:

@@ -184,6 +184,7 @@ class Decode(Workload):
         ("TTFT ms", lambda r: num(r["ttft_ms"], ".1f")),
     )
     compare_metrics = {"decode_ms": (_itl, "{:.3f}")}
+    cost_columns = (("decode", "decode ×"),)
 
     def check(self, params, variant_names):
         for key in ("contexts", "batches"):
@@ -220,6 +221,10 @@ class Decode(Workload):
         p = headline(metrics[0]) if metrics else None
         return {"decode_ms": p and p["itl_ms"]["median"], "decode_ratio": p and p.get(f"itl_ratio_vs_{BASELINE}"),
                 "ttft_ms": p and p["ttft_ms"]["median"], "decode_points": (metrics[0]["points"] if metrics else [])}
+
+    def cost(self, records):
+        p = headline(records[0]["metrics"]) if records else None
+        return {"decode": p.get(f"itl_ratio_vs_{BASELINE}"), "decode_ci": p.get("itl_ratio_ci")} if p else {}
 
     def footnotes(self, metrics, rows):
         """The whole sweep, one line per (variant, batch, context): the table a reader of

@@ -95,6 +95,8 @@ class Memory(Workload):
         ("peak infer MiB", lambda r: num(r["infer_peak_bytes"] and r["infer_peak_bytes"] / MiB, ".1f")),
         ("state d/tok", lambda r: "-" if r["state_vectors"] is None else r["state_vectors"]),
     )
+    cost_columns = (("train_memory", "train peak mem ×"), ("infer_state", "infer extra / declared state"))
+    cost_exact = True
     compare_metrics = {
         "train_peak_MiB": (lambda m: (_mib(m.get("train")), None), "{:.2f}"),
         "inference_peak_MiB": (lambda m: (_mib(m.get("inference")), None), "{:.2f}"),
@@ -124,3 +126,14 @@ class Memory(Workload):
         return {"train_peak": primary_peak(mm["train"])[0], "infer_peak": primary_peak(mm["inference"])[0],
                 "state_vectors": mm["state_vectors"],
                 "vector_bytes": cell["params"]["batch"] * cell["shape"]["seq_len"] * cell["shape"]["d_model"] * itemsize}
+
+    def relative_cost(self, cost, base):
+        """train_memory: train peak / the baseline's. infer_state: the inference bytes held beyond
+        the baseline / what the declared extra state predicts ((state_vectors - baseline's) x
+        tokens x d x bytes): 1.0 = exactly the declared depth state."""
+        if "train_peak" not in cost or "train_peak" not in base:
+            return {}
+        extra_vectors = cost["state_vectors"] - base["state_vectors"]
+        return {"train_memory": cost["train_peak"] / base["train_peak"],
+                "infer_state": (cost["infer_peak"] - base["infer_peak"]) / (extra_vectors * cost["vector_bytes"])
+                if extra_vectors > 0 else None}

@@ -182,6 +182,7 @@ class Throughput(Workload):
         ("× prenorm", lambda r: num(r["prefill_ratio"], ".3f")),
         ("MFU train", lambda r: num(r["train_mfu"], ".1%")),
     )
+    cost_columns = (("train", "train ×"), ("prefill", "prefill ×"))
     compare_metrics = {
         "train_ms": (lambda m: _timing(m.get("train_ms")), "{:.2f}"),
         "prefill_ms": (lambda m: _timing(m.get("prefill_ms")), "{:.2f}"),
