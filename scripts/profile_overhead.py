@@ -80,9 +80,11 @@ def main(argv=None) -> int:
     tb, tv = sum(base.values()), sum(var.values())
     rows = sorted(((k, base.get(k, 0.0), var.get(k, 0.0)) for k in set(base) | set(var)),
                   key=lambda r: -abs(r[2] - r[1]))[: args.top]
-    print(f"{args.view} step, d {cfg.d_model}, L {cfg.n_layers}, batch {args.batch}, seq {cfg.seq_len}, "
+    what = (f"16 decode tokens after a {args.seq}-token prompt" if args.view == "decode"
+            else f"{args.view} step, seq {cfg.seq_len}")
+    print(f"{what}, d {cfg.d_model}, L {cfg.n_layers}, batch {args.batch}, "
           f"{args.threads} threads: prenorm {tb:.0f} ms, {args.variant} {tv:.0f} ms self CPU "
-          f"({tv / tb:.3f}x; profiled, one step)")
+          f"({tv / tb:.3f}x; profiled, one call)")
     print(tabulate([(k, f"{b:.1f}", f"{v:.1f}", f"{v - b:+.1f}", f"{(v - b) / tb:+.1%}") for k, b, v in rows],
                    headers=["op", "prenorm ms", f"{args.variant} ms", "Δ ms", "Δ / prenorm step"],
                    tablefmt="github", disable_numparse=True))

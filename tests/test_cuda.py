@@ -30,6 +30,20 @@ def test_every_variant_on_cuda_equals_cpu(name):
     torch.testing.assert_close(gpu(x.cuda()).cpu(), cpu(x), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("name", variants.names())
+def test_decode_on_cuda_equals_the_full_forward(name):
+    from resbench.model import KVCache
+
+    x = torch.randint(0, 256, (2, CFG.seq_len), generator=torch.Generator().manual_seed(0)).cuda()
+    model = build_model(CFG, name, seed=1, device="cuda", dtype=torch.float64)
+    with torch.no_grad():
+        full = model(x)
+        cache = KVCache(CFG, 2, dtype=torch.float64, device="cuda")
+        steps = [model.prefill(x[:, :8], cache, last_only=False)]
+        steps += [model(x[:, t:t + 1], cache=cache) for t in range(8, CFG.seq_len)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("precision", list(PRECISIONS))
 def test_train_step_in_every_precision_on_cuda(precision):
     prec = PRECISIONS[precision]

@@ -5,13 +5,12 @@ plain measurement suite: its records and their tables, no study on top."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from pathlib import Path
 from typing import Any
 
 from ..config import Suite, parse_suite, read_yaml, resolve_suite_path, short
 from ..errors import ConfigError
+from ..registry import discover
 from .base import REGISTRY, Study, register
 
 __all__ = ["Study", "register", "get", "names", "registered", "load", "parse"]
@@ -22,9 +21,7 @@ def _discover() -> None:
     global _discovered
     if not _discovered:
         _discovered = True
-        for mod in pkgutil.iter_modules(__path__):
-            if mod.name != "base" and not mod.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{mod.name}")
+        discover(__name__, __path__)
 
 
 def registered() -> list[Study]:

@@ -13,18 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-REGISTRY: dict[str, "Study"] = {}
+from ..registry import Registry
 
-
-def register(name: str):
-    """Class decorator: register one instance of a Study subclass as suite kind `name`."""
-    def deco(cls):
-        if name in REGISTRY:
-            raise ValueError(f"study {name!r} is registered twice")
-        cls.name = name
-        REGISTRY[name] = cls()
-        return cls
-    return deco
+REGISTRY = Registry("study")
+register = REGISTRY.register  # class decorator: one instance of the study, as suite kind `name`
 
 
 class Study:

@@ -76,12 +76,13 @@ def render_overhead(records: list[dict], targets: dict | None = None) -> tuple[s
     targets = targets or {}
     metrics = overhead_metrics(records)
     counts = {k: 0 for k in MARK}
-    out = []
+    out, any_exact = [], False
     for shape in sorted(set(metrics) | set(targets)):
         per, bounds = metrics.get(shape, {}), targets.get(shape, {})
         # a column only where something was measured or bounded (a suite without decode: no decode ×)
         cols = [(k, h, x) for k, h, x in columns() if any(m.get(k) is not None for m in per.values())
                 or any(k in b for b in bounds.values())]
+        any_exact |= any(x for _, _, x in cols)
         mfus = [k for k in ("train_mfu", "prefill_mfu") if any(m.get(k) is not None for m in per.values())]
         rows = []
         for label in list(per) + [x for x in bounds if x not in per]:
@@ -106,8 +107,8 @@ def render_overhead(records: list[dict], targets: dict | None = None) -> tuple[s
                                            *({"train_mfu": "MFU train", "prefill_mfu": "MFU prefill"}[k] for k in mfus)],
                             disable_numparse=True, tablefmt="github"))
         out.append("")
-    out.append("Timed ratios: median of per-round ratios [distribution-free 95% interval]; memory: exact "
-               "live-tensor peaks.")
+    out.append("Timed ratios: median of per-round ratios [distribution-free 95% interval]"
+               + ("; memory: exact live-tensor peaks." if any_exact else "."))
     if targets:
         out.append(f"targets: {counts['met']} met (✓), {counts['missed'] + counts['missing']} missed (✗), "
                    f"{counts['unresolved']} unresolved (?: the interval straddles the bound)")

@@ -3,9 +3,7 @@ subclass registered with `@register("name")` (see base.py for what it declares) 
 by import, like the variants. Adding a workload is adding one module here."""
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from ..registry import discover
 from .base import REGISTRY, Workload, register
 
 __all__ = ["Workload", "register", "get", "names", "registered"]
@@ -16,9 +14,7 @@ def _discover() -> None:
     global _discovered
     if not _discovered:
         _discovered = True
-        for mod in pkgutil.iter_modules(__path__):
-            if mod.name not in ("base", "common") and not mod.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{mod.name}")
+        discover(__name__, __path__, skip=("base", "common"))
 
 
 def registered() -> list[Workload]:

@@ -22,9 +22,11 @@ from typing import Any, Callable, TypedDict
 
 from ..cells import Cell
 from ..errors import classify
+from ..registry import Registry
 
 Outcome = tuple[str, "str | None", dict]  # (status, message, metrics)
-REGISTRY: dict[str, "Workload"] = {}
+REGISTRY = Registry("workload")
+register = REGISTRY.register  # class decorator: one instance of the workload under `name`
 
 
 class Cost(TypedDict, total=False):
@@ -42,17 +44,6 @@ class Cost(TypedDict, total=False):
     infer_peak: int              # peak live bytes of a no-grad forward
     state_vectors: int           # the variant's declared depth state, d-vectors per token
     vector_bytes: int            # bytes of one d-vector for every token of the batch
-
-
-def register(name: str):
-    """Class decorator: one instance of the workload is registered under `name`."""
-    def deco(cls):
-        if name in REGISTRY and type(REGISTRY[name]) is not cls:
-            raise ValueError(f"workload {name!r} is already registered by {type(REGISTRY[name]).__qualname__}")
-        cls.name = name
-        REGISTRY[name] = cls()
-        return cls
-    return deco
 
 
 class Workload:

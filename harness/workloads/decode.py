@@ -19,7 +19,7 @@ import torch
 from .. import variants
 from ..cells import BASELINE, Cell
 from ..errors import ConfigError, classify
-from ..measure import LiveBytesTracker, summarize, synchronize, time_once
+from ..measure import LiveBytesTracker, cuda_memory_snapshot, reset_cuda_peak, summarize, synchronize, time_once
 from ..model import KVCache, ModelConfig
 from ..precision import get as get_precision
 from ..stats import median_ci
@@ -118,9 +118,11 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
             # one more decode step at this context, under the tracker: what the step itself allocates
             cache = caches[key]
             cache.length = context
+            reset_cuda_peak(device)
             with torch.no_grad(), prec.context(device), LiveBytesTracker() as tracker:
                 models[key](cont[:, :1], cache=cache, last_only=True)
                 synchronize(device)
+            cuda = cuda_memory_snapshot(device)  # on a GPU: the allocator's peak, weights and caches included
             state_vectors = info[key]["state_vectors"]
             info[key]["points"].append({
                 "context": context, "batch": batch, "new_tokens": wl["new_tokens"], "chunk": wl["chunk"],
@@ -128,7 +130,7 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
                 "tokens_per_s": batch / (float(np.median(itl[key]))),
                 "kv_cache_bytes": cache.nbytes(context + wl["new_tokens"]),
                 "depth_state_bytes": state_vectors * batch * cfg.d_model * itemsize,
-                "step_peak_bytes": tracker.peak,
+                "step_peak_bytes": tracker.peak, **cuda,
             })
         del caches
     base_key = next((c.key for c in cells if c.variant == BASELINE and c.key in models and c.key not in failed), None)
