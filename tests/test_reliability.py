@@ -105,6 +105,14 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def cmdline(pid: int) -> str:
+    """'' for a process that is already gone (a short-lived child: git, a probe)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -168,8 +176,7 @@ def test_sigkill_of_a_worker_is_killed_and_retried(faults, tmp_path):
     got = {}
     t = threading.Thread(target=lambda: got.setdefault("recs", run_suite(s, out, progress=False)))
     t.start()
-    worker = wait_for(lambda: [c for c in children(os.getpid()) if b"resbench.worker" in Path(f"/proc/{c}/cmdline")
-                               .read_bytes()])[0]
+    worker = wait_for(lambda: [c for c in children(os.getpid()) if "resbench.worker" in cmdline(c)])[0]
     os.kill(worker, signal.SIGKILL)
     t.join(60)
     (rec,) = got["recs"]
@@ -333,8 +340,20 @@ def _start_run(tmp_path, faults_dir):
     proc = subprocess.Popen([sys.executable, "-m", "resbench", "--variants-module", "rb_faults", "run", str(path),
                              "--out", str(tmp_path / "r.jsonl"), "--quiet"], env=env, stderr=subprocess.PIPE,
                             text=True)
-    worker = wait_for(lambda: [c for c in children(proc.pid) if "worker" in Path(f"/proc/{c}/cmdline").read_text()])[0]
+    # the module name, not "worker": this test's own tmp path contains "workers", and so may a git child's
+    worker = wait_for(lambda: [c for c in children(proc.pid) if "resbench.worker" in cmdline(c)])[0]
     return proc, worker, tmp
+
+
+def _exit_code(proc, timeout=60):
+    """The run's exit code; on a hang, its threads' stacks (SIGUSR1: faulthandler) in the failure."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGUSR1)
+        time.sleep(1)
+        proc.kill()
+        raise AssertionError(f"resbench did not exit within {timeout} s; its stacks:\n{proc.stderr.read()}") from None
 
 
 @pytest.mark.parametrize("sig,code,word", [(signal.SIGKILL, -9, None), (signal.SIGTERM, 143, "terminated"),
@@ -342,7 +361,7 @@ def _start_run(tmp_path, faults_dir):
 def test_workers_die_with_their_parent(faults, tmp_path, sig, code, word):
     proc, worker, tmp = _start_run(tmp_path, faults)
     os.kill(proc.pid, sig)  # the parent only, as `kill` would: not the process group
-    assert proc.wait(30) == code
+    assert _exit_code(proc) == code
     wait_for(lambda: not alive(worker), timeout=10)
     wait_for(lambda: not list(tmp.iterdir()), timeout=10)  # no temporary job folder left behind
     if word:
