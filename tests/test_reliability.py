@@ -339,7 +339,9 @@ def _start_run(tmp_path, faults_dir):
     env = {**os.environ, "PYTHONPATH": str(faults_dir), "TMPDIR": str(tmp)}
     proc = subprocess.Popen([sys.executable, "-m", "resbench", "--variants-module", "rb_faults", "run", str(path),
                              "--out", str(tmp_path / "r.jsonl"), "--quiet"], env=env, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            # a test run started in the background inherits SIGINT ignored; a user's Ctrl-C is not
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # the module name, not "worker": this test's own tmp path contains "workers", and so may a git child's
     worker = wait_for(lambda: [c for c in children(proc.pid) if "resbench.worker" in cmdline(c)])[0]
     return proc, worker, tmp
