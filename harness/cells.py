@@ -40,6 +40,7 @@ class Cell:
     seed: int
     threads: int
     variant_source: str = ""  # module:Class@sha of the registered class (variants.source_of)
+    compile: str = "none"  # eager, or the torch.compile mode (harness/compiling.py)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -48,12 +49,14 @@ class Cell:
     def key(self) -> str:
         d = self.to_dict()
         d.pop("label")  # cosmetic: renaming a label must not redo a measurement
+        if d["compile"] == "none":  # eager cells keep the keys they had before the compile axis
+            d.pop("compile")
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 # Cell fields a record written before them may lack (they are then unknown, not wrong)
-OPTIONAL_CELL_FIELDS = ("threads", "variant_source")
+OPTIONAL_CELL_FIELDS = ("threads", "variant_source", "compile")
 
 
 class Record(TypedDict, total=False):

@@ -19,7 +19,7 @@ from tabulate import tabulate
 
 from . import workloads
 from .errors import UserError
-from .results import IDENTITY, latest_by_key, read_records
+from .results import identity, latest_by_key, read_records
 
 
 
@@ -64,7 +64,7 @@ def _loose(rec: dict) -> str:
     variant's source hash): matches across suites and commits. Precision and device stay in:
     fp32 against bf16, or CPU against GPU, is a different measurement, never a regression."""
     c = rec["cell"]
-    return json.dumps([c.get(k) for k in IDENTITY], sort_keys=True)
+    return identity(c)
 
 
 def pair_cells(base: dict[str, dict], head: dict[str, dict]) -> list[tuple[dict, dict]]:

@@ -17,7 +17,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from . import precision, variants, workloads
+from . import compiling, precision, variants, workloads
 from .cells import BASELINE, Cell, VariantSpec  # noqa: F401 - re-exported: the suite's vocabulary
 from .errors import ConfigError
 from .model import ModelConfig
@@ -35,6 +35,7 @@ class Suite:
     workloads: dict[str, Any]
     device: str = "cpu"
     precisions: tuple[str, ...] = ("fp32",)  # an axis, like seeds
+    compiles: tuple[str, ...] = ("none",)  # an axis too: eager and/or torch.compile modes
     seeds: tuple[int, ...] = (0,)
     threads: int = 0  # 0: leave torch's default
     timeout_s: float = 300.0
@@ -172,7 +173,7 @@ def model_config(where: str, fields_: dict) -> ModelConfig:
 
 # -- the suite ------------------------------------------------------------------------------
 
-SUITE_KEYS = ("name", "variants", "shapes", "workloads", "device", "precision", "seeds", "threads", "timeout_s",
+SUITE_KEYS = ("name", "variants", "shapes", "workloads", "device", "precision", "compile", "seeds", "threads", "timeout_s",
               "memory_cap_gb", "targets")
 
 
@@ -227,6 +228,7 @@ def parse_suite(raw: Any, default_name: str = "suite", extra_keys: tuple[str, ..
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds has duplicates: {short(seeds)}")
     threads = parse_threads(raw)
+    compiles = parse_compile(raw)
     timeout = positive("timeout_s", raw.get("timeout_s", 300.0), float)
     cap = raw.get("memory_cap_gb")
     if cap is not None:
@@ -241,13 +243,30 @@ def parse_suite(raw: Any, default_name: str = "suite", extra_keys: tuple[str, ..
     workloads_ = _parse_workloads(raw["workloads"])
     for kind, params in workloads_.items():
         workloads.get(kind).check(params, [s.name for s in specs])
+        if not workloads.get(kind).compiles and "none" not in compiles:
+            raise ConfigError(f"workloads.{kind} runs eager only (compile: none), and this suite's compile lists "
+                              f"{', '.join(compiles)}; add none to compile or drop {kind}")
     return Suite(name=name, variants=specs, shapes=shapes, workloads=workloads_, device=device, precisions=precs,
-                 seeds=tuple(seeds), threads=threads, timeout_s=timeout, memory_cap_gb=cap,
+                 compiles=compiles, seeds=tuple(seeds), threads=threads, timeout_s=timeout, memory_cap_gb=cap,
                  shape_overrides=shape_overrides)
 
 
 def parse_threads(raw: dict) -> int:
     return positive("threads", raw.get("threads", 0), int, minimum=0)
+
+
+def parse_compile(raw: dict) -> tuple[str, ...]:
+    """`compile:` none (eager, the default), default or max-autotune (torch.compile's modes), or a
+    list of them: an axis like precision, applied to every variant alike."""
+    value = raw.get("compile", "none")
+    listed = value if isinstance(value, list) and value else [value]
+    for mode in listed:
+        if not isinstance(mode, str) or mode not in compiling.MODES:
+            raise ConfigError(f"compile must be one of {', '.join(compiling.MODES)} (or a list of them); "
+                              f"got {short(mode)}")
+    if len(set(listed)) != len(listed):
+        raise ConfigError(f"compile lists {short(listed)} twice")
+    return tuple(listed)
 
 
 def parse_seed(where: str, value) -> int:
@@ -365,7 +384,7 @@ def _parse_workloads(raw) -> dict[str, Any]:
 
 
 def expand_cells(suite: Suite, device: str) -> list[Cell]:
-    """variant × shape × precision × workload × seed, in a stable order (workload-major: cheap
+    """variant × shape × compile mode × precision × workload × seed, in a stable order (workload-major: cheap
     ones first)."""
     cells = []
     sources = {spec.name: variants.source_of(spec.name) for spec in suite.variants}
@@ -375,9 +394,11 @@ def expand_cells(suite: Suite, device: str) -> list[Cell]:
         for shape_name, cfg in suite.shapes:
             params = dataclasses.asdict(suite.workloads[kind])
             params.update((k, v) for k, v in suite.shape_overrides.get(shape_name, {}).items() if k in params)
-            for prec in suite.precisions:
-                for seed in suite.seeds:
-                    for spec in suite.variants:
-                        cells.append(Cell(spec.name, spec.options, spec.label, shape_name, cfg.to_dict(), kind,
-                                          params, device, prec, seed, suite.threads, sources[spec.name]))
+            modes = suite.compiles if workloads.get(kind).compiles else ("none",)
+            for mode in modes:
+                for prec in suite.precisions:
+                    for seed in suite.seeds:
+                        for spec in suite.variants:
+                            cells.append(Cell(spec.name, spec.options, spec.label, shape_name, cfg.to_dict(), kind,
+                                              params, device, prec, seed, suite.threads, sources[spec.name], mode))
     return cells

@@ -75,25 +75,68 @@ class KVCache:
     `max_len` positions ([n_blocks, B, H, max_len, d_head] each). `length` is the positions
     filled; Transformer.forward advances it after each call. This is all incremental decoding
     keeps between tokens: every registered variant mixes depth within a token (see
-    Residual.token_local), so its depth state is rebuilt per token and dies with it."""
+    Residual.token_local), so its depth state is rebuilt per token and dies with it.
+
+    `static`: the form torch.compile wants (as gpt-fast does). The filled length is a tensor the
+    graph reads and advances, new keys go in by index_copy_, and attention runs over all
+    max_len positions with a mask, so every decode step has the same shapes and one compiled
+    graph serves them all. Eager decoding slices the filled positions instead (less work per
+    step). A static cache cannot check overflow inside a compiled graph: size it to the prompt
+    plus the new tokens."""
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int | None = None, dtype=torch.float32,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", static: bool = False):
         self.max_len = max_len or cfg.seq_len
         shape = (cfg.n_blocks, batch, cfg.n_heads, self.max_len, cfg.d_model // cfg.n_heads)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.length = 0
+        self.static = static
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)  # static: the filled length
+        self._length = 0
 
-    def extend(self, block: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this call's keys/values [B, H, T, dh] after the filled positions; return the keys
-        and values of every position so far (views, no copy)."""
-        end = self.length + k.shape[2]
+    @property
+    def length(self) -> int:
+        return int(self.pos) if self.static else self._length
+
+    @length.setter
+    def length(self, n: int) -> None:
+        if self.static:
+            self.pos.fill_(n)
+        else:
+            self._length = n
+
+    def start(self):
+        """Position of the next token: an int, or (static) the length tensor itself."""
+        return self.pos if self.static else self._length
+
+    def advance(self, n: int) -> None:
+        if self.static:
+            self.pos.add_(n)
+        else:
+            self._length += n
+
+    def extend(self, block: int, k: torch.Tensor, v: torch.Tensor):
+        """Store this call's keys/values [B, H, T, dh] after the filled positions. Returns the keys
+        and values to attend over (views, no copy), the boolean mask [T, positions] or None, and
+        whether attention is plainly causal: the new tokens sit at positions past .. past+T-1,
+        each sees the cache and itself."""
+        T = k.shape[2]
+        if self.static:
+            at = self.pos + torch.arange(T, device=k.device)
+            self.k[block].index_copy_(2, at, k)
+            self.v[block].index_copy_(2, at, v)
+            mask = torch.arange(self.max_len, device=k.device) <= at.unsqueeze(1)
+            return self.k[block], self.v[block], mask, False
+        past = self._length
+        end = past + T
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; this call needs {end}")
-        self.k[block, :, :, self.length:end] = k
-        self.v[block, :, :, self.length:end] = v
-        return self.k[block, :, :, :end], self.v[block, :, :, :end]
+        self.k[block, :, :, past:end] = k
+        self.v[block, :, :, past:end] = v
+        mask = None
+        if past and T > 1:
+            mask = torch.ones(T, end, dtype=torch.bool, device=k.device).tril(past)
+        return self.k[block, :, :, :end], self.v[block, :, :, :end], mask, past == 0 and T > 1
 
     def nbytes(self, length: int | None = None) -> int:
         """Bytes of keys and values for `length` positions (default: those filled)."""
@@ -118,12 +161,10 @@ class Attention(nn.Module):
         del u
         q, k, v = qkv.unbind(2)
         del qkv
-        past = 0 if cache is None else cache.length
+        mask, causal = None, T > 1
         if cache is not None:
-            k, v = cache.extend(self.block, k, v)
-        # the new tokens sit at positions past .. past+T-1: each sees the cache and itself
-        mask = None if past == 0 or T == 1 else torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(past)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=past == 0 and T > 1)
+            k, v, mask, causal = cache.extend(self.block, k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         del q, k, v
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
@@ -176,8 +217,9 @@ class Transformer(nn.Module):
                     scale = (2 * self.cfg.n_blocks) ** -0.5 if name.endswith("proj") else 1.0
                     m.weight.normal_(0.0, std * scale, generator=generator)
 
-    def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
-        pos = torch.arange(start, start + idx.shape[1], device=idx.device)
+    def embed(self, idx: torch.Tensor, start=0) -> torch.Tensor:
+        """Token plus position embeddings; `start` is the first position (an int, or a [1] tensor)."""
+        pos = torch.arange(idx.shape[1], device=idx.device) + start
         return self.tok_emb(idx) + self.pos_emb(pos)
 
     def forward(self, idx: torch.Tensor, checkpoint_every: int = 0, cache: KVCache | None = None,
@@ -187,7 +229,7 @@ class Transformer(nn.Module):
         boundaries is kept for backward; each segment is recomputed in backward). With a cache,
         idx continues the cached tokens: prefill (T > 1) or one decode step (T = 1)."""
         # no local keeps the embedding or the final state alive: only what the residual keeps lives
-        start = 0 if cache is None else cache.length
+        start = 0 if cache is None else cache.start()
         if checkpoint_every and cache is not None:
             raise ConfigError("checkpoint_every recomputes a training forward; a KV cache is for decoding, not both")
         if checkpoint_every:
@@ -196,7 +238,7 @@ class Transformer(nn.Module):
             x = self.residual.end(self.run_sublayers(self.residual.begin(self.embed(idx, start)), 0,
                                                      self.cfg.n_layers, cache))
         if cache is not None:
-            cache.length += idx.shape[1]
+            cache.advance(idx.shape[1])
         return self.head(self.norm_f(x[:, -1:] if last_only else x))
 
     def run_sublayers(self, state: Any, start: int, stop: int, cache: KVCache | None = None) -> Any:
@@ -207,11 +249,13 @@ class Transformer(nn.Module):
         return state
 
     @torch.no_grad()
-    def prefill(self, idx: torch.Tensor, cache: KVCache, chunk: int = 0, last_only: bool = True) -> torch.Tensor:
+    def prefill(self, idx: torch.Tensor, cache: KVCache, chunk: int = 0, last_only: bool = True,
+                forward=None) -> torch.Tensor:
         """Run a prompt into the cache, `chunk` tokens per forward (0: all at once); the logits of
-        its last token (or of every token)."""
-        step = chunk or idx.shape[1]
-        out = [self(idx[:, s:s + step], cache=cache, last_only=last_only) for s in range(0, idx.shape[1], step)]
+        its last token (or of every token). `forward`: what runs each chunk (default this module;
+        a torch.compile wrapper of it)."""
+        step, forward = chunk or idx.shape[1], self if forward is None else forward
+        out = [forward(idx[:, s:s + step], cache=cache, last_only=last_only) for s in range(0, idx.shape[1], step)]
         return out[-1] if last_only else torch.cat(out, dim=1)
 
     def _segment(self, spec, start: int, stop: int, *leaves):

@@ -1,4 +1,5 @@
-"""Records → side-by-side tables (tabulate), one per model shape / device / precision / producer."""
+"""Records → side-by-side tables (tabulate), one per model shape / device / precision / compile
+mode / producer."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -18,7 +19,7 @@ def unstable(rs: list[dict]) -> str | None:
 
 
 def tables(records: list[dict]) -> list[dict]:
-    """One table per (shape, device, precision) and per producer (code, machine, torch:
+    """One table per (shape, device, precision, compile mode) and per producer (code, machine, torch:
     provenance.producer): {"heading", "measured_by", "rows": summary rows, "notes", "records"}.
     Records of another producer are never merged into a row; within a table each (variant,
     workload, seed) shows its newest record."""
@@ -26,9 +27,10 @@ def tables(records: list[dict]) -> list[dict]:
     for r in newest_per_cell(records):
         c = r["cell"]
         env = r.get("env") or {}
-        groups[(c["shape_name"], tuple(sorted(c["shape"].items())), c["device"], c["precision"], producer(env))].append(r)
+        groups[(c["shape_name"], tuple(sorted(c["shape"].items())), c["device"], c["precision"],
+                c.get("compile", "none"), producer(env))].append(r)
     out = []
-    for (shape_name, shape, device, precision, _), rs in groups.items():
+    for (shape_name, shape, device, precision, mode, _), rs in groups.items():
         shape = dict(shape)
         envs = [r.get("env") or {} for r in rs]
         env = next((e for e in envs if e), {})
@@ -37,13 +39,14 @@ def tables(records: list[dict]) -> list[dict]:
         rows, notes = summary_rows(rs)
         out.append({
             "heading": f"{shape_name}: d_model={shape['d_model']}, {shape['n_blocks']} blocks (L={2 * shape['n_blocks']}), "
-                       f"{shape['n_heads']} heads, seq {shape['seq_len']} — {device} {precision}, "
+                       f"{shape['n_heads']} heads, seq {shape['seq_len']} — {device} {precision}"
+                       f"{'' if mode == 'none' else f', torch.compile {mode}'}, "
                        f"{env.get('gpu') or env.get('cpu', '?')}, {env.get('threads', '?')} threads, "
                        f"torch {env.get('torch', '?')}",
             "measured_by": f"commit {', '.join(commits) or '?'} · code {env.get('code_hash', '?')} · "
                            f"machine {env.get('machine_id', '?')} ({(env.get('machine') or {}).get('hostname', '?')}) · "
                            f"{len(runs)} run{'s' if len(runs) != 1 else ''} ({', '.join(runs)})",
-            "shape": {"name": shape_name, **shape}, "device": device, "precision": precision,
+            "shape": {"name": shape_name, **shape}, "device": device, "precision": precision, "compile": mode,
             "commits": commits, "runs": runs, "code_hash": env.get("code_hash"), "machine_id": env.get("machine_id"),
             "rows": rows, "notes": notes, "unstable": unstable(rs), "records": rs,
         })

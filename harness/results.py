@@ -20,7 +20,13 @@ STATUSES = ("ok", "oom", "diverged", "timeout", "killed", "error")
 # deterministic outcomes; timeout, killed (a signal from outside) and error are retried on resume
 FINISHED = ("ok", "oom", "diverged")
 # a cell as a reader names it (not its key: settings such as repeats or batch stay out)
-IDENTITY = ("label", "shape_name", "shape", "device", "precision", "workload", "seed")
+IDENTITY = ("label", "shape_name", "shape", "device", "precision", "compile", "workload", "seed")
+DEFAULTS = {"compile": "none"}  # what an identity field means in a record written before it existed
+
+
+def identity(cell: dict) -> str:
+    """The cell as a reader names it (IDENTITY's fields), as one comparable string."""
+    return json.dumps([cell.get(k, DEFAULTS.get(k)) for k in IDENTITY], sort_keys=True)
 LOCAL_DIR = "local"  # results/local/: a user's own runs (git-ignored); results/reference/: committed
 
 
@@ -187,7 +193,7 @@ def newest_per_cell(records: list[dict]) -> list[dict]:
     out: dict[tuple, dict] = {}
     for r in records:
         c = r["cell"]
-        ident = (producer(r.get("env") or {}), json.dumps([c.get(k) for k in IDENTITY], sort_keys=True))
+        ident = (producer(r.get("env") or {}), identity(c))
         out.pop(ident, None)  # re-insert: later lines come later
         out[ident] = r
     return list(out.values())

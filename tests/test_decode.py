@@ -28,14 +28,17 @@ def _model(name, options):
     return model
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 @pytest.mark.parametrize("name,options", CASES, ids=[f"{n}{o or ''}" for n, o in CASES])
-def test_decode_logits_equal_the_full_forward_at_every_position(name, options):
+def test_decode_logits_equal_the_full_forward_at_every_position(name, options, static):
+    """Both cache forms: the dynamic one eager decoding uses, and the static one (length a
+    tensor, masked attention over every position) that compiled decoding uses."""
     model = _model(name, options)
     idx = tokens(TINY, seed=3)
     B, T = idx.shape
     with torch.no_grad():
         full = model(idx)
-        cache = KVCache(TINY, B, dtype=torch.float64)
+        cache = KVCache(TINY, B, dtype=torch.float64, static=static)
         prompt = 5
         got = [model.prefill(idx[:, :prompt], cache, last_only=False)]
         for t in range(prompt, T):

@@ -13,8 +13,11 @@ block sums b_1 .. b_{n-1}, and, from the second sublayer of a block on, the runn
 b_n^{i-1} of the current block. N = L is Full AttnRes.
 
 This module is the equations, run as written with `impl: reference`. The default, `impl: fast`,
-computes the same thing without re-stacking or re-normalising a source per reader
-(variants/_attnres_fast.py); the tests hold the two equal, forward and gradients.
+computes the same thing without re-stacking or re-normalising a source per reader: in eager
+PyTorch with hand-written autograd nodes (variants/_attnres_fast.py); under torch.compile, which
+cannot trace those, in the functional form (variants/_attnres_functional.py, also selectable as
+`impl: functional`), which the compiler fuses. The tests hold all of them equal, forward and
+gradients, eager and compiled.
 """
 from __future__ import annotations
 
@@ -24,10 +27,11 @@ import torch
 from torch import nn
 
 from . import _attnres_fast as fast
+from . import _attnres_functional as functional
 from . import register
 from .base import Residual, VariantError, check_choice, check_positive, inv_rms, mix_dtype, no_autocast
 
-IMPLS = ("fast", "reference")
+IMPLS = ("fast", "functional", "reference")
 
 
 def depth_attention(sources: list[torch.Tensor], query: torch.Tensor, key_gain: torch.Tensor):
@@ -66,26 +70,42 @@ class DepthAttention(Residual):
         self._end = [e for s, e in zip(self.starts, ends) for _ in range(s, e)]
         self._first = (0, *self.starts[1:], L)  # source k (0 = embedding, k = block k-1) is first read here
 
-    # -- the equations (impl: reference); impl: fast runs the same protocol in _attnres_fast --
+    # -- the equations (impl: reference); the other forms run the same protocol in their modules --
     # state: the completed sources (embedding, then block sums) and the current block's partial sum
     two_phase = False
 
+    def _form(self):
+        """The module running the protocol, or None for the equations below. `fast` under
+        torch.compile is the functional form: the compiler cannot trace the fast form's shared
+        backward store, and does itself what the hand-written nodes do for eager."""
+        if self.impl == "reference":
+            return None
+        if self.impl == "functional" or torch.compiler.is_compiling():
+            if self.two_phase:
+                raise VariantError("two_phase is an eager schedule of the fast form; under torch.compile the "
+                                   "compiler schedules the block (drop two_phase)")
+            return functional
+        return fast
+
     def begin(self, e):
-        if self.impl == "fast":
-            return fast.begin(self, e)
+        form = self._form()
+        if form is not None:
+            return form.begin(self, e)
         return {"sources": [e], "partial": None}
 
     def read(self, state, i):
-        if self.impl == "fast":
-            return fast.read(self, state, i)
+        form = self._form()
+        if form is not None:
+            return form.read(self, state, i)
         sources = state["sources"] + ([state["partial"]] if state["partial"] is not None else [])
         h, alpha = depth_attention(sources, self.query[i], self.key_gain[i])
         self._note_weights(alpha)
         return h
 
     def write(self, state, i, y):
-        if self.impl == "fast":
-            return fast.write(self, state, i, y)
+        form = self._form()
+        if form is not None:
+            return form.write(self, state, i, y)
         state["partial"] = y if state["partial"] is None else state["partial"] + y
         if i + 1 == self._end[i]:  # the block is complete: its sum becomes a source
             state["sources"].append(state["partial"])
@@ -93,8 +113,9 @@ class DepthAttention(Residual):
         return state
 
     def end(self, state):
-        if self.impl == "fast":
-            return fast.end(self, state)
+        form = self._form()
+        if form is not None:
+            return form.end(self, state)
         h, alpha = depth_attention(state["sources"], self.query[self.n_layers], self.key_gain[self.n_layers])
         self._note_weights(alpha)
         return h
@@ -138,7 +159,8 @@ class DepthAttention(Residual):
 
 @register("full-attnres")
 class FullAttnRes(DepthAttention):
-    """Option `impl`: "fast" (default) or "reference" (the equations above, run as written)."""
+    """Option `impl`: "fast" (default), "functional" or "reference" (the equations above, run as
+    written)."""
 
     def __init__(self, d_model: int, n_layers: int, *, impl: str = "fast"):
         super().__init__(d_model, n_layers, impl)
@@ -162,7 +184,7 @@ class BlockAttnRes(DepthAttention):
     S = ceil(L / N) sublayers; an N that this cannot make (L = 10, N = 8 gives 5 blocks) is an
     error, never a silently smaller N.
 
-    `impl`: "fast" (default) or "reference" (the equations, run as written).
+    `impl`: "fast" (default), "functional" or "reference" (the equations, run as written).
 
     `two_phase` (fast form only): at the start of each block, attend over the completed blocks for all of the
     block's sublayers at once, then merge each sublayer's partial-sum term by online softmax.

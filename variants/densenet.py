@@ -6,8 +6,10 @@ alpha_{i,i} = 1 and the rest 0 at init, so step 0 equals PreNorm exactly. Option
 k keeps only j = i (mod k); `period` p applies DWA after every p-th block only.
 
 This module is the equations, run as written with `impl: reference`. The default, `impl: fast`,
-computes the same thing with one autograd node per DWA that saves no temporaries
-(variants/_densenet_fast.py); the tests hold the two equal, forward and gradients.
+computes the same thing in eager PyTorch with one autograd node per DWA that saves no temporaries
+(variants/_densenet_fast.py); under torch.compile, which cannot trace that node's shared store,
+it runs the equations, which the compiler fuses. The tests hold the two equal, forward and
+gradients, eager and compiled.
 """
 from __future__ import annotations
 
@@ -52,8 +54,11 @@ class DenseFormerDWA(Residual):
 
     # -- the equations (impl: reference); impl: fast runs begin/write in _densenet_fast -------
     # state: the running stream x (= Y after a DWA) and the kept block outputs X_j
+    def _fast(self) -> bool:
+        return self.impl == "fast" and not torch.compiler.is_compiling()
+
     def begin(self, e):
-        if self.impl == "fast":
+        if self._fast():
             return fast.begin(self, e)
         return {"x": e, "X": {0: e} if self.keep[0] else {}}
 
@@ -61,7 +66,7 @@ class DenseFormerDWA(Residual):
         return state["x"]
 
     def write(self, state, i, y):
-        if self.impl == "fast":
+        if self._fast():
             return fast.write(self, state, i, y)
         x = state["x"] + y  # PreNorm inside the block
         if i % 2 == 1:  # the MLP closes block k: X_k = x, then Y_k = sum_j alpha_{k,j} X_j

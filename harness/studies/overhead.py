@@ -14,6 +14,7 @@ from tabulate import tabulate
 
 from .. import workloads
 from ..cells import BASELINE
+from ..compiling import MODES
 from ..config import check_keys, positive
 from ..results import newest_per_cell, newest_producer_only
 from .base import Study, register
@@ -26,27 +27,39 @@ def columns() -> list[tuple[str, str, bool]]:
     return [(k, h, w.cost_exact) for w in workloads.registered() for k, h in w.cost_columns]
 
 
+def at(key: str, mode: str) -> str:
+    """A metric's name under a compile mode: `train` eager, `train@default` compiled (default)."""
+    return key if mode == "none" else f"{key}@{mode}"
+
+
 def overhead_metrics(records: list[dict]) -> dict[str, dict[str, dict]]:
-    """{shape name: {variant label: {metric: value}}} from the latest ok records."""
+    """{shape name: {variant label: {metric: value}}} from the latest ok records; a compiled
+    cell's metrics are named `at(metric, mode)`, each ratio taken against the baseline under the
+    same mode."""
     by: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     names: dict[tuple, str] = {}
     for r in newest_per_cell(newest_producer_only(records, "overhead table")):
         if r["status"] != "ok":
             continue
         c = r["cell"]
-        by[(c["shape_name"], c["label"])][c["workload"]].append(r)
-        names[(c["shape_name"], c["label"])] = c["variant"]
-    out: dict[str, dict[str, dict]] = defaultdict(dict)
-    for (shape, label), wl in by.items():
-        m = {"variant": names[(shape, label)]}
+        mode = c.get("compile", "none")
+        by[(c["shape_name"], mode, c["label"])][c["workload"]].append(r)
+        names[(c["shape_name"], mode, c["label"])] = c["variant"]
+    per_mode: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for (shape, mode, label), wl in by.items():
+        m = {"variant": names[(shape, mode, label)]}
         for w in workloads.registered():  # each workload's cost fields (time ratios, peak bytes, ...)
             m.update(w.cost(wl.get(w.name, [])))
-        out[shape][label] = m
-    for shape, per in out.items():
+        per_mode[(shape, mode)][label] = m
+    out: dict[str, dict[str, dict]] = defaultdict(dict)
+    for (shape, mode), per in sorted(per_mode.items(), key=lambda kv: (kv[0][0], MODES.index(kv[0][1]))):
         base = next((m for m in per.values() if m["variant"] == BASELINE), None)
-        for m in per.values():
+        for label, m in per.items():
             for w in workloads.registered():
                 m.update(w.relative_cost(m, base) if base is not None else {})
+            row = out[shape].setdefault(label, {"variant": m["variant"], "modes": []})
+            row["modes"].append(mode)
+            row.update((at(k, mode), v) for k, v in m.items() if k != "variant")
     return out
 
 
@@ -68,6 +81,7 @@ def verdict(value: float | None, ci, bound: float, exact: bool = False) -> str:
 
 
 MARK = {"met": "✓", "missed": "✗", "unresolved": "?", "missing": "✗ (not measured)"}
+MODE_HEADER = {"none": "", "default": "compiled", "max-autotune": "max-autotune"}
 
 
 def render_overhead(records: list[dict], targets: dict | None = None) -> tuple[str, bool]:
@@ -79,17 +93,22 @@ def render_overhead(records: list[dict], targets: dict | None = None) -> tuple[s
     out, any_exact = [], False
     for shape in sorted(set(metrics) | set(targets)):
         per, bounds = metrics.get(shape, {}), targets.get(shape, {})
-        # a column only where something was measured or bounded (a suite without decode: no decode ×)
-        cols = [(k, h, x) for k, h, x in columns() if any(m.get(k) is not None for m in per.values())
-                or any(k in b for b in bounds.values())]
+        # a column only where something was measured or bounded (a suite without decode: no decode ×),
+        # eager first, then each compile mode: (metric name under the mode, header, exact)
+        cols = [(at(k, mode), h if mode == "none" else f"{h} {MODE_HEADER[mode]}", x)
+                for mode in MODES for k, h, x in columns()
+                if any(m.get(at(k, mode)) is not None for m in per.values()) or any(at(k, mode) in b for b in bounds.values())]
         any_exact |= any(x for _, _, x in cols)
-        mfus = [k for k in ("train_mfu", "prefill_mfu") if any(m.get(k) is not None for m in per.values())]
+        mfus = [at(k, mode) for mode in MODES for k in ("train_mfu", "prefill_mfu")
+                if any(m.get(at(k, mode)) is not None for m in per.values())]
         rows = []
         for label in list(per) + [x for x in bounds if x not in per]:
             m = per.get(label, {})
             row = [label]
             for key, _, exact in cols:
-                value, ci, bound = m.get(key), m.get(f"{key}_ci"), bounds.get(label, {}).get(key)
+                name, _, mode = key.partition("@")
+                ci_key = at(f"{name}_ci", mode or "none")
+                value, ci, bound = m.get(key), m.get(ci_key), bounds.get(label, {}).get(key)
                 text = "-" if value is None else f"{value:.3f}"
                 if ci and value is not None and m["variant"] != BASELINE:
                     text += f" [{ci[0]:.3f}–{ci[1]:.3f}]"
@@ -103,8 +122,10 @@ def render_overhead(records: list[dict], targets: dict | None = None) -> tuple[s
             rows.append(row)
         out.append(f"### shape {shape}: cost vs {BASELINE}")
         out.append("")
+        mfu_header = {"train_mfu": "MFU train", "prefill_mfu": "MFU prefill"}
         out.append(tabulate(rows, headers=["variant", *(h for _, h, _ in cols),
-                                           *({"train_mfu": "MFU train", "prefill_mfu": "MFU prefill"}[k] for k in mfus)],
+                                           *(mfu_header[k.partition("@")[0]] + (f" {MODE_HEADER[k.partition('@')[2]]}"
+                                             if "@" in k else "") for k in mfus)],
                             disable_numparse=True, tablefmt="github"))
         out.append("")
     out.append("Timed ratios: median of per-round ratios [distribution-free 95% interval]"
@@ -122,7 +143,9 @@ class Overhead(Study):
 
     def parse_keys(self, raw: dict, shapes: list[str], labels: list[str]) -> dict:
         """targets: {shape: {variant label: {metric: bound}}}; a bound is the largest acceptable
-        ratio to the baseline (infer_state: measured extra inference bytes / declared state bytes)."""
+        ratio to the baseline (infer_state: measured extra inference bytes / declared state bytes).
+        `metric@mode` bounds a compiled figure (train@default: the train ratio under torch.compile's
+        default mode, vs the baseline compiled alike); memory figures are eager only."""
         targets = raw.get("targets") or {}
         check_keys("targets", targets, shapes)
         out: dict = {}
@@ -130,7 +153,8 @@ class Overhead(Study):
             check_keys(f"targets.{shape}", per_variant, labels)
             out[shape] = {}
             for label, bounds in per_variant.items():
-                check_keys(f"targets.{shape}.{label}", bounds, [k for k, _, _ in columns()])
+                check_keys(f"targets.{shape}.{label}", bounds, [at(k, mode) for mode in MODES for k, _, exact in columns()
+                                                                 if mode == "none" or not exact])
                 out[shape][label] = {m: positive(f"targets.{shape}.{label}.{m}", b, float) for m, b in bounds.items()}
         return {"targets": out}
 

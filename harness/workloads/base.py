@@ -5,6 +5,7 @@ A workload module defines a `Workload` subclass, decorated with `@register("name
 
     Params            a frozen dataclass: the YAML keys of `workloads.<name>`, typed, with defaults
     positive/choices  fields that must be > 0 (other numbers must be >= 0), fields with a fixed set
+    compiles          whether it honours the suite's compile axis (cell.compile; harness/compiling.py)
     check/preflight   checks against the rest of the suite (config time) and its data (before any cell)
     jobs              how its cells group into worker processes (default: one cell per process)
     run / run_cell    what the worker process does: {cell key: (status, message, metrics)}
@@ -53,6 +54,7 @@ class Workload:
     positive: tuple[str, ...] = ()
     choices: dict[str, tuple] = {}
     deterministic = False  # the worker asks torch for deterministic algorithms (bit-for-bit curves)
+    compiles = False  # it runs cells under torch.compile (a suite's compile axis); else eager cells only
     timed_calls = False  # the worker reports progress per timed call (an inner progress bar)
     columns: tuple[tuple[str, Callable[[dict], str]], ...] = ()
     compare_metrics: dict[str, tuple[Callable[[dict], tuple], str]] = {}

@@ -6,6 +6,10 @@ round-robin per round as throughput does, so the ratios to the baseline see the 
 Memory per point: the KV cache (2 x blocks x batch x positions x d), the depth state a variant
 holds *within* a token (declared: state_vectors x batch x d; nothing is kept between tokens, see
 Residual.token_local) and the measured peak of one decode step at that context, held against it.
+
+Compiled cells (a suite's `compile:`) decode through torch.compile with a static KV cache (one
+graph per point for the prompt, one for every decode step); each point compiles before its
+rounds, the seconds recorded per point, and a compile during a timed round fails the variant.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import torch
 
 from .. import variants
 from ..cells import BASELINE, Cell
+from ..compiling import CompileError, Watch, compile_model, warm, why
 from ..errors import ConfigError, classify
 from ..measure import LiveBytesTracker, cuda_memory_snapshot, reset_cuda_peak, summarize, synchronize, time_once
 from ..model import KVCache, ModelConfig
@@ -61,18 +66,24 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
     device, wl = first.device, first.params
     prec = get_precision(first.precision)
     out: dict[str, tuple[str, str | None, dict]] = {}
-    models, info = {}, {}
+    models, runs, info = {}, {}, {}
+    mode = first.compile  # one mode per group (jobs)
     for cell in cells:
         try:
             cfg, model = model_of(cell)
-            info[cell.key] = {**static_info(cell, cfg, model), "points": []}
+            info[cell.key] = {**static_info(cell, cfg, model), "points": [],
+                              "kv_cache": "dynamic" if mode == "none" else "static"}
+            if mode != "none":
+                info[cell.key]["compile"] = {"mode": mode, "points": []}
             models[cell.key] = model.eval()
+            runs[cell.key] = compile_model(model, mode)
         except Exception as exc:  # noqa: BLE001 - one bad variant must not stop the group
             out[cell.key] = classify(exc)
     cfg = ModelConfig(**first.shape)
     g = torch.Generator().manual_seed(first.seed)
     points = [(c, b) for b in wl["batches"] for c in wl["contexts"]]
-    calls = len(points) * (wl["warmup"] + wl["repeats"]) * len(models) * (1 + wl["new_tokens"])
+    rounds = wl["warmup"] + wl["repeats"] + (0 if mode == "none" else 2)  # compiled: ~2 warm-up calls per point
+    calls = len(points) * rounds * len(models) * (1 + wl["new_tokens"])
     done, failed = 0, {}
     itemsize = torch.tensor([], dtype=prec.param_dtype).element_size()
 
@@ -85,37 +96,50 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
     for context, batch in points:
         prompt = torch.randint(0, cfg.vocab_size, (batch, context), generator=g).to(device)
         cont = torch.randint(0, cfg.vocab_size, (batch, wl["new_tokens"]), generator=g).to(device)
-        caches = {k: KVCache(cfg, batch, context + wl["new_tokens"], prec.param_dtype, device) for k in models}
+        # compiled: a static cache, so every decode step of this point has the same shapes
+        caches = {k: KVCache(cfg, batch, context + wl["new_tokens"], prec.param_dtype, device, static=mode != "none")
+                  for k in models}
         ttft, itl = defaultdict(list), defaultdict(list)
 
         def generate(key: str, timed: bool) -> None:
-            model, cache = models[key], caches[key]
+            model, run, cache = models[key], runs[key], caches[key]
             cache.length = 0
             with torch.no_grad(), prec.context(device):
-                t = time_once(lambda: model.prefill(prompt, cache, wl["chunk"]), device)
+                t = time_once(lambda: model.prefill(prompt, cache, wl["chunk"], forward=run), device)
                 if timed:
                     ttft[key].append(t)
                 tick()
                 for j in range(wl["new_tokens"]):
-                    t = time_once(lambda: model(cont[:, j:j + 1], cache=cache, last_only=True), device)
+                    t = time_once(lambda: run(cont[:, j:j + 1], cache=cache, last_only=True), device)
                     if timed:
                         itl[key].append(t)
                     tick()
 
         live = [k for k in models if k not in failed]
+        if mode != "none":  # compile this point's graphs (prefill, one decode step) before any round
+            for key in live:
+                try:
+                    cost = warm(lambda key=key: generate(key, timed=False), at_least=1)
+                    info[key]["compile"]["points"].append({"context": context, "batch": batch, **cost})
+                except Exception as exc:  # noqa: BLE001 - the variant leaves; the others finish
+                    failed[key] = CompileError(f"torch.compile ({mode}, fullgraph) cannot decode: {why(exc)}")
         for r in range(wl["warmup"] + wl["repeats"]):
             k0 = r % max(len(live), 1)
             for key in live[k0:] + live[:k0]:
                 if key in failed:
                     continue
                 try:
-                    generate(key, timed=r >= wl["warmup"])
+                    with Watch() as w:
+                        generate(key, timed=r >= wl["warmup"])
+                    if w.graphs:
+                        raise CompileError(f"torch.compile recompiled during timed decoding ({w.graphs} graph(s))")
                 except Exception as exc:  # noqa: BLE001 - the variant leaves; the others finish
                     failed[key] = exc
         for key in live:
             if key in failed:
                 continue
             # one more decode step at this context, under the tracker: what the step itself allocates
+            # (eager: the tracker sees tensors at dispatch, which a compiled graph hides)
             cache = caches[key]
             cache.length = context
             reset_cuda_peak(device)
@@ -185,6 +209,7 @@ class Decode(Workload):
         ("× prenorm", lambda r: num(r["decode_ratio"], ".3f")),
         ("TTFT ms", lambda r: num(r["ttft_ms"], ".1f")),
     )
+    compiles = True
     compare_metrics = {"decode_ms": (_itl, "{:.3f}")}
     cost_columns = (("decode", "decode ×"),)
 
@@ -213,7 +238,7 @@ class Decode(Workload):
         baseline interleaved beside it."""
         groups: dict[tuple, list[Cell]] = defaultdict(list)
         for cell in cells:
-            groups[(cell.shape_name, cell.precision, cell.seed)].append(cell)
+            groups[(cell.shape_name, cell.compile, cell.precision, cell.seed)].append(cell)
         return [g for g in groups.values() if any(c.key in todo for c in g)]
 
     def run(self, cells, progress=None):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..cells import BASELINE, Cell
+from ..compiling import compile_model, steady
 from ..errors import ConfigError, classify
 from ..measure import count_flops, device_peak_flops, gemm_probe, matmul_probe, mfu, summarize, time_interleaved
 from ..model import ModelConfig
@@ -83,12 +84,17 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
                 with torch.no_grad(), prec.context(device):
                     return model(x)
 
-            # counting runs each once: this is also the first warm-up call and catches OOM early
+            # counting runs each once, eager (the same math compiled or not; a compiled graph's
+            # fused kernels are invisible to the counter): also a warm-up that catches OOM early
             flops_train = count_flops(train_fn)
             flops_prefill = count_flops(prefill_fn)
+            run = compile_model(model, cell.compile)
+            fns, compiled = steady({"train": lambda run=run, f=train_fn: f(run),
+                                    "prefill": lambda run=run, f=prefill_fn: f(run)}, cell.compile)
             info[cell.key] = {**static_info(cell, cfg, model), "train_flops": flops_train,
-                              "prefill_flops": flops_prefill, "peak_flops_source": peak_source}
-            train_fns[cell.key], prefill_fns[cell.key] = train_fn, prefill_fn
+                              "prefill_flops": flops_prefill, "peak_flops_source": peak_source,
+                              **({"compile": compiled} if compiled else {})}
+            train_fns[cell.key], prefill_fns[cell.key] = fns["train"], fns["prefill"]
         except Exception as exc:  # noqa: BLE001 - one bad variant must not stop the group
             out[cell.key] = classify(exc)
     if train_fns:
@@ -183,6 +189,7 @@ class Throughput(Workload):
         ("MFU train", lambda r: num(r["train_mfu"], ".1%")),
     )
     cost_columns = (("train", "train ×"), ("prefill", "prefill ×"))
+    compiles = True
     compare_metrics = {
         "train_ms": (lambda m: _timing(m.get("train_ms")), "{:.2f}"),
         "prefill_ms": (lambda m: _timing(m.get("prefill_ms")), "{:.2f}"),
@@ -199,7 +206,7 @@ class Throughput(Workload):
         variant) pairs."""
         groups: dict[tuple, list[Cell]] = defaultdict(list)
         for cell in cells:
-            groups[(cell.shape_name, cell.precision, cell.seed)].append(cell)
+            groups[(cell.shape_name, cell.compile, cell.precision, cell.seed)].append(cell)
         jobs = []
         for group in groups.values():
             if group[0].params.get("group", "shape") == "pair":
@@ -219,6 +226,7 @@ class Throughput(Workload):
             "prefill_ms": metrics[0]["prefill_ms"] if metrics else None,
             "prefill_ratio": median_present(m.get(f"prefill_ratio_vs_{BASELINE}") for m in metrics),
             "train_mfu": median_present(m["train_mfu"] for m in metrics),
+            "compile": metrics[0].get("compile") if metrics else None,
         }
 
     def footnotes(self, metrics, rows):
@@ -226,8 +234,15 @@ class Throughput(Workload):
             return []
         lo, hi = min(m["peak_flops"] for m in metrics) / 1e9, max(m["peak_flops"] for m in metrics) / 1e9
         against = f"{lo:,.1f} GFLOP/s" if hi - lo < 0.05 else f"{lo:,.1f}–{hi:,.1f} GFLOP/s (per timing process)"
-        return [f"MFU against {against} ({metrics[0]['peak_flops_source']}); "
-                f"× {BASELINE} = median of per-round ratios, repeats interleaved in one process."]
+        notes = [f"MFU against {against} ({metrics[0]['peak_flops_source']}); "
+                 f"× {BASELINE} = median of per-round ratios, repeats interleaved in one process."]
+        compiled = [(r["variant"], r["compile"]) for r in rows if r.get("compile")]
+        if compiled:
+            notes.append(f"torch.compile ({compiled[0][1]['mode']}, fullgraph; AdamW and the loss stay eager), "
+                         "seconds of the warm-up calls that compiled, train + prefill, excluded from the times: "
+                         + ", ".join(f"{v} {c['train']['compile_s']:.0f} + {c['prefill']['compile_s']:.0f}"
+                                     for v, c in compiled) + ".")
+        return notes
 
     def warning(self, records):
         """Why these timings cannot be trusted, or None (see UNSTABLE_PROBE_SPREAD)."""
