@@ -36,6 +36,7 @@ def written(path: str, by: str, fenced: bool = True):
 
 
 OVERHEAD = command("report", f"{REF}/overhead.jsonl", "--suite", "overhead")
+COMPILED = command("report", f"{REF}/overhead-compiled.jsonl", "--suite", "overhead-compiled")
 INFERENCE_TARGETS = command("report", f"{REF}/inference.jsonl", "--suite", "inference")
 INFERENCE = command("report", f"{REF}/inference.jsonl")
 PROJECTION = written(f"{REF}/scaling/projection.md", "resbench project", fenced=False)
@@ -43,6 +44,7 @@ BLOCKS = {
     "README.md": {
         "quick-table": command("report", f"{REF}/quick.jsonl"),
         "overhead-readme": OVERHEAD,
+        "compiled-readme": COMPILED,
         "list-table": command("list", "--d-model", "1024", "--blocks", "16"),
         "inference-readme": INFERENCE_TARGETS,
     },
@@ -56,6 +58,10 @@ BLOCKS = {
     },
     "docs/OVERHEAD.md": {
         "overhead-table": OVERHEAD,
+        "compiled-table": COMPILED,
+        "profile-compiled-block-A": written(f"{REF}/overhead/profile-compiled-block-A.md",
+                                            "python scripts/profile_overhead.py block-attnres --option block_size=4 "
+                                            "--compile default --rounds 4 --top 12"),
         "profile-full-A": written(f"{REF}/overhead/profile-full-A.md",
                                   "python scripts/profile_overhead.py full-attnres --top 12"),
         "profile-block-B": written(f"{REF}/overhead/profile-block-B.md",

@@ -227,19 +227,21 @@ def test_overhead_study_shows_eager_and_compiled_side_by_side():
     """Planted records: ratios per mode, each vs the baseline under the same mode."""
     from resbench.studies.overhead import render_overhead
 
-    def rec(variant, mode, train, ci=None):
+    def rec(variant, mode, train, ci=None, ms=None):
         cell = {"variant": variant, "label": variant, "shape_name": "s", "shape": {}, "workload": "throughput",
                 "device": "cpu", "precision": "fp32", "seed": 0, "compile": mode}
         return {"key": variant + mode, "cell": cell, "status": "ok", "env": {},
-                "metrics": {"train_ratio_vs_prenorm": train, "train_ratio_ci": ci}}
-    records = [rec("prenorm", "none", 1.0), rec("block-attnres", "none", 1.30, [1.2, 1.4]),
-               rec("prenorm", "default", 1.0), rec("block-attnres", "default", 1.03, [1.01, 1.035])]
+                "metrics": {"train_ratio_vs_prenorm": train, "train_ratio_ci": ci, "train_ms": {"median": ms}}}
+    records = [rec("prenorm", "none", 1.0, ms=5000.0), rec("block-attnres", "none", 1.30, [1.2, 1.4]),
+               rec("prenorm", "default", 1.0, ms=4500.0), rec("block-attnres", "default", 1.03, [1.01, 1.035])]
     text, ok = render_overhead(records, {"s": {"block-attnres": {"train": 1.08, "train@default": 1.04}}})
     header = next(x for x in text.splitlines() if x.startswith("| variant"))
     assert "train ×" in header and "train × compiled" in header
     row = next(x for x in text.splitlines() if x.startswith("| block-attnres"))
     assert "1.300 [1.200–1.400] (≤ 1.08 ✗)" in row and "1.030 [1.010–1.035] (≤ 1.04 ✓)" in row
     assert not ok and "1 met (✓), 1 missed" in text
+    # the baseline's own compiled vs eager step, as a plain (not interleaved) ratio of medians
+    assert "prenorm under torch.compile default vs eager" in text and "train 4,500.0 vs 5,000.0 ms (0.90×)" in text
 
 
 def test_compiled_cells_run_and_record_their_compile_cost():

@@ -128,12 +128,30 @@ def render_overhead(records: list[dict], targets: dict | None = None) -> tuple[s
                                              if "@" in k else "") for k in mfus)],
                             disable_numparse=True, tablefmt="github"))
         out.append("")
+    out.extend(_compiled_baseline(metrics))
     out.append("Timed ratios: median of per-round ratios [distribution-free 95% interval]"
                + ("; memory: exact live-tensor peaks." if any_exact else "."))
     if targets:
         out.append(f"targets: {counts['met']} met (✓), {counts['missed'] + counts['missing']} missed (✗), "
                    f"{counts['unresolved']} unresolved (?: the interval straddles the bound)")
     return "\n".join(out).rstrip() + "\n", counts["missed"] + counts["missing"] == 0
+
+
+def _compiled_baseline(metrics: dict) -> list[str]:
+    """Per shape and compile mode: the baseline's own compiled vs eager median step. Its two
+    sides ran in separate processes, one after the other, so it is a plain ratio of medians
+    without an interval, not an interleaved one."""
+    lines = []
+    for shape, per in sorted(metrics.items()):
+        base = next((m for m in per.values() if m["variant"] == BASELINE), {})
+        for mode in base.get("modes", []):
+            parts = [f"{k} {base[at(k + '_ms', mode)]:,.1f} vs {base[k + '_ms']:,.1f} ms "
+                     f"({base[at(k + '_ms', mode)] / base[k + '_ms']:.2f}×)"
+                     for k in ("train", "prefill") if mode != "none" and base.get(at(k + "_ms", mode)) and base.get(k + "_ms")]
+            if parts:
+                lines.append(f"shape {shape}: {BASELINE} under torch.compile {mode} vs eager, median step "
+                             f"(separate processes, not interleaved): " + ", ".join(parts) + ".")
+    return lines + ([""] if lines else [])
 
 
 @register("overhead")

@@ -270,4 +270,7 @@ class Throughput(Workload):
                 "train_ci": next((t.get("train_ratio_ci") for t in tp), None),
                 "prefill_ci": next((t.get("prefill_ratio_ci") for t in tp), None),
                 "train_mfu": median_present(t.get("train_mfu") for t in tp),
-                "prefill_mfu": median_present(t.get("prefill_mfu") for t in tp)}
+                "prefill_mfu": median_present(t.get("prefill_mfu") for t in tp),
+                # absolute medians: the baseline's eager vs compiled step (a footnote, not a column)
+                "train_ms": median_present((t.get("train_ms") or {}).get("median") for t in tp),
+                "prefill_ms": median_present((t.get("prefill_ms") or {}).get("median") for t in tp)}
