@@ -29,6 +29,10 @@ CASES = [(n, {}) for n in variants.names()] + [
     ("highway", {"gate": "scalar"}),
 ]
 IDS = [f"{n}{o or ''}" for n, o in CASES]
+# the compile-and-repeat test is ~8 s a case: every registered variant in the default run, the
+# other forms and options (each already traced without breaks above) with -m slow
+RECOMPILE_CASES = [pytest.param(n, o, id=i, marks=[pytest.mark.slow] if o else [])
+                   for (n, o), i in zip(CASES, IDS)]
 
 
 def _model(name, options, cfg=TINY, dtype=torch.float32):
@@ -52,7 +56,7 @@ def test_every_variant_traces_to_one_graph_without_breaks(name, options):
     assert explained.graph_count == 1
 
 
-@pytest.mark.parametrize("name,options", CASES, ids=IDS)
+@pytest.mark.parametrize("name,options", RECOMPILE_CASES)
 def test_every_variant_compiles_once_per_mode_and_never_recompiles(name, options):
     """fullgraph: a break would raise. Train (grad) and prefill (no grad) are one graph each, a
     static-cache decode point two (the prompt, then every step); a second pass compiles nothing."""
