@@ -96,10 +96,15 @@ def steady(fns: dict[str, Callable[[], object]], mode: str, at_least: int = 1) -
         try:
             cost[name] = warm(fn, at_least)
         except Exception as exc:  # noqa: BLE001 - re-raised as what it means for the cell
-            raise CompileError(f"torch.compile ({mode}, fullgraph) cannot run {name}: {why(exc)}") from exc
+            raise cannot_run(mode, name, exc) from exc
     after = cache_hits()
     info = {"mode": mode, **cost, "fxgraph_cache": {k: after[k] - before[k] for k in after}}
-    return {name: _guarded(name, fn) for name, fn in fns.items()}, info
+    return {name: guarded(name, fn) for name, fn in fns.items()}, info
+
+
+def cannot_run(mode: str, name: str, exc: BaseException) -> CompileError:
+    """The cell's error when torch.compile fails on `name` (a trace, a graph break, a refusal)."""
+    return CompileError(f"torch.compile ({mode}, fullgraph) cannot run {name}: {why(exc)}")
 
 
 def why(exc: BaseException) -> str:
@@ -111,10 +116,11 @@ def why(exc: BaseException) -> str:
     return (head + (f" ({context})" if context else ""))[:500]
 
 
-def _guarded(name: str, fn: Callable[[], object]) -> Callable[[], object]:
-    def call():
+def guarded(name: str, fn: Callable[..., object]) -> Callable[..., object]:
+    """fn, raising CompileError if a call compiles anything: for calls that are timed."""
+    def call(*args, **kwargs):
         with Watch() as w:
-            out = fn()
+            out = fn(*args, **kwargs)
         if w.graphs:
             raise CompileError(f"torch.compile recompiled {name} during a timed call ({w.graphs} graph(s)): "
                                "its times would include compiling")

@@ -22,7 +22,7 @@ import torch
 
 from .. import variants
 from ..cells import BASELINE, Cell
-from ..compiling import CompileError, Watch, compile_model, warm, why
+from ..compiling import cannot_run, compile_model, guarded, warm
 from ..errors import ConfigError, classify
 from ..measure import LiveBytesTracker, cuda_memory_snapshot, reset_cuda_peak, summarize, synchronize, time_once
 from ..model import KVCache, ModelConfig
@@ -122,17 +122,15 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
                     cost = warm(lambda key=key: generate(key, timed=False), at_least=1)
                     info[key]["compile"]["points"].append({"context": context, "batch": batch, **cost})
                 except Exception as exc:  # noqa: BLE001 - the variant leaves; the others finish
-                    failed[key] = CompileError(f"torch.compile ({mode}, fullgraph) cannot decode: {why(exc)}")
+                    failed[key] = cannot_run(mode, "decode", exc)
+        timed_generate = guarded("decode", generate)  # a compile in a round fails the variant
         for r in range(wl["warmup"] + wl["repeats"]):
             k0 = r % max(len(live), 1)
             for key in live[k0:] + live[:k0]:
                 if key in failed:
                     continue
                 try:
-                    with Watch() as w:
-                        generate(key, timed=r >= wl["warmup"])
-                    if w.graphs:
-                        raise CompileError(f"torch.compile recompiled during timed decoding ({w.graphs} graph(s))")
+                    timed_generate(key, timed=r >= wl["warmup"])
                 except Exception as exc:  # noqa: BLE001 - the variant leaves; the others finish
                     failed[key] = exc
         for key in live:
