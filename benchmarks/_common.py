@@ -1,16 +1,19 @@
-"""What every asv module shares: the variant × depth grid, the tiny shape, the device, and the
+"""What every asv module shares: the variant × depth grid, the shapes, the device, and the
 harness imports.
 
 asv runs this suite against *old* commits too, so nothing here imports the harness at module
 level: `need()` imports it inside setup and turns a missing API into NotImplementedError, which
 asv records as "skipped" (no data for that commit) instead of a failure. Nothing here may be
 named time_*/track_*/peakmem_*: asv would take it for a benchmark.
+
+Every series is computed in a `setup_cache` (one process measures the whole grid, interleaved
+where it is a timing) and read back per grid point by a `track_` method, so a commit's suite is
+a handful of processes, not one per point.
 """
 from __future__ import annotations
 
 import importlib
 import os
-import time
 
 # variant label -> (registered name, options); labels are asv parameter values
 VARIANTS = {
@@ -20,15 +23,22 @@ VARIANTS = {
     "full-attnres": ("full-attnres", {}),
     "block-attnres": ("block-attnres", {"n_blocks": 2}),
 }
+BASELINE = "prenorm"
 DEPTHS = [2, 4]  # transformer blocks (L = 2 x blocks sublayers)
 PARAMS = [list(VARIANTS), DEPTHS]
 PARAM_NAMES = ["variant", "blocks"]
+# ratio series have no baseline row: PreNorm / PreNorm is 1 by construction
+RATIO_PARAMS = [[v for v in VARIANTS if v != BASELINE], DEPTHS]
 
-# small on purpose: one commit's whole suite must run in a minute or two on 2 CPU cores
-SHAPE = {"vocab_size": 256, "d_model": 64, "n_heads": 4, "mlp_ratio": 4.0, "seq_len": 64}
-BATCH = 4
-SEED = 0
+# the quick suite's `small` shape and batch (tests/test_asv_suite.py holds them equal), so that at
+# 4 blocks the dashboard shows the quantities `resbench run quick` tabulates
+SHAPE = {"vocab_size": 256, "d_model": 128, "n_heads": 4, "mlp_ratio": 4.0, "seq_len": 128}
+BATCH = 8
+# the short training run stays tiny: 20 steps x 10 grid points must fit a commit's budget
+LOSS_SHAPE = {"vocab_size": 256, "d_model": 64, "n_heads": 4, "mlp_ratio": 4.0, "seq_len": 64}
+LOSS_BATCH = 4
 LOSS_STEPS = 20
+SEED = 0
 
 
 def need(module: str, *names: str):
@@ -66,49 +76,26 @@ def pin_threads() -> None:
     torch.set_num_threads(int(os.environ.get("RESBENCH_ASV_THREADS", "1")))
 
 
-_clock = [time.perf_counter]
-
-
-def step_clock() -> float:
-    """asv's timer for time_*: this process's CPU time on CPU, where the run is single-threaded
-    and a busy neighbour then costs little; wall clock on a GPU, whose work the CPU only waits on."""
-    return _clock[0]()
-
-
-def use_clock_for(dev: str) -> None:
-    _clock[0] = time.process_time if dev == "cpu" else time.perf_counter
-
-
-def model_config(blocks: int):
+def model_config(blocks: int, shape: dict = SHAPE):
     ModelConfig = need("model", "ModelConfig")
-    return ModelConfig(n_blocks=blocks, **SHAPE)
+    return ModelConfig(n_blocks=blocks, **shape)
 
 
-def build(variant: str, blocks: int, dev: str):
+def build(variant: str, blocks: int, dev: str, shape: dict = SHAPE):
     """The harness's model for one grid point (same seed → same shared weights for every variant)."""
     build_model = need("model", "build_model")
     name, options = VARIANTS[variant]
-    cfg = model_config(blocks)
+    cfg = model_config(blocks, shape)
     return cfg, build_model(cfg, name, dict(options), SEED, dev)
 
 
-def fixed_batch(cfg, dev: str):
+def fixed_batch(cfg, dev: str, batch: int = BATCH):
     """Random tokens: content does not change the work, and no data loading enters the timing."""
     import torch
 
     g = torch.Generator().manual_seed(SEED)
-    x = torch.randint(0, cfg.vocab_size, (BATCH, cfg.seq_len + 1), generator=g)
+    x = torch.randint(0, cfg.vocab_size, (batch, cfg.seq_len + 1), generator=g)
     return x[:, :-1].to(dev), x[:, 1:].to(dev)
-
-
-def sync_fn(dev: str):
-    """The harness's synchronize; before it existed only CPU (where it is a no-op) is measurable."""
-    try:
-        return need("measure", "synchronize")
-    except NotImplementedError:
-        if dev != "cpu":
-            raise
-        return lambda _dev: None
 
 
 def grid():
@@ -118,9 +105,8 @@ def grid():
 
 
 def cached_grid(fn) -> dict:
-    """{"variant/blocks": fn(variant, blocks)} for a setup_cache: one interpreter measures the whole
-    grid (these values are deterministic, so nothing is lost) instead of one spawn per point.
-    A commit without the needed API stores the reason instead, and `cached()` skips on it."""
+    """{"variant/blocks": fn(variant, blocks)} for a setup_cache. A commit without the needed API
+    stores the reason instead, and `cached()` skips on it."""
     out = {}
     for variant, blocks in grid():
         try:
@@ -130,8 +116,12 @@ def cached_grid(fn) -> dict:
     return out
 
 
-def cached(cache: dict, variant: str, blocks: int):
+def cached(cache: dict, variant: str, blocks: int, key: str | None = None):
+    """One grid point's value from a setup_cache (`key`: one entry of a dict value); skipped
+    (NotImplementedError) where the commit could not measure it."""
     value = cache[f"{variant}/{blocks}"]
+    if isinstance(value, dict) and key is not None:
+        value = value.get(key, f"{key}: not measured in this commit")
     if isinstance(value, str):
         raise NotImplementedError(value)
     return value

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# one grid point of each kind: a timing (spawned interpreter with torch) and two cached tracks
-SUBSET = [r"time_train_step\('prenorm', 2\)", r"time_prefill\('full-attnres', 4\)",
-          r"time_decode_token\('block-attnres', 2\)",
+# one grid point of the cheap caches (each setup_cache still measures its whole grid); the
+# interleaved speed cache (~40 s) is tested directly below at a reduced grid
+SUBSET = [r"track_train_peak_bytes\('full-attnres', 4\)", r"track_train_flops_per_token\('block-attnres', 2\)",
           r"track_state_bytes_per_token\('densenet', ", r"track_final_val_loss\('prenorm', 2\)"]
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="asv needs git")
@@ -59,9 +59,67 @@ def test_asv_quick_run_of_a_subset(asv):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
     assert "failed" not in out, out
-    for name in ("time_train_step", "time_prefill", "time_decode_token", "track_state_bytes_per_token",
+    for name in ("track_train_peak_bytes", "track_train_flops_per_token", "track_state_bytes_per_token",
                  "track_final_val_loss"):
         assert name in out
     assert "Traceback" not in out, out
     # --python=same saves nothing unless told: no results of this run anywhere
     assert not list((asv.tmp / "results").glob("*/*-*.json"))
+
+
+def test_timed_shape_is_the_quick_suites():
+    """The dashboard's ratios at 4 blocks are the quantities `resbench run quick` tabulates."""
+    import yaml
+
+    from benchmarks import _common as c
+
+    quick = yaml.safe_load((ROOT / "benchmarks" / "suites" / "quick.yaml").read_text())
+    small = {k: v for k, v in quick["shapes"][0].items() if k not in ("name", "n_blocks")}
+    assert {k: float(v) if k == "mlp_ratio" else v for k, v in small.items()} == c.SHAPE
+    assert quick["workloads"]["throughput"]["batch"] == c.BATCH
+    assert quick["shapes"][0]["n_blocks"] in c.DEPTHS
+
+
+def test_speed_cache_pairs_rounds_against_prenorm(monkeypatch):
+    """The interleaved speed cache at a reduced grid: every workload measured, PreNorm's paired
+    ratio exactly 1, a planted 3x slower 'variant' (PreNorm's train step run three times) seen
+    as ~3x, CPU milliseconds positive."""
+    from benchmarks import _common as c
+    from benchmarks import bench_speed as s
+
+    monkeypatch.setattr(c, "VARIANTS", {"prenorm": ("prenorm", {}), "slow": ("prenorm", {}),
+                                        "block-attnres": ("block-attnres", {"n_blocks": 2})})
+    monkeypatch.setattr(c, "DEPTHS", [2])
+    monkeypatch.setattr(s, "ROUNDS", {w: 5 for w in s.WORKLOADS})
+    monkeypatch.setattr(s, "WARMUP", 1)
+    real = s._fns
+
+    def planted(variant, blocks, dev):
+        fns = real(variant, blocks, dev)
+        if variant == "slow":
+            train = fns["train"]
+            fns["train"] = lambda: [train() for _ in range(3)]
+        return fns
+
+    monkeypatch.setattr(s, "_fns", planted)
+    out = s.measure()
+    for work in s.WORKLOADS:
+        assert out[work]["prenorm/2"]["ratio"] == 1.0
+        for v in c.VARIANTS:
+            assert out[work][f"{v}/2"]["ms"] > 0
+    assert 2.4 < out["train"]["slow/2"]["ratio"] < 3.6
+    assert 0.8 < out["prefill"]["slow/2"]["ratio"] < 1.25  # the same model, untouched
+
+
+def test_flops_series_equal_the_analytic_count():
+    from benchmarks import _common as c
+    from benchmarks import bench_flops
+    from resbench.model import step_flops
+
+    for variant in c.VARIANTS:
+        cfg, model = c.build(variant, 2, "cpu")
+        mix = model.residual.mixing_flops()
+        got = bench_flops._measure(variant, 2)
+        tokens = cfg.seq_len
+        assert got["train"] * tokens == step_flops(cfg, mix, tokens, train=True), variant
+        assert got["prefill"] * tokens == step_flops(cfg, mix, tokens, train=False), variant
