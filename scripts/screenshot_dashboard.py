@@ -86,7 +86,8 @@ def wait_until_up(url: str, seconds: float = 15) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bench", default="bench_train_step.TrainStep.time_train_step")
+    ap.add_argument("--bench", default="bench_speed.SpeedVsPreNorm.track_train_ratio",
+                    help="the benchmark whose graph page to open (default: the train-step ratio vs PreNorm)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "dashboard.png"))
     ap.add_argument("--port", type=int, default=8089)
     ap.add_argument("--size", default="1400,1000")

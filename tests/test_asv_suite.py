@@ -123,3 +123,13 @@ def test_flops_series_equal_the_analytic_count():
         tokens = cfg.seq_len
         assert got["train"] * tokens == step_flops(cfg, mix, tokens, train=True), variant
         assert got["prefill"] * tokens == step_flops(cfg, mix, tokens, train=False), variant
+
+
+def test_the_history_grid_has_every_registered_variant():
+    """A new variant joins the tracked series (benchmarks/_common.py VARIANTS) as it lands."""
+    import resbench.variants as variants
+    from benchmarks import _common as c
+
+    shipped = {n for n in variants.names() if variants.get(n).__module__.startswith("resbench.variants")}
+    assert {name for name, _ in c.VARIANTS.values()} == shipped
+    assert c.BASELINE in c.VARIANTS

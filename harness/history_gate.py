@@ -1,0 +1,146 @@
+"""The regression gate over asv history: one commit's asv results against another's (or the
+same commit measured twice), series by series, with a threshold per kind of series.
+
+The kind comes from the benchmark's declared unit (benchmarks/*.py): interleaved ratios vs
+PreNorm are what this machine resolves, so they gate at `--threshold`; absolute milliseconds
+move with the machine's load and gate only at the loose `--time-threshold`; bytes and FLOPs are
+exact, so any increase is a regression and any decrease a change worth seeing; the fixed-seed
+loss is deterministic on one CPU but moves in its 7th digit when a commit reorders float
+operations, so it gates at 0.1%. A series measured at BASE that HEAD failed or skipped is a regression too.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tabulate import tabulate
+
+from .errors import UserError
+
+KINDS = {"x PreNorm": "ratio", "ms (machine-dependent)": "time", "bytes": "exact", "FLOPs/token": "exact",
+         "nats": "loss"}
+EXACT_TOLERANCE = 1e-9  # relative: JSON round-trips, nothing more
+LOSS_TOLERANCE = 1e-3
+
+
+@dataclass
+class SeriesRow:
+    series: str
+    kind: str
+    base: float | None
+    head: float | None
+    ratio: float | None
+    allowed: float
+    verdict: str
+    regressed: bool
+
+
+def is_asv_result(path: str) -> bool:
+    """An asv results file (results/asv/MACHINE/HASH-ENV.json), as opposed to resbench JSONL."""
+    p = Path(path)
+    if p.suffix != ".json" or not p.is_file():
+        return False
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and "commit_hash" in d and "results" in d
+
+
+def load(path: str) -> tuple[dict, dict, dict]:
+    """({"name(p1, p2)": value or None}, {"name(...)": unit}, machine params) of one results file.
+    Units come from the benchmarks.json asv writes beside the machine folders."""
+    from asv.results import Results  # asv is the [history] extra
+
+    p = Path(path)
+    res = Results.load(str(p))
+    bench_file = p.parent.parent / "benchmarks.json"
+    units = {}
+    if bench_file.is_file():
+        units = {k: v.get("unit", "") for k, v in json.loads(bench_file.read_text()).items() if isinstance(v, dict)}
+    values, unit_of = {}, {}
+    for key in sorted(res.get_all_result_keys()):
+        params = res.get_result_params(key)
+        got = res.get_result_value(key, params)
+        combos = list(itertools.product(*params)) if params else [()]
+        got = got if params else [got]
+        for combo, v in zip(combos, got):
+            name = f"{key}({', '.join(str(x).strip(chr(39)) for x in combo)})" if combo else key
+            values[name] = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+            unit_of[name] = units.get(key, "")
+    return values, unit_of, res.params
+
+
+def compare(base: dict, head: dict, units: dict, threshold: float, time_threshold: float) -> list[SeriesRow]:
+    if threshold < 0 or time_threshold < 0:
+        raise UserError(f"thresholds must be >= 0, got {threshold} and {time_threshold}")
+    allowed = {"ratio": threshold, "time": time_threshold, "exact": EXACT_TOLERANCE, "loss": LOSS_TOLERANCE}
+    rows = []
+    for name in sorted(set(base) | set(head)):
+        kind = KINDS.get(units.get(name, ""), "ratio")
+        b, h, lim = base.get(name), head.get(name), allowed[kind]
+        if b is None:
+            rows.append(SeriesRow(name, kind, b, h, None, lim, "new at HEAD" if h is not None else "no data", False))
+            continue
+        if h is None:
+            rows.append(SeriesRow(name, kind, b, h, None, lim, "missing at HEAD: REGRESSION", True))
+            continue
+        ratio = h / b if b else (1.0 if h == b else math.inf)
+        if ratio > 1 + lim:
+            rows.append(SeriesRow(name, kind, b, h, ratio, lim, "REGRESSION", True))
+        elif ratio < 1 - lim:
+            rows.append(SeriesRow(name, kind, b, h, ratio, lim, "better" if kind in ("ratio", "time") else "changed (lower)",
+                                  False))
+        else:
+            rows.append(SeriesRow(name, kind, b, h, ratio, lim, "within threshold", False))
+    return rows
+
+
+def spread(rows: list[SeriesRow]) -> dict[str, float]:
+    """Largest |HEAD/BASE - 1| per kind of series: how far apart the two runs are at worst."""
+    out: dict[str, float] = {}
+    for r in rows:
+        if r.ratio is not None:
+            out[r.kind] = max(out.get(r.kind, 0.0), abs(r.ratio - 1))
+    return out
+
+
+def render(rows: list[SeriesRow], show_all: bool) -> str:
+    shown = rows if show_all else [r for r in rows if r.verdict not in ("within threshold", "no data")]
+    def num(v):
+        return "-" if v is None else f"{v:.10g}"
+
+    table = [[r.series, r.kind, num(r.base), num(r.head), "-" if r.ratio is None else f"{r.ratio:.4f}",
+              "exact" if r.kind == "exact" else f"±{r.allowed:.1%}",
+              r.verdict] for r in shown]
+    return tabulate(table, headers=["series", "kind", "BASE", "HEAD", "HEAD/BASE", "allowed", "verdict"],
+                    disable_numparse=True, tablefmt="github")
+
+
+def cmd_compare(args) -> int:
+    import sys
+
+    (base, units_b, mb), (head, units_h, mh) = load(args.base), load(args.head)
+    rows = compare(base, head, {**units_h, **units_b}, args.threshold, args.time_threshold)
+    if not any(r.ratio is not None for r in rows):
+        raise UserError(f"{args.base} and {args.head} have no series in common")
+    for k in ("machine", "cpu", "arch"):
+        if mb.get(k) != mh.get(k):
+            print(f"resbench: warning: BASE and HEAD differ in {k}: {mb.get(k)!r} vs {mh.get(k)!r}", file=sys.stderr)
+    bad = [r for r in rows if r.regressed]
+    worst = spread(rows)
+    if args.json:
+        print(json.dumps({"base": args.base, "head": args.head, "threshold": args.threshold,
+                          "time_threshold": args.time_threshold, "spread": worst,
+                          "rows": [asdict(r) for r in rows], "regressions": len(bad)}, indent=1))
+        return 1 if bad else 0
+    print(f"BASE {args.base}\nHEAD {args.head}\nregression: a ratio vs PreNorm above {1 + args.threshold:.2f}x "
+          f"BASE's, an absolute time above {1 + args.time_threshold:.2f}x, any increase of bytes or FLOPs, "
+          f"the loss up by more than {LOSS_TOLERANCE:.1%}\n")
+    print(render(rows, args.all))
+    print("\nlargest |HEAD/BASE - 1|: " + ", ".join(f"{k} {v:.2%}" for k, v in sorted(worst.items())))
+    print(f"{len(rows)} series, {len(bad)} regression(s)" + (": " + "; ".join(r.series for r in bad[:20]) if bad else ""))
+    return 1 if bad else 0
