@@ -40,6 +40,7 @@ COMPILED = command("report", f"{REF}/overhead-compiled.jsonl", "--suite", "overh
 INFERENCE_TARGETS = command("report", f"{REF}/inference.jsonl", "--suite", "inference")
 INFERENCE = command("report", f"{REF}/inference.jsonl")
 PROJECTION = written(f"{REF}/scaling/projection.md", "resbench project", fenced=False)
+GATE = written(f"{REF}/history-gate/summary.md", "python scripts/history_gate_check.py", fenced=False)
 BLOCKS = {
     "README.md": {
         "quick-table": command("report", f"{REF}/quick.jsonl"),
@@ -47,6 +48,7 @@ BLOCKS = {
         "compiled-readme": COMPILED,
         "list-table": command("list", "--d-model", "1024", "--blocks", "16"),
         "inference-readme": INFERENCE_TARGETS,
+        "gate-readme": GATE,
     },
     "docs/INFERENCE.md": {
         "inference-targets": INFERENCE_TARGETS,
@@ -55,6 +57,9 @@ BLOCKS = {
                                     "python scripts/profile_overhead.py block-attnres --option block_size=4 "
                                     "--view decode --batch 1 --top 12"),
         "projection-inference": PROJECTION,
+    },
+    "docs/HISTORY.md": {
+        "gate-summary": GATE,
     },
     "docs/OVERHEAD.md": {
         "overhead-table": OVERHEAD,
