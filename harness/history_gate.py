@@ -21,7 +21,7 @@ from tabulate import tabulate
 from .errors import UserError
 
 KINDS = {"x PreNorm": "ratio", "ms (machine-dependent)": "time", "bytes": "exact", "FLOPs/token": "exact",
-         "nats": "loss"}
+         "nats": "fixed-seed"}
 EXACT_TOLERANCE = 1e-9  # relative: JSON round-trips, nothing more
 LOSS_TOLERANCE = 1e-3
 
@@ -77,7 +77,7 @@ def load(path: str) -> tuple[dict, dict, dict]:
 def compare(base: dict, head: dict, units: dict, threshold: float, time_threshold: float) -> list[SeriesRow]:
     if threshold < 0 or time_threshold < 0:
         raise UserError(f"thresholds must be >= 0, got {threshold} and {time_threshold}")
-    allowed = {"ratio": threshold, "time": time_threshold, "exact": EXACT_TOLERANCE, "loss": LOSS_TOLERANCE}
+    allowed = {"ratio": threshold, "time": time_threshold, "exact": EXACT_TOLERANCE, "fixed-seed": LOSS_TOLERANCE}
     rows = []
     for name in sorted(set(base) | set(head)):
         kind = KINDS.get(units.get(name, ""), "ratio")

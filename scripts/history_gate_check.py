@@ -152,7 +152,7 @@ def main() -> int:
     for name, rep in (("same commit twice (run-a vs run-b)", same), ("planted Highway slowdown (run-a vs planted)", plant)):
         s = rep["spread"]
         lines.append(f"| {name} | {len(rep['rows'])} | {rep['regressions']} | "
-                     + " / ".join(f"{s.get(k, 0):.2%}" for k in ("ratio", "time", "exact", "loss")) + " |")
+                     + " / ".join(f"{s.get(k, 0):.2%}" for k in ("ratio", "time", "exact", "fixed-seed")) + " |")
     lines += ["", "Flagged in the planted run:", ""]
     lines += [f"- {r['series']}: {r['base']:.6g} → {r['head']:.6g} (×{r['ratio']:.3f})"
               for r in plant["rows"] if r["regressed"]]
