@@ -107,7 +107,8 @@ def cmd_compare(args) -> int:
 def add_subcommands(sub) -> None:
     cmp = sub.add_parser("compare", help="regression gate: HEAD's records against BASE's; exit 1 on a regression")
     cmp.add_argument("base", metavar="BASE", help="results JSONL, or JSONL@COMMIT for one commit's records, or an "
-                                                  "asv results file (one per commit, e.g. results/asv/xeon-2core/f8fd65b0-virtualenv-py3.11-torch2.13.0.json)")
+                                                  "asv results file (one per commit, e.g. "
+                                                  "results/asv/xeon-2core/f8fd65b0-virtualenv-py3.11-torch2.13.0.json)")
     cmp.add_argument("head", metavar="HEAD", help="results JSONL, or JSONL@COMMIT, or an asv results file")
     cmp.add_argument("--threshold", type=float, default=0.10,
                      help="relative worsening that counts (default 0.10 = HEAD 10%% worse than BASE); for asv "

@@ -39,7 +39,8 @@ class SeriesRow:
 
 
 def is_asv_result(path: str) -> bool:
-    """An asv results file (one per commit and machine, e.g. results/asv/xeon-2core/f8fd65b0-virtualenv-py3.11-torch2.13.0.json), not resbench JSONL."""
+    """An asv results file (one per commit and machine, e.g.
+    results/asv/xeon-2core/f8fd65b0-virtualenv-py3.11-torch2.13.0.json), not resbench JSONL."""
     p = Path(path)
     if p.suffix != ".json" or not p.is_file():
         return False
