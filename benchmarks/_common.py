@@ -22,6 +22,15 @@ VARIANTS = {
     "densenet": ("densenet", {}),
     "full-attnres": ("full-attnres", {}),
     "block-attnres": ("block-attnres", {"n_blocks": 2}),
+    # the field's other schemes (docs/VARIANTS.md)
+    "rezero": ("rezero", {}),
+    "layerscale": ("layerscale", {}),
+    "postnorm": ("postnorm", {}),
+    "deepnorm": ("deepnorm", {}),
+    "laurel": ("laurel", {}),
+    "hc": ("hc", {}),
+    "mhc": ("mhc", {}),
+    "mhc-lite": ("mhc-lite", {}),
 }
 BASELINE = "prenorm"
 DEPTHS = [2, 4]  # transformer blocks (L = 2 x blocks sublayers)
@@ -34,7 +43,7 @@ RATIO_PARAMS = [[v for v in VARIANTS if v != BASELINE], DEPTHS]
 # 4 blocks the dashboard shows the quantities `resbench run quick` tabulates
 SHAPE = {"vocab_size": 256, "d_model": 128, "n_heads": 4, "mlp_ratio": 4.0, "seq_len": 128}
 BATCH = 8
-# the short training run stays tiny: 20 steps x 10 grid points must fit a commit's budget
+# the short training run stays tiny: 20 steps x 26 grid points must fit a commit's budget
 LOSS_SHAPE = {"vocab_size": 256, "d_model": 64, "n_heads": 4, "mlp_ratio": 4.0, "seq_len": 64}
 LOSS_BATCH = 4
 LOSS_STEPS = 20

@@ -1,4 +1,4 @@
-"""`resbench` command line: list | run | report | compare | dashboard | scale | project.
+"""`resbench` command line: list | new-variant | run | report | compare | dashboard | scale | project.
 
 Every user error (bad suite, bad option, unknown variant, unwritable path) is a one-line message
 on stderr and exit code 2, never a traceback.
@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 import threading
+from pathlib import Path
 
 import torch
 from tabulate import tabulate
@@ -22,8 +23,11 @@ from .errors import UserError
 from .model import ModelConfig, Transformer, count_params
 
 
-def _fmt_opts(opts: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in opts.items()) or "-"
+def _fmt_opts(opts: dict, ablations: tuple = ()) -> str:
+    """Options with their defaults; ablation options (docs/VARIANTS.md) counted, not spelled out."""
+    shown = ", ".join(f"{k}={v}" for k, v in opts.items() if k not in ablations)
+    more = sum(k in opts for k in ablations)
+    return ", ".join(filter(None, [shown, f"+{more} ablations" if more else ""])) or "-"
 
 
 def cmd_list(args) -> int:
@@ -35,7 +39,7 @@ def cmd_list(args) -> int:
     for name in variants.names():
         with torch.device("meta"):
             residual = variants.build(name, cfg.d_model, cfg.n_layers)
-        rows.append({"variant": name, "options": type(residual).option_defaults(),
+        rows.append({"variant": name, "options": type(residual).option_defaults(), "ablations": list(residual.ablations),
                      "extra_params": residual.declared_extra_params(),
                      "extra_params_vs_shared": residual.declared_extra_params() / base,
                      "state_vectors": residual.state_vectors(), "mixing_flops_per_token": residual.mixing_flops(),
@@ -46,10 +50,67 @@ def cmd_list(args) -> int:
         return 0
     print(f"shape: d_model={cfg.d_model}, {cfg.n_blocks} blocks (L={cfg.n_layers} sublayers), "
           f"{base:,} shared params")
-    table = [[r["variant"], _fmt_opts(r["options"]), f"{r['extra_params']:,}", f"{r['extra_params_vs_shared']:.2%}",
+    table = [[r["variant"], _fmt_opts(r["options"], tuple(r["ablations"])), f"{r['extra_params']:,}", f"{r['extra_params_vs_shared']:.2%}",
               r["state_vectors"], f"{r['mixing_flops_per_token']:,}", r["source"].split(":")[0]] for r in rows]
     print(tabulate(table, headers=["variant", "options (defaults)", "extra params", "vs shared",
                                    "state d-vectors/token", "mixing FLOPs/token", "module"], disable_numparse=True))
+    return 0
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def cmd_new_variant(args) -> int:
+    from .results import results_root
+    from .variant_template import NAME_RE, module_name, render
+
+    name = args.name
+    if not NAME_RE.fullmatch(name):
+        raise UserError(f"invalid variant name {name!r}: lowercase letters and digits in words joined by "
+                        "single '-', starting with a letter (e.g. my-mix)")
+    try:
+        registered = variants.names()
+    except Exception as exc:  # noqa: BLE001 - a half-edited module in variants/ must not give a traceback
+        raise UserError(f"cannot list the registered variants ({type(exc).__name__}: {exc}); fix that module "
+                        "first") from None
+    if name in registered:
+        raise UserError(f"variant {name!r} is already registered ({variants.source_of(name).split('@')[0]}); "
+                        "pick another name")
+    package_dir = Path(variants.__path__[0]).resolve()
+    if args.out is None:
+        # only the checkout the user stands in, and only if it is the code resbench runs (an
+        # editable install): never into an installed package or another checkout
+        if (results_root().parent / "variants").resolve() != package_dir:
+            raise UserError(f"--out is needed outside the resbench checkout that resbench runs from "
+                            f"({package_dir.parent}): pass --out PATH (a .py file, or a folder for the module)")
+        out = package_dir / f"{module_name(name)}.py"
+    else:
+        out = Path(args.out).expanduser().resolve()
+        if out.is_dir():
+            out = out / f"{module_name(name)}.py"
+        elif out.suffix != ".py":
+            raise UserError(f"--out {args.out}: not a folder and not a .py file")
+    if out.exists():
+        if not args.force:
+            raise UserError(f"{_shown(out)} exists (--force overwrites it)")
+        imported = [m for m, mod in list(sys.modules.items())
+                    if getattr(mod, "__file__", None) and Path(mod.__file__).resolve() == out]
+        if imported:  # e.g. `new-variant attnres --force`: never replace code resbench runs
+            raise UserError(f"{_shown(out)} is the module {imported[0]}, imported by resbench; not overwriting it")
+    try:
+        out.write_text(render(name))
+    except OSError as exc:
+        raise UserError(f"cannot write {_shown(out)}: {exc.strerror or exc}") from None
+    if out.parent == package_dir:
+        then = f"`resbench list` and `pytest tests/test_conformance.py -k {name}`"
+    else:  # outside the package: found through the environment, by `resbench` and by pytest alike
+        env = f"PYTHONPATH={out.parent} RESBENCH_VARIANTS={out.stem}"
+        then = f"`{env} resbench list` and (in a resbench checkout) `{env} pytest tests/test_conformance.py -k {name}`"
+    print(f"wrote {_shown(out)}: edit write() and its docstring equation; then {then}")
     return 0
 
 
@@ -66,6 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--heads", type=int, default=8)
     ls.add_argument("--json", action="store_true", help="print the rows as JSON")
     ls.set_defaults(func=cmd_list)
+
+    nv = sub.add_parser("new-variant", help="write a new variant module to edit (a working skeleton: PreNorm "
+                        "with a learned scalar per sublayer)",
+                        description="Write a new variant module skeleton that registers NAME and passes the "
+                        "conformance tests as written. Refuses (exit 2, nothing written) an invalid or "
+                        "already registered name and an existing file.")
+    nv.add_argument("name", metavar="NAME", help="variant name: lowercase letters and digits, words joined by '-', "
+                    "starting with a letter (my-mix: module my_mix.py, class MyMix)")
+    nv.add_argument("--out", metavar="PATH", help="the .py file to write, or a folder for <module>.py (default: "
+                    "variants/<module>.py of the resbench checkout you are in; required elsewhere)")
+    nv.add_argument("--force", action="store_true", help="overwrite an existing file (never one resbench imports)")
+    nv.set_defaults(func=cmd_new_variant)
 
     from . import commands, history
 

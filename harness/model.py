@@ -216,6 +216,21 @@ class Transformer(nn.Module):
                     # projections write into the residual stream: GPT-2's 1/sqrt(2 * blocks)
                     scale = (2 * self.cfg.n_blocks) ** -0.5 if name.endswith("proj") else 1.0
                     m.weight.normal_(0.0, std * scale, generator=generator)
+        self._apply_init_scales()
+
+    def _apply_init_scales(self) -> None:
+        """The variant's init_scale per role (e.g. DeepNorm's beta), on the weights just drawn."""
+        d, gpt2 = self.cfg.d_model, (2 * self.cfg.n_blocks) ** -0.5
+        for i, sub in enumerate(self.sublayers):
+            if isinstance(sub, Attention):
+                parts = [("attn.q", sub.qkv.weight[:d], 1.0), ("attn.k", sub.qkv.weight[d:2 * d], 1.0),
+                         ("attn.v", sub.qkv.weight[2 * d:], 1.0), ("attn.out", sub.proj.weight, gpt2)]
+            else:
+                parts = [("mlp.in", sub.fc.weight, 1.0), ("mlp.out", sub.proj.weight, gpt2)]
+            for role, w, default in parts:
+                scale = self.residual.init_scale(role)
+                if scale is not None:
+                    w.mul_(scale / default)
 
     def embed(self, idx: torch.Tensor, start=0) -> torch.Tensor:
         """Token plus position embeddings; `start` is the first position (an int, or a [1] tensor)."""

@@ -27,6 +27,30 @@ def list_rows(capsys, *args) -> tuple[str, dict[str, list[str]]]:
     return header, rows
 
 
+def field_costs(d, L, n=4, rank=16):
+    """(extra params, state vectors, mixing FLOPs/token) of the field's variants, from their papers'
+    shapes (docs/VARIANTS.md): HC's B, A_m, A_r, W_beta|W_m|W_r, s_alpha, s_beta per sublayer; mHC's
+    phi over n*d inputs to 2n + n^2 (mhc-lite: 2n + n!) outputs, 3 gates and the biases."""
+    fact = 24 if n == 4 else __import__("math").factorial(n)
+    return {"rezero": (L, 1, 0), "layerscale": (L * d, 1, 0), "postnorm": (L * d, 1, 0), "deepnorm": (L * d, 1, 0),
+            "laurel": (2 * L * rank * d, 1, L * 4 * rank * d),
+            "hc": (L * (2 * n + n * n + d * (n + 2) + 2), n, L * (2 * n * d * (n + 2) + 2 * n * d + 2 * n * n * d)),
+            "mhc": (L * (n * d * (2 * n + n * n) + 3 + 2 * n + n * n), n,
+                    L * (2 * n * d * (2 * n + n * n) + 2 * n * d + 2 * n * n * d)),
+            "mhc-lite": (L * (n * d * (2 * n + fact) + 3 + 2 * n + fact), n,
+                         L * (2 * n * d * (2 * n + fact) + 2 * n * d + 2 * n * n * d))}
+
+
+def test_at_least_twelve_variants_with_the_fields_costs(capsys):
+    header, rows = list_rows(capsys)
+    assert len(rows) >= 12
+    d, L = 1024, 32
+    for name, (params, state, flops) in field_costs(d, L).items():
+        assert costs(rows, name) == (params, state), name
+        assert int(rows[name][5].replace(",", "")) == flops, name
+    assert rows["full-attnres"][1] == "impl=fast, +6 ablations"
+
+
 def costs(rows, name) -> tuple[int, int]:
     """(extra params, state d-vectors per token) as printed."""
     return int(rows[name][2].replace(",", "")), int(rows[name][4])
@@ -78,6 +102,7 @@ def test_small_shape_costs_match_real_models(capsys, d, blocks, heads):
     N = min(8, L_b)  # the paper's layout counts transformer blocks
     expected = {"prenorm": (0, 1), "highway": (L * (d * d + d), 1), "densenet": (L_b * (L_b + 3) // 2, L_b + 1),
                 "full-attnres": (2 * d * (L + 1), L + 1), "block-attnres": (2 * d * (L + 1), N + 1)}
+    expected.update({k: v[:2] for k, v in field_costs(d, L).items()})
     for name, want in expected.items():
         assert costs(rows, name) == want, name
         real = sum(p.numel() for p in variants.build(name, d, L).parameters())

@@ -19,16 +19,45 @@ OPTION_CASES = [(n, {}) for n in NAMES] + [
     ("full-attnres", {"impl": "reference"}),
     ("block-attnres", {"n_blocks": 2, "impl": "reference"}),
     ("densenet", {"dilation": 2, "period": 2, "impl": "reference"}),
+    ("hc", {"dynamic": False}),
+    ("hc", {"n": 2}),
+    ("mhc", {"n": 2, "sinkhorn_iters": 3}),
+    ("mhc-lite", {"n": 3}),
+    ("deepnorm", {"alpha": 1.0, "beta": 0.5}),
+    ("laurel", {"rank": 2}),
+    # the paper's Table 4 ablations of AttnRes
+    ("full-attnres", {"impl": "reference", "input_query": True}),
+    ("full-attnres", {"impl": "reference", "static_mixing": True}),
+    ("full-attnres", {"impl": "reference", "sigmoid": True, "window": 2}),
+    ("block-attnres", {"n_blocks": 2, "impl": "reference", "key_norm": False, "heads": 4}),
+    ("block-attnres", {"block_size": 2, "impl": "reference", "static_mixing": True, "sigmoid": True}),
 ]
 CASE_IDS = [n + "".join(f"-{k}={v}" for k, v in o.items()) for n, o in OPTION_CASES]
 # Variant parameters whose gradient is exactly zero by the math: AttnRes reader 0 (the first
-# sublayer) attends over one source, the embedding, so its softmax is constant 1.
-DEAD_ROWS = {"full-attnres": {"residual.query": [0], "residual.key_gain": [0]},
-             "block-attnres": {"residual.query": [0], "residual.key_gain": [0]}}
+# sublayer) attends over one source, the embedding, so its softmax is constant 1 (a sigmoid is not).
+def dead_rows(name: str, options: dict) -> dict[str, list]:
+    if "attnres" not in name or options.get("sigmoid"):
+        return {}
+    return {"residual.query": [0], "residual.key_gain": [0], "residual.query_proj": [0],
+            "residual.mix_logits.0": [...]}
 
 
 def test_registry_has_the_five_mission_variants():
     assert {"prenorm", "highway", "densenet", "full-attnres", "block-attnres"} <= set(NAMES)
+
+
+def test_deepnorm_scales_the_shared_draw_by_beta(tiny_cfg):
+    """DeepNet's decoder-only beta = (8N)^(-1/4) on v, out, and both MLP matrices; q, k as drawn."""
+    beta = (8 * tiny_cfg.n_blocks) ** -0.25
+    d, gpt2 = tiny_cfg.d_model, (2 * tiny_cfg.n_blocks) ** -0.5
+    ref, got = make_model(tiny_cfg, "prenorm", seed=3), make_model(tiny_cfg, "deepnorm", seed=3)
+    assert got.residual.beta == pytest.approx(beta) and got.residual.alpha == pytest.approx((2 * tiny_cfg.n_blocks) ** 0.25)
+    qkv, qkv0 = got.sublayers[0].qkv.weight, ref.sublayers[0].qkv.weight
+    assert torch.equal(qkv[:2 * d], qkv0[:2 * d])
+    torch.testing.assert_close(qkv[2 * d:], qkv0[2 * d:] * beta)
+    torch.testing.assert_close(got.sublayers[0].proj.weight, ref.sublayers[0].proj.weight * beta / gpt2)
+    torch.testing.assert_close(got.sublayers[1].fc.weight, ref.sublayers[1].fc.weight * beta)
+    torch.testing.assert_close(got.sublayers[1].proj.weight, ref.sublayers[1].proj.weight * beta / gpt2)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -64,7 +93,7 @@ def test_gradients_reach_every_parameter(tiny_cfg, name, options):
         if pname.startswith("residual."):
             # every element of the variant's own parameters is used (e.g. no reader's query is dead)
             grad = p.grad.clone()
-            for row in DEAD_ROWS.get(name, {}).get(pname, []):
+            for row in dead_rows(name, options).get(pname, []):
                 assert (grad[row] == 0).all(), f"{pname}[{row}] should get no gradient"
                 grad[row] = 1.0
             assert (grad != 0).all(), f"{pname}: {(grad == 0).sum().item()} elements with zero gradient"
@@ -97,17 +126,44 @@ def test_declared_extra_params_match_count(tiny_cfg, name, options):
     assert count_params(model) == base + counted
 
 
+def declared_scales(residual, cfg, key):
+    """[rows] multipliers a variant's init_scale puts on prenorm's draw of shared weight `key`,
+    from the roles' definition (docs/VARIANTS.md): qkv rows are q, k, v; "proj" replaces GPT-2's
+    1/sqrt(2 n_blocks)."""
+    d, gpt2 = cfg.d_model, (2 * cfg.n_blocks) ** -0.5
+    parts = key.split(".")
+    if parts[0] != "sublayers":
+        return None
+    attn = int(parts[1]) % 2 == 0
+    rows = {"qkv": [("attn.q", d, 1.0), ("attn.k", d, 1.0), ("attn.v", d, 1.0)],
+            "proj": [("attn.out" if attn else "mlp.out", None, gpt2)],
+            "fc": [("mlp.in", None, 1.0)]}.get(parts[2])
+    if rows is None:
+        return None
+    scale = [(residual.init_scale(role) or default) / default for role, _, default in rows]
+    return scale if any(s != 1.0 for s in scale) else None
+
+
 def test_shared_weights_identical_across_variants(tiny_cfg):
+    """Identical for one seed, up to the scale a variant declares per role (DeepNorm's beta):
+    the draw is the same."""
     def shared(model):
         return {k: v for k, v in model.state_dict().items() if not k.startswith("residual.")}
 
     ref = shared(make_model(tiny_cfg, "prenorm", seed=3))
     assert ref, "no shared weights found"
     for name, options in OPTION_CASES:
-        got = shared(make_model(tiny_cfg, name, options, seed=3))
+        model = make_model(tiny_cfg, name, options, seed=3)
+        got = shared(model)
         assert got.keys() == ref.keys(), name
         for k in ref:
-            assert torch.equal(got[k], ref[k]), f"{name}: shared weight {k} differs from prenorm's"
+            want = ref[k]
+            scale = declared_scales(model.residual, tiny_cfg, k)
+            if scale is not None:
+                want = torch.cat([c * s for c, s in zip(want.chunk(len(scale)), scale)])
+            # exact draws; a scaled one was rescaled in fp32 before the fp64 cast
+            torch.testing.assert_close(got[k], want, rtol=0 if scale is None else 1e-6, atol=0,
+                                       msg=lambda m, n=name, k=k: f"{n}: shared weight {k}: {m}")
     other = shared(make_model(tiny_cfg, "prenorm", seed=4))
     assert not torch.equal(other["sublayers.0.qkv.weight"], ref["sublayers.0.qkv.weight"])
 

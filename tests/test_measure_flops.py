@@ -124,9 +124,17 @@ FLOP_CASES = [(n, {}) for n in __import__("resbench.variants", fromlist=["names"
     ("densenet", {"dilation": 2, "period": 2}),
     ("block-attnres", {"n_blocks": 2}),  # paper layout: uneven blocks, partial sums
     ("block-attnres", {"block_size": 3, "two_phase": True}),
+    ("hc", {"dynamic": False}),
+    ("mhc", {"n": 2}),
+    # the Table 4 ablations (reference form; their logits are einsums, whose backward is counted)
+    ("full-attnres", {"impl": "reference", "input_query": True, "heads": 4}),
+    ("full-attnres", {"impl": "reference", "window": 2, "sigmoid": True}),
+    ("block-attnres", {"n_blocks": 2, "impl": "reference", "static_mixing": True}),
+    ("block-attnres", {"block_size": 3, "impl": "reference", "key_norm": False}),
 ]
-# impl: reference is left out on purpose: its forward counts the declared mixing FLOPs, but autograd
-# forms the logits' outer-product gradient elementwise (uncounted), where the fast form does a matmul.
+# impl: reference with the paper's defaults is left out on purpose: its forward counts the declared
+# mixing FLOPs, but autograd forms the logits' outer-product gradient elementwise (uncounted), where
+# the fast form does a matmul.
 
 
 @pytest.mark.parametrize("name,options", FLOP_CASES, ids=[f"{n}{o or ''}" for n, o in FLOP_CASES])

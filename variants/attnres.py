@@ -12,6 +12,14 @@ last block taking the remainder; see BlockAttnRes). Sources are the embedding b_
 block sums b_1 .. b_{n-1}, and, from the second sublayer of a block on, the running partial sum
 b_n^{i-1} of the current block. N = L is Full AttnRes.
 
+Ablations (paper Table 4), options of both, run by the equations only (`impl: reference`):
+    input_query    w_l + W_l v/rms(v) of the reader's most recent source (W_l = 0 at init)
+    static_mixing  input-independent: one learned logit per (reader, source position), no keys
+    sigmoid        alpha_i = sigmoid(logit_i), each source gated on its own, no normalisation
+    key_norm       false: keys g_l * v_i without the RMS normalisation
+    window W       the embedding and the W most recent sources only (the paper's "1 + 8")
+    heads H        d split into H heads, each its own query slice and softmax over the sources
+
 This module is the equations, run as written with `impl: reference`. The default, `impl: fast`,
 computes the same thing without re-stacking or re-normalising a source per reader: in eager
 PyTorch with hand-written autograd nodes (variants/_attnres_fast.py); under torch.compile, which
@@ -32,6 +40,9 @@ from . import register
 from .base import Residual, VariantError, check_choice, check_positive, inv_rms, mix_dtype, no_autocast
 
 IMPLS = ("fast", "functional", "reference")
+# The paper's Table 4 ablations, as options (the defaults are AttnRes as published).
+ABLATIONS = {"input_query": False, "static_mixing": False, "sigmoid": False, "key_norm": True,
+             "window": None, "heads": 1}
 
 
 def depth_attention(sources: list[torch.Tensor], query: torch.Tensor, key_gain: torch.Tensor):
@@ -46,16 +57,51 @@ def depth_attention(sources: list[torch.Tensor], query: torch.Tensor, key_gain: 
     return h.to(sources[0].dtype), alpha
 
 
+def ablated_depth_attention(sources: list[torch.Tensor], logits_of, weights: str, heads: int):
+    """The paper's Table 4 ablations of depth_attention: `logits_of(v)` gives the logits of the
+    stacked sources v [n, B, T, d] per head ([n, B, T, heads]); `weights` "softmax" normalises over
+    the sources, "sigmoid" gates each on its own. With heads H, head k mixes channels k*d/H.. only."""
+    with no_autocast(sources[0]):
+        dt = mix_dtype(sources[0].dtype)
+        v = torch.stack(sources).to(dt)
+        z = logits_of(v)
+        alpha = torch.softmax(z, dim=0) if weights == "softmax" else torch.sigmoid(z)
+        h = (alpha.unsqueeze(-1) * v.unflatten(-1, (heads, -1))).sum(0).flatten(-2)
+    return h.to(sources[0].dtype), alpha
+
+
 class DepthAttention(Residual):
     """Full and Block AttnRes: one (query w_l, key gain g_l) per reader; reader L is the output.
     The layout (which sublayers form a block) is set by the subclass with `_set_blocks`."""
 
-    def __init__(self, d_model: int, n_layers: int, impl: str = "fast"):
+    ablations = tuple(ABLATIONS)
+
+    def __init__(self, d_model: int, n_layers: int, impl: str = "fast", ablation: dict | None = None):
         super().__init__(d_model, n_layers)
         check_choice("impl", impl, IMPLS)
         self.impl = impl
-        self.query = nn.Parameter(torch.zeros(n_layers + 1, d_model))
-        self.key_gain = nn.Parameter(torch.ones(n_layers + 1, d_model))
+        ab = {**ABLATIONS, **(ablation or {})}
+        for k in ("input_query", "static_mixing", "sigmoid", "key_norm"):
+            if not isinstance(ab[k], bool):  # bool("false") is True: never coerce
+                raise VariantError(f"{k} must be true or false, got {ab[k]!r}")
+        if ab["window"] is not None:
+            check_positive("window", ab["window"])
+        check_positive("heads", ab["heads"])
+        if d_model % ab["heads"]:
+            raise VariantError(f"heads ({ab['heads']}) must divide d_model ({d_model})")
+        if ab["static_mixing"] and (ab["input_query"] or not ab["key_norm"] or ab["heads"] != 1):
+            raise VariantError("static_mixing has no keys or queries: it excludes input_query, key_norm false and heads")
+        changed = [k for k, v in ab.items() if v != ABLATIONS[k]]
+        if changed and impl != "reference":
+            raise VariantError(f"{changed[0]}={ab[changed[0]]!r} is an ablation (paper Table 4) that only the "
+                               "equations run: add impl: reference")
+        self.__dict__.update(ab)
+        self.ablated = bool(changed)
+        if not self.static_mixing:
+            self.query = nn.Parameter(torch.zeros(n_layers + 1, d_model))
+            self.key_gain = nn.Parameter(torch.ones(n_layers + 1, d_model))
+        if self.input_query:  # w_l + W_l v/rms(v) of the reader's latest source, W_l = 0 at init
+            self.query_proj = nn.Parameter(torch.zeros(n_layers + 1, d_model, d_model))
 
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.query)
@@ -69,6 +115,8 @@ class DepthAttention(Residual):
         self._start = [s for s, e in zip(self.starts, ends) for _ in range(s, e)]  # block start of sublayer i
         self._end = [e for s, e in zip(self.starts, ends) for _ in range(s, e)]
         self._first = (0, *self.starts[1:], L)  # source k (0 = embedding, k = block k-1) is first read here
+        if self.static_mixing:
+            self.mix_logits = nn.ParameterList(nn.Parameter(torch.zeros(self.seen(i))) for i in range(L + 1))
 
     # -- the equations (impl: reference); the other forms run the same protocol in their modules --
     # state: the completed sources (embedding, then block sums) and the current block's partial sum
@@ -98,9 +146,7 @@ class DepthAttention(Residual):
         if form is not None:
             return form.read(self, state, i)
         sources = state["sources"] + ([state["partial"]] if state["partial"] is not None else [])
-        h, alpha = depth_attention(sources, self.query[i], self.key_gain[i])
-        self._note_weights(alpha)
-        return h
+        return self._mix(sources, i)
 
     def write(self, state, i, y):
         form = self._form()
@@ -116,20 +162,53 @@ class DepthAttention(Residual):
         form = self._form()
         if form is not None:
             return form.end(self, state)
-        h, alpha = depth_attention(state["sources"], self.query[self.n_layers], self.key_gain[self.n_layers])
+        return self._mix(state["sources"], self.n_layers)
+
+    def _mix(self, sources, i):
+        if self.window is not None and len(sources) > 1 + self.window:
+            sources = [sources[0]] + sources[-self.window:]  # the embedding and the W most recent
+        if self.ablated:
+            h, alpha = ablated_depth_attention(sources, lambda v: self._ablated_logits(v, i),
+                                               "sigmoid" if self.sigmoid else "softmax", self.heads)
+        else:
+            h, alpha = depth_attention(sources, self.query[i], self.key_gain[i])
         self._note_weights(alpha)
         return h
 
+    def _ablated_logits(self, v, i):
+        """Logits [n, B, T, heads] of reader i over the stacked sources v [n, B, T, d]."""
+        if self.static_mixing:  # input-independent: one learned logit per source position
+            return self.mix_logits[i].to(v.dtype).view(-1, 1, 1, 1).expand(*v.shape[:-1], 1)
+        keys = self.key_gain[i].to(v.dtype) * (v * inv_rms(v) if self.key_norm else v)
+        q = self.query[i].to(v.dtype)
+        keys = keys.unflatten(-1, (self.heads, -1))
+        if self.input_query:  # from the reader's most recent source: the previous output or partial sum
+            q = q + (v[-1] * inv_rms(v[-1])) @ self.query_proj[i].to(v.dtype).t()
+            return torch.einsum("nbthd,bthd->nbth", keys, q.unflatten(-1, (self.heads, -1)))
+        return torch.einsum("nbthd,hd->nbth", keys, q.unflatten(-1, (self.heads, -1)))
+
+    def seen(self, i: int) -> int:
+        """Sources reader i (L: the output readout) attends over: the completed ones first read at
+        or before i, the current block's partial sum, at most 1 + window."""
+        L = self.n_layers
+        n = sum(1 for f in self._first if f <= i) + (1 if i < L and i != self._start[i] else 0)
+        return n if self.window is None else min(n, 1 + self.window)
+
     # -- declared costs ---------------------------------------------------------------------
     def declared_extra_params(self) -> int:
-        return 2 * self.d_model * (self.n_layers + 1)
+        L, d = self.n_layers, self.d_model
+        if self.static_mixing:
+            return sum(self.seen(i) for i in range(L + 1))
+        return 2 * d * (L + 1) + (d * d * (L + 1) if self.input_query else 0)
 
     def mixing_flops(self) -> int:
         """Logits are the only matrix products: one d-long dot product per (reader, source) pair,
-        the partial sum included (weighted sums and softmax are elementwise)."""
-        L = self.n_layers
-        pairs = sum(L + 1 - f for f in self._first) + sum(1 for i in range(L) if i != self._start[i])
-        return 2 * self.d_model * pairs
+        the partial sum included (weighted sums and softmax are elementwise); input_query adds
+        one d x d product per reader, static_mixing has no products at all."""
+        L, d = self.n_layers, self.d_model
+        if self.static_mixing:
+            return 0
+        return 2 * d * sum(self.seen(i) for i in range(L + 1)) + (2 * d * d * (L + 1) if self.input_query else 0)
 
     def logits(self, v: torch.Tensor, readers: slice | None = None) -> torch.Tensor:
         """fp32 logits of source v [.., d] against readers (default all): [.., n_readers]."""
@@ -162,8 +241,11 @@ class FullAttnRes(DepthAttention):
     """Option `impl`: "fast" (default), "functional" or "reference" (the equations above, run as
     written)."""
 
-    def __init__(self, d_model: int, n_layers: int, *, impl: str = "fast"):
-        super().__init__(d_model, n_layers, impl)
+    def __init__(self, d_model: int, n_layers: int, *, impl: str = "fast", input_query: bool = False,
+                 static_mixing: bool = False, sigmoid: bool = False, key_norm: bool = True,
+                 window: int | None = None, heads: int = 1):
+        super().__init__(d_model, n_layers, impl, dict(input_query=input_query, static_mixing=static_mixing,
+                                                       sigmoid=sigmoid, key_norm=key_norm, window=window, heads=heads))
         self._set_blocks(range(n_layers))  # every sublayer output is its own source
 
     def state_vectors(self) -> int:
@@ -195,8 +277,11 @@ class BlockAttnRes(DepthAttention):
     """
 
     def __init__(self, d_model: int, n_layers: int, *, n_blocks: int | None = None, block_size: int | None = None,
-                 layout: str = "paper", two_phase: bool = False, impl: str = "fast"):
-        super().__init__(d_model, n_layers, impl)
+                 layout: str = "paper", two_phase: bool = False, impl: str = "fast", input_query: bool = False,
+                 static_mixing: bool = False, sigmoid: bool = False, key_norm: bool = True,
+                 window: int | None = None, heads: int = 1):
+        super().__init__(d_model, n_layers, impl, dict(input_query=input_query, static_mixing=static_mixing,
+                                                       sigmoid=sigmoid, key_norm=key_norm, window=window, heads=heads))
         check_choice("layout", layout, LAYOUTS)
         L = n_layers
         if block_size is not None:

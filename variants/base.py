@@ -45,6 +45,9 @@ class Residual(nn.Module):
     # (e.g. a causal convolution over positions) sets False: decoding then refuses it, since it
     # would need a cache of its own that this protocol does not carry.
     token_local: bool = True
+    # Options that ablate the published form (e.g. AttnRes's paper Table 4): `resbench list` counts
+    # them instead of spelling them out.
+    ablations: tuple[str, ...] = ()
 
     def __init__(self, d_model: int, n_layers: int):
         super().__init__()
@@ -80,6 +83,13 @@ class Residual(nn.Module):
         multiply-add; elementwise mixing, norms and softmax count nothing, as in MFU). Backward
         costs twice this. The harness holds FlopCounterMode's count against it."""
         return 0
+
+    def init_scale(self, role: str) -> float | None:
+        """Std multiplier for one kind of shared weight at init, replacing the model's own depth
+        rule (GPT-2's 1/sqrt(2 n_blocks) on output projections); None keeps the model's rule.
+        Roles: "attn.q", "attn.k", "attn.v", "attn.out", "mlp.in", "mlp.out". The draw itself
+        is the same for every variant: only its scale differs (DeepNorm's beta needs this)."""
+        return None
 
     # -- optimiser hygiene -----------------------------------------------------------------
     def no_decay_parameters(self) -> list[nn.Parameter]:
