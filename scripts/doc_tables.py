@@ -39,12 +39,15 @@ OVERHEAD = command("report", f"{REF}/overhead.jsonl", "--suite", "overhead")
 COMPILED = command("report", f"{REF}/overhead-compiled.jsonl", "--suite", "overhead-compiled")
 INFERENCE_TARGETS = command("report", f"{REF}/inference.jsonl", "--suite", "inference")
 INFERENCE = command("report", f"{REF}/inference.jsonl")
+FIELD = "results/reference/epyc-zen4-2core"  # the field's schemes (another session's machine)
+FIELD_OVERHEAD = command("report", f"{FIELD}/overhead-field.jsonl", "--suite", "overhead-field")
 PROJECTION = written(f"{REF}/scaling/projection.md", "resbench project", fenced=False)
 GATE = written(f"{REF}/history-gate/summary.md", "python scripts/history_gate_check.py", fenced=False)
 BLOCKS = {
     "README.md": {
         "quick-table": command("report", f"{REF}/quick.jsonl"),
         "overhead-readme": OVERHEAD,
+        "field-overhead-readme": FIELD_OVERHEAD,
         "compiled-readme": COMPILED,
         "list-table": command("list", "--d-model", "1024", "--blocks", "16"),
         "inference-readme": INFERENCE_TARGETS,
@@ -63,6 +66,7 @@ BLOCKS = {
     },
     "docs/OVERHEAD.md": {
         "overhead-table": OVERHEAD,
+        "field-overhead": FIELD_OVERHEAD,
         "compiled-table": COMPILED,
         "profile-compiled-block-A": written(f"{REF}/overhead/profile-compiled-block-A.md",
                                             "python scripts/profile_overhead.py block-attnres --option block_size=4 "

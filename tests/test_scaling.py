@@ -242,7 +242,8 @@ MINI = {
     "shape": {"d_model": 64, "n_heads": 4, "seq_len": 32, "vocab_size": 32, "mlp_ratio": 2},
     "depths": [2, 4, 8],
     "variants": ["prenorm", "highway", "densenet", "full-attnres",
-                 {"name": "block-attnres", "options": {"n_blocks": 2}}],  # S >= 2 at every depth
+                 {"name": "block-attnres", "options": {"n_blocks": 2}},  # S >= 2 at every depth
+                 "hc", "mhc"],  # n = 4 streams: n·d per token, constant in depth
     "n_sweep": {"variant": "block-attnres", "blocks": 4, "values": [1, 2, 4]},
     "checkpoint_every": 1, "pipeline_stages": 2,
 }
@@ -258,7 +259,8 @@ def test_mini_sweep_classes():
         assert got[("depth", "full-attnres", view)] == "O(L·d)"
         assert got[("depth", "block-attnres(n_blocks=2)", view)] == "O(d)"
         assert got[("N", "block-attnres", view)] == "O(N·d)"
-    for label in ("prenorm", "highway", "densenet", "full-attnres", "block-attnres(n_blocks=2)"):
+        assert got[("depth", "hc", view)] == got[("depth", "mhc", view)] == "O(d)"  # n·d: n fixed
+    for label in ("prenorm", "highway", "densenet", "full-attnres", "block-attnres(n_blocks=2)", "hc", "mhc"):
         assert got[("depth", label, "train")] == "O(L·d)"  # plain training saves everything
     assert all(r["agrees"] for r in rows), [r for r in rows if not r["agrees"]]
 

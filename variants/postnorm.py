@@ -3,9 +3,12 @@
 PostNorm (the original Transformer):  x <- RMSNorm_i(x + f_i(x)).
 DeepNorm (DeepNet, arXiv 2203.00555): x <- RMSNorm_i(alpha * x + f_i(x)), and the weights of the
 value and output projections and of both MLP matrices start scaled by beta (queries and keys by 1).
-Decoder-only constants for N transformer blocks (DeepNet Fig. 2(b)/Table 1, "decoder-only"):
+Decoder-only constants for N transformer blocks (DeepNet Fig. 2, its table of DeepNorm's
+parameters, the decoder-only row; the authors' torchscale code uses the same):
     alpha = (2N)^(1/4),   beta = (8N)^(-1/4).
 Options `alpha`, `beta` override them (null: the paper's). Each RMSNorm_i has its own gain.
+beta scales the shared init's std and replaces GPT-2's 1/sqrt(2N) on the output projections:
+DeepNet's analysis starts from an init without a depth rule of its own.
 
 The shared sublayers keep their pre-RMSNorm (every variant runs on the same sublayers); under
 PostNorm their input is already normalised, so that pre-norm acts as a second learnable gain.
