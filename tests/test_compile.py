@@ -30,12 +30,12 @@ CASES = [(n, {}) for n in variants.names()] + [
 ]
 IDS = [f"{n}{o or ''}" for n, o in CASES]
 MISSION = ("prenorm", "highway", "densenet", "full-attnres", "block-attnres")
-# inductor costs 5-85 s a case on 2 cores: the default run compiles the five mission variants and
-# HC; the field's others, other forms and options (every one traced without breaks below) are -m slow
+# inductor costs 5-85 s a case on 2 cores: the default run compiles the five mission variants
+# (and HC once, to repeat); the field's others, other forms and options (every one traced without
+# breaks below) are -m slow
 RECOMPILE_CASES = [pytest.param(n, o, id=i, marks=[pytest.mark.slow] if o or n not in (*MISSION, "hc") else [])
                    for (n, o), i in zip(CASES, IDS)]
-INDUCTOR_NAMES = [pytest.param(n, marks=[] if n in (*MISSION, "hc") else [pytest.mark.slow])
-                  for n in variants.names()]
+INDUCTOR_NAMES = [pytest.param(n, marks=[] if n in MISSION else [pytest.mark.slow]) for n in variants.names()]
 
 
 def _model(name, options, cfg=TINY, dtype=torch.float32):

@@ -185,3 +185,9 @@ def test_depth_mixing_precision_is_at_least_fp32():
         assert inv_rms(torch.ones(2, 4, dtype=dtype)).dtype == want
         res = variants.build("full-attnres", 4, 2).to(dtype)
         assert res.logits(torch.ones(3, 4, dtype=dtype)).dtype == want, dtype
+
+
+@pytest.mark.parametrize("name,options", OPTION_CASES, ids=CASE_IDS)
+def test_streams_are_part_of_the_declared_state(tiny_cfg, name, options):
+    res = make_model(tiny_cfg, name, options).residual
+    assert 1 <= res.streams() <= res.state_vectors()

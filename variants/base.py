@@ -78,6 +78,11 @@ class Residual(nn.Module):
         """d-vectors per token the residual state keeps alive across depth."""
         return 1
 
+    def streams(self) -> int:
+        """Parallel residual streams the state carries from sublayer to sublayer (HC, mHC: n), in
+        d-vectors per token: what a checkpoint boundary must keep at least (the depth study's floor)."""
+        return 1
+
     def mixing_flops(self) -> int:
         """FLOPs per token of the variant's own matrix products in one forward (2 per
         multiply-add; elementwise mixing, norms and softmax count nothing, as in MFU). Backward

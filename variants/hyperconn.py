@@ -77,6 +77,9 @@ class HyperConnections(Residual):
     def state_vectors(self) -> int:
         return self.n
 
+    def streams(self) -> int:
+        return self.n
+
     def declared_extra_params(self) -> int:
         n, d, L = self.n, self.d_model, self.n_layers
         static = n + n + n * n

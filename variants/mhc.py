@@ -89,6 +89,9 @@ class _ManifoldHC(Residual):
     def state_vectors(self) -> int:
         return self.n
 
+    def streams(self) -> int:
+        return self.n
+
     def declared_extra_params(self) -> int:
         n, d = self.n, self.d_model
         return self.n_layers * (n * d * (2 * n + self.n_res) + 3 + 2 * n + self.n_res)

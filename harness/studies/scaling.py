@@ -158,7 +158,8 @@ def measure_cell(study: MemorySuite, cfg: ModelConfig, spec: VariantSpec) -> dic
         "label": spec.label, "variant": spec.name, "options": spec.options, "n_blocks": cfg.n_blocks,
         "L": cfg.n_layers, "d_model": cfg.d_model, "seq_len": cfg.seq_len, "batch": study.batch,
         "precision": study.precision, "itemsize": prec.param_itemsize,
-        "state_vectors": model.residual.state_vectors(), "checkpoint_every": study.checkpoint_every,
+        "state_vectors": model.residual.state_vectors(), "streams": model.residual.streams(),
+        "checkpoint_every": study.checkpoint_every,
         "pipeline_stages": study.pipeline_stages, "bytes": out, **extra, "seconds": round(time.perf_counter() - t0, 3),
     }
 

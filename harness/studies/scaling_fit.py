@@ -5,8 +5,8 @@ The class comes from the measured slope alone, in units of one d-vector per toke
 
   depth sweep:  slope in d-vectors per sublayer; `O(L·d)` if (slope - floor) >= GROWS_FROM,
                 else `O(d)` (flat in L). `floor` is what any residual network must keep under
-                the view: for checkpointing every k blocks, one stream vector per segment
-                boundary = 1/(2k) per sublayer; 0 elsewhere.
+                the view: for checkpointing every k blocks, the streams (1; HC, mHC: n) at each
+                segment boundary = streams/(2k) per sublayer; 0 elsewhere.
   N sweep:      slope in d-vectors per AttnRes block; `O(N·d)` if >= GROWS_FROM, else `O(d)`.
 
 GROWS_FROM = 1/4: a quarter d-vector more per sublayer (one per two transformer blocks), or per

@@ -42,7 +42,8 @@ def analyse(records: list[dict]) -> list[dict]:
         fit = fit_line([r[key] for r in recs], [per_token(r, view) for r in recs])
         slope_dvec = fit.slope / unit
         if sweep == "depth":
-            floor = 1 / (2 * lo["checkpoint_every"]) if view == "checkpointed" else 0.0
+            # every segment boundary keeps the streams (records before `streams` existed: one)
+            floor = lo.get("streams", 1) / (2 * lo["checkpoint_every"]) if view == "checkpointed" else 0.0
             measured = depth_class(slope_dvec, floor)
             expected = "O(L·d)" if view == "train" else declared_depth_class(
                 lo["state_vectors"], hi["state_vectors"], lo["L"], hi["L"])
