@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import register
-from .base import Residual, check_positive, inv_rms, mix_dtype, no_autocast
+from .base import Residual, VariantError, check_positive, inv_rms, mix_dtype, no_autocast
 
 
 @register("hc")
@@ -29,7 +29,7 @@ class HyperConnections(Residual):
         super().__init__(d_model, n_layers)
         check_positive("n", n)
         if not isinstance(dynamic, bool):
-            raise ValueError(f"dynamic must be true or false, got {dynamic!r}")
+            raise VariantError(f"dynamic must be true or false, got {dynamic!r}")  # bool("no") is True: never coerce
         self.n, self.dynamic = n, dynamic
         L, d = n_layers, d_model
         self.static_beta = nn.Parameter(torch.ones(L, n))                                     # B
