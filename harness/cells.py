@@ -41,6 +41,7 @@ class Cell:
     threads: int
     variant_source: str = ""  # module:Class@sha of the registered class (variants.source_of)
     compile: str = "none"  # eager, or the torch.compile mode (harness/compiling.py)
+    launch: dict = field(default_factory=dict)  # {} local; torchrun: parallel/launch.py's Launch, resolved
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -51,12 +52,16 @@ class Cell:
         d.pop("label")  # cosmetic: renaming a label must not redo a measurement
         if d["compile"] == "none":  # eager cells keep the keys they had before the compile axis
             d.pop("compile")
+        if not d["launch"]:  # so do local cells before the launcher axis
+            d.pop("launch")
+        else:  # how ranks find each other is not what is measured
+            d["launch"] = {k: v for k, v in d["launch"].items() if k not in ("rdzv_endpoint", "rdzv_id")}
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 # Cell fields a record written before them may lack (they are then unknown, not wrong)
-OPTIONAL_CELL_FIELDS = ("threads", "variant_source", "compile")
+OPTIONAL_CELL_FIELDS = ("threads", "variant_source", "compile", "launch")
 
 
 class Record(TypedDict, total=False):

@@ -21,6 +21,7 @@ from . import compiling, precision, variants, workloads
 from .cells import BASELINE, Cell, VariantSpec  # noqa: F401 - re-exported: the suite's vocabulary
 from .errors import ConfigError
 from .model import ModelConfig
+from .parallel.launch import Launch, parse_launch
 from .variants.base import VariantError
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -44,6 +45,7 @@ class Suite:
     shape_overrides: dict = field(default_factory=dict)  # shape -> {batch|warmup|repeats: value}
     kind: str = ""  # the study on top of the records ("" = none); see studies/
     study: dict = field(default_factory=dict)  # that study's own keys, validated by it (overhead: targets)
+    launch: Launch = Launch()  # where distributed workloads' cells run (parallel/launch.py)
 
 
 # -- validation helpers ---------------------------------------------------------------------
@@ -174,7 +176,7 @@ def model_config(where: str, fields_: dict) -> ModelConfig:
 # -- the suite ------------------------------------------------------------------------------
 
 SUITE_KEYS = ("name", "variants", "shapes", "workloads", "device", "precision", "compile", "seeds", "threads", "timeout_s",
-              "memory_cap_gb", "targets")
+              "memory_cap_gb", "targets", "launcher")
 
 
 def suites_dir() -> Path:
@@ -241,14 +243,18 @@ def parse_suite(raw: Any, default_name: str = "suite", extra_keys: tuple[str, ..
         for shape_name, cfg in shapes:
             check_builds(spec, cfg, f"shape {short(shape_name)}")
     workloads_ = _parse_workloads(raw["workloads"])
+    launch = parse_launch(raw.get("launcher"))
     for kind, params in workloads_.items():
         workloads.get(kind).check(params, [s.name for s in specs])
+        if workloads.get(kind).distributed and launch.launcher == "local":
+            raise ConfigError(f"workloads.{kind} runs on several ranks: set launcher: {{type: torchrun, nproc: N}}")
+        workloads.get(kind).check_launch(params, launch, [cfg for _, cfg in shapes])
         if not workloads.get(kind).compiles and "none" not in compiles:
             raise ConfigError(f"workloads.{kind} runs eager only (compile: none), and this suite's compile lists "
                               f"{', '.join(compiles)}; add none to compile or drop {kind}")
     return Suite(name=name, variants=specs, shapes=shapes, workloads=workloads_, device=device, precisions=precs,
                  compiles=compiles, seeds=tuple(seeds), threads=threads, timeout_s=timeout, memory_cap_gb=cap,
-                 shape_overrides=shape_overrides)
+                 shape_overrides=shape_overrides, launch=launch)
 
 
 def parse_threads(raw: dict) -> int:
@@ -371,13 +377,30 @@ def _parse_workloads(raw) -> dict[str, Any]:
     out = {}
     for kind, params in raw.items():
         spec = workloads.get(kind)
-        wl = _dataclass_from(f"workloads.{kind}", spec.Params, params or {})
+        params = dict(params or {})
+        axes = {}  # a workload's axis fields take a list: one cell per value
+        for key in spec.axes:
+            if isinstance(params.get(key), list):
+                values = params.pop(key)
+                if not values or len(set(map(repr, values))) != len(values):
+                    raise ConfigError(f"workloads.{kind}.{key} must be a non-empty list of distinct values, "
+                                      f"got {short(values)}")
+                axes[key] = values
+        wl = _dataclass_from(f"workloads.{kind}", spec.Params, params)
+        for key, values in axes.items():  # each value checked as the field's type, kept as a list
+            for v in values:
+                _dataclass_from(f"workloads.{kind}", spec.Params, {**params, key: v})
+            for allowed in [spec.choices.get(key)] if key in spec.choices else []:
+                bad = [v for v in values if v not in allowed]
+                if bad:
+                    raise ConfigError(f"workloads.{kind}.{key} must be one of {', '.join(allowed)}; got {short(bad[0])}")
+            wl = dataclasses.replace(wl, **{key: tuple(values)})
         for f in fields(wl):
             v = getattr(wl, f.name)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 positive(f"workloads.{kind}.{f.name}", v, type(v), minimum=None if f.name in spec.positive else 0)
         for key, allowed in spec.choices.items():
-            if getattr(wl, key) not in allowed:
+            if key not in axes and getattr(wl, key) not in allowed:
                 raise ConfigError(f"workloads.{kind}.{key} must be one of {', '.join(allowed)}; got {short(getattr(wl, key))}")
         out[kind] = wl
     return out
@@ -391,14 +414,30 @@ def expand_cells(suite: Suite, device: str) -> list[Cell]:
     for kind in workloads.names():
         if kind not in suite.workloads:
             continue
+        wl = workloads.get(kind)
+        launched = suite.launch.resolved(device) if wl.distributed else {}
         for shape_name, cfg in suite.shapes:
-            params = dataclasses.asdict(suite.workloads[kind])
-            params.update((k, v) for k, v in suite.shape_overrides.get(shape_name, {}).items() if k in params)
-            modes = suite.compiles if workloads.get(kind).compiles else ("none",)
-            for mode in modes:
-                for prec in suite.precisions:
-                    for seed in suite.seeds:
-                        for spec in suite.variants:
-                            cells.append(Cell(spec.name, spec.options, spec.label, shape_name, cfg.to_dict(), kind,
-                                              params, device, prec, seed, suite.threads, sources[spec.name], mode))
+            base = dataclasses.asdict(suite.workloads[kind])
+            base.update((k, v) for k, v in suite.shape_overrides.get(shape_name, {}).items() if k in base)
+            modes = suite.compiles if wl.compiles else ("none",)
+            for params in _axis_product(base, wl.axes):
+                params = wl.normalize(params)
+                for mode in modes:
+                    for prec in suite.precisions:
+                        for seed in suite.seeds:
+                            for spec in suite.variants:
+                                if wl.skips(params, spec.name):
+                                    continue
+                                cells.append(Cell(spec.name, spec.options, spec.label, shape_name, cfg.to_dict(),
+                                                  kind, params, device, prec, seed, suite.threads, sources[spec.name],
+                                                  mode, launched))
     return cells
+
+
+def _axis_product(params: dict, axes: tuple[str, ...]) -> list[dict]:
+    """One params dict per combination of the axis fields given as lists (tuples once parsed)."""
+    out = [dict(params)]
+    for key in axes:
+        if isinstance(params.get(key), (list, tuple)):
+            out = [{**p, key: v} for p in out for v in params[key]]
+    return out

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from . import variants, workloads
 from .config import Cell, Suite, expand_cells
 from .errors import UserError
+from .parallel import launch
 from .provenance import environment, producer, system
 from .results import append_record, check_writable, encode_record, exclusive, finished_keys, now
 from .worker import PROGRESS
@@ -97,11 +98,13 @@ def _run_job(cells: list[Cell], timeout: float, on_progress=None, sysinfo: dict 
     with tempfile.TemporaryDirectory(prefix="resbench-") as tmp:
         job_path, result_path = os.path.join(tmp, "job.json"), os.path.join(tmp, "result.json")
         with open(job_path, "w") as fh:
-            json.dump({"cells": [c.to_dict() for c in cells], "system": sysinfo}, fh)
-        cmd = [sys.executable, "-m", f"{__package__}.worker", "--parent-stdin", job_path, result_path]
+            json.dump({"cells": [c.to_dict() for c in cells], "system": sysinfo, "timeout_s": timeout}, fh)
+        cmd = ["-m", f"{__package__}.worker", "--parent-stdin", job_path, result_path]
+        launched = cells[0].launch  # torchrun: its ranks inherit our stdin, so they too go when we go
+        cmd = launch.torchrun_command(launched, cmd) if launched else [sys.executable, *cmd]
         with open(os.path.join(tmp, "stderr"), "w+") as err:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
-                                    env=_child_env())
+                                    env=_child_env(), start_new_session=bool(launched))
             reader = threading.Thread(target=_read_progress, args=(proc.stdout, on_progress), daemon=True)
             watch = _Watch(proc, memory_cap or default_memory_cap())
             reader.start()
@@ -109,12 +112,11 @@ def _run_job(cells: list[Cell], timeout: float, on_progress=None, sysinfo: dict 
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                return _same(cells, "timeout", f"cell exceeded timeout_s={timeout:g}", sysinfo)
+                _kill(proc, launched)
+                return _same(cells, "timeout", f"cell exceeded timeout_s={timeout:g}"
+                             + (" (every rank was killed)" if launched else ""), sysinfo)
             except BaseException:  # Ctrl-C, SIGTERM: the worker goes with us
-                proc.kill()
-                proc.wait()
+                _kill(proc, launched)
                 raise
             finally:
                 watch.stop.set()
@@ -134,11 +136,25 @@ def _run_job(cells: list[Cell], timeout: float, on_progress=None, sysinfo: dict 
         tail = (lines or ["(no output)"])[-1][:500]
         if watch.evidence:
             return _same(cells, "oom", watch.evidence, sysinfo)
+        failed = launch.rank_failure(stderr) if launched else None
+        if failed:
+            return _same(cells, failed[0], failed[1], sysinfo)
         if proc.returncode < 0:
             name = signal.Signals(-proc.returncode).name
             return _same(cells, "killed", f"worker killed by {name} from outside resbench (retried on resume): "
                                           f"{tail}", sysinfo)
         return _same(cells, "error", f"worker exited with code {proc.returncode}: {tail}", sysinfo)
+
+
+def _kill(proc: subprocess.Popen, group: bool) -> None:
+    """The worker, or torchrun and every rank it started (their own session)."""
+    if group:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.kill()
+    proc.wait()
 
 
 def _read_progress(stream, on_progress) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from . import variants, workloads
 from .cells import Cell
+from .parallel import launch
 from .provenance import environment
 
 
@@ -79,7 +80,15 @@ def main(argv: list[str]) -> int:
         _exit_with_parent(os.path.dirname(os.path.abspath(job_path)))
     with open(job_path) as fh:
         job = json.load(fh)
-    result = run_job(job)
+    if launch.in_torchrun():  # one of torchrun's ranks: join the group; rank 0 writes the result
+        launch.init(job["cells"][0].get("launch") or {}, job.get("timeout_s") or 600.0)
+        result = run_job(job)
+        rank = torch.distributed.get_rank()
+        torch.distributed.destroy_process_group()
+        if rank:
+            return 0
+    else:
+        result = run_job(job)
     tmp = result_path + ".tmp"
     with open(tmp, "w") as fh:
         json.dump(result, fh, default=float)

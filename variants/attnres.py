@@ -164,6 +164,11 @@ class DepthAttention(Residual):
             return form.end(self, state)
         return self._mix(state["sources"], self.n_layers)
 
+    def history(self, state):
+        """The completed sources (embedding, block sums): appended, never changed. The equations'
+        state only; the other forms keep derived tensors beside them and declare none."""
+        return state["sources"] if self._form() is None else []
+
     def _mix(self, sources, i):
         if self.window is not None and len(sources) > 1 + self.window:
             sources = [sources[0]] + sources[-self.window:]  # the embedding and the W most recent

@@ -69,6 +69,13 @@ class Residual(nn.Module):
     def end(self, state: Any) -> torch.Tensor:
         raise NotImplementedError
 
+    def history(self, state: Any) -> list[torch.Tensor]:
+        """Tensors of `state` that, once there, are never changed or dropped, in the order they
+        arrived (AttnRes's completed blocks). A pipeline rank that has received them may keep them
+        instead of receiving them again (the AttnRes paper's cross-stage caching, §4.1). Default:
+        none, so every stage transition sends the whole state."""
+        return []
+
     # -- analytic costs (per token; the harness holds measurements against these) --------
     def declared_extra_params(self) -> int:
         """Parameters this variant adds on top of the shared model."""

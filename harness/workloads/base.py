@@ -60,10 +60,23 @@ class Workload:
     compare_metrics: dict[str, tuple[Callable[[dict], tuple], str]] = {}
     cost_columns: tuple[tuple[str, str], ...] = ()  # (Cost key, header) in the overhead table; bounds by key
     cost_exact = False  # its cost columns are exact counts (a bound is met by the value), not timed ratios
+    distributed = False  # its cells run on several ranks (the suite's launcher; parallel/launch.py)
+    axes: tuple[str, ...] = ()  # Params fields a suite may give as a list: one cell per value
 
     # -- config time ------------------------------------------------------------------------
     def check(self, params, variant_names: list[str]) -> None:
         """Raise ConfigError for a combination with the rest of the suite that cannot run."""
+
+    def check_launch(self, params, launch, shapes) -> None:
+        """Raise ConfigError for a launcher (ranks, backend) this workload cannot run under."""
+
+    def normalize(self, params: dict) -> dict:
+        """One cell's params after the axes are expanded (e.g. fields that one value makes moot)."""
+        return params
+
+    def skips(self, params: dict, variant: str) -> bool:
+        """Whether a (params, variant) combination measures nothing new and makes no cell."""
+        return False
 
     def preflight(self, params, shapes) -> None:
         """Raise ConfigError for a user-fixable problem with the data, once, before any cell."""

@@ -1,0 +1,181 @@
+"""pipeline: a train step (forward, backward, AdamW) pipelined over the ranks of a torchrun launch
+with torch.distributed.pipelining (harness/parallel/pipeline.py). Every variant of one schedule
+shares the job, steps interleaved as in throughput, so its ratio to PreNorm is per round. Per
+cell: the slowest rank's step time, the bytes every stage transition sent (forward activations,
+backward gradients; receives counted as a check), in d-vectors per token beside what the layout
+predicts (parallel/comm.py: exact, and the paper's Eq. 7/8), and the bubble each rank saw."""
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .. import variants
+from ..cells import BASELINE, Cell
+from ..errors import ConfigError
+from ..measure import summarize
+from ..model import ModelConfig, build_model
+from ..parallel import comm as comm_model
+from ..parallel.launch import gather, peak_memory, time_rounds
+from ..parallel.pipeline import COMMS, MULTI_STAGE, SCHEDULES, bubble, build_pipeline, chunk_bounds
+from ..precision import get as get_precision
+from ..stats import median_ci
+from ..variants.base import Residual
+from .base import Workload, fmt_ms, num, register
+from .common import fixed_batch
+
+
+@dataclass(frozen=True)
+class Params:
+    batch: int = 8            # the global batch, split into microbatches
+    microbatches: int = 4
+    schedule: str = "1f1b"    # gpipe | 1f1b | interleaved-1f1b; a list: one cell per schedule
+    virtual: int = 2          # V chunks per rank, interleaved schedules only (the others run 1)
+    comm: str = "naive"       # naive | cached (AttnRes's cross-stage caching); a list: both
+    warmup: int = 1
+    repeats: int = 5
+
+
+def rank_device(cell: Cell) -> str:
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cell.device == "cuda" else "cpu"
+
+
+@register("pipeline")
+class Pipeline(Workload):
+    Params = Params
+    order = 70
+    distributed = True
+    timed_calls = True
+    axes = ("schedule", "comm")
+    positive = ("batch", "microbatches", "virtual", "repeats")
+    choices = {"schedule": tuple(SCHEDULES), "comm": COMMS}
+
+    def check(self, params, variant_names):
+        if params.batch % params.microbatches:
+            raise ConfigError(f"workloads.pipeline.batch ({params.batch}) must be a multiple of microbatches "
+                              f"({params.microbatches})")
+
+    def check_launch(self, params, launch, shapes):
+        scheds = params.schedule if isinstance(params.schedule, tuple) else (params.schedule,)
+        for s in scheds:
+            chunks = launch.world * (params.virtual if s in MULTI_STAGE else 1)
+            if s in MULTI_STAGE and params.virtual < 2:
+                raise ConfigError(f"workloads.pipeline.virtual must be >= 2 for {s}, got {params.virtual}")
+            for cfg in shapes:
+                chunk_bounds(cfg.n_blocks, chunks)
+
+    def normalize(self, params):
+        return {**params, "virtual": params["virtual"] if params["schedule"] in MULTI_STAGE else 1}
+
+    def skips(self, params, variant):
+        """Caching needs a declared history (Residual.history); without one it is the naive form."""
+        return params["comm"] == "cached" and variants.get(variant).history is Residual.history
+
+    def jobs(self, cells, todo):
+        groups: dict[tuple, list[Cell]] = {}
+        for c in cells:
+            k = (c.shape_name, c.precision, c.seed, c.params["schedule"], c.params["virtual"])
+            groups.setdefault(k, []).append(c)
+        return [g for g in groups.values() if any(c.key in todo for c in g)]
+
+    def run(self, cells, progress=None):
+        rank, world = dist.get_rank(), dist.get_world_size()
+        first, p = cells[0], cells[0].params
+        device, prec = rank_device(first), get_precision(first.precision)
+        cfg = ModelConfig(**first.shape)
+        x, y = fixed_batch(cfg, p["batch"], first.seed, device)
+        fns, pipes, busy = {}, {}, {}
+        for cell in cells:
+            model = build_model(cfg, cell.variant, cell.options, cell.seed, device, prec.param_dtype)
+            pipe = build_pipeline(model, p["schedule"], world, p["virtual"], p["microbatches"],
+                                  cell.params["comm"], rank, device, prec)
+            opt = torch.optim.AdamW(pipe.parameters(), lr=1e-4)
+            busy[cell.key] = []
+
+            def step(pipe=pipe, opt=opt, key=cell.key):
+                opt.zero_grad(set_to_none=True)
+                pipe.step(x, y)
+                opt.step()
+                busy[key].append(pipe.counts()["busy_s"])
+
+            fns[cell.key], pipes[cell.key] = step, pipe
+        times = time_rounds(fns, p["warmup"], p["repeats"], device,
+                            progress=None if progress is None or rank else _counter(progress, len(fns), p))
+        mine = {k: {"times": times[k], "busy": busy[k][p["warmup"]:], "counts": pipes[k].counts(),
+                    "per_chunk": {s.chunk.c: s.bytes["fwd_send"] for s in pipes[k].stages},
+                    "per_chunk_elems": {s.chunk.c: s.elems for s in pipes[k].stages}} for k in fns}
+        every = gather({"cells": mine, "memory": peak_memory(device)})
+        if rank:
+            return {c.key: ("ok", None, {}) for c in cells}
+        return {c.key: ("ok", None, self._metrics(c, cfg, every, cells)) for c in cells}
+
+    def _metrics(self, cell, cfg, every, cells):
+        p, world = cell.params, len(every)
+        per = [e["cells"][cell.key] for e in every]
+        slowest = [max(r["times"][i] for r in per) for i in range(len(per[0]["times"]))]
+        base = next((c for c in cells if c.variant == BASELINE and c.params["comm"] == "naive"), None)
+        ratio = None
+        if base is not None:
+            b = [max(e["cells"][base.key]["times"][i] for e in every) for i in range(len(slowest))]
+            med, lo, hi = median_ci([s / t for s, t in zip(slowest, b)])
+            ratio = {"median": med, "ci": [lo, hi]}
+        tokens = p["batch"] * cfg.seq_len
+        chunks = world * p["virtual"]
+        elems = {}
+        for r in per:
+            elems.update({int(c): n for c, n in r["per_chunk_elems"].items()})
+        fwd = sum(r["counts"]["fwd_send"] for r in per)
+        m = {
+            "ranks": world, "chunks": chunks, "tokens_per_step": tokens,
+            "step_ms": summarize([s * 1e3 for s in slowest]),
+            "rank_step_ms": [statistics.median(r["times"]) * 1e3 for r in per],
+            "x_prenorm": ratio,
+            "tokens_per_s": tokens / statistics.median(slowest),
+            "bytes": {k: sum(r["counts"][k] for r in per) for k in ("fwd_send", "fwd_recv", "bwd_send", "bwd_recv")},
+            "fwd_bytes_per_token": fwd / tokens,
+            "transition_vectors": [elems.get(c, 0) / (tokens * cfg.d_model) for c in range(chunks - 1)],
+            "bubble": [1 - statistics.median(b) / statistics.median(s) for b, s in
+                       zip([r["busy"] for r in per], [r["times"] for r in per])],
+            "bubble_ideal": bubble(world, p["virtual"], p["microbatches"]),
+            "memory": [e["memory"] for e in every],
+        }
+        m["vectors_per_token"] = sum(m["transition_vectors"])
+        m.update(self._predicted(cell, cfg, p, world))
+        return m
+
+    @staticmethod
+    def _predicted(cell, cfg, p, world) -> dict:
+        """What the layout predicts for AttnRes (blocks known): exact and the paper's Eq. 7/8."""
+        with torch.device("meta"):
+            res = variants.build(cell.variant, cfg.d_model, cfg.n_layers, cell.options)
+        starts = getattr(res, "starts", None)
+        if starts is None:
+            return {}
+        chunks = world * p["virtual"]
+        cuts = [s for s, _ in chunk_bounds(cfg.n_blocks, chunks)]
+        ex = comm_model.exact(list(starts), cfg.n_layers, cuts, world, p["comm"])
+        return {"expected": ex, "paper_eq": comm_model.paper(world, p["virtual"], len(starts), p["comm"]),
+                "n_sources_blocks": len(starts)}
+
+    # -- reading records ----------------------------------------------------------------------
+    def summary(self, metrics):
+        if len(metrics) != 1:
+            return {"pipeline": f"{len(metrics)} cells (resbench report --suite distributed)" if metrics else None}
+        m = metrics[0]
+        return {"pipeline": f"{fmt_ms(m['step_ms'])} ms, x{num((m['x_prenorm'] or {}).get('median'), '.3f')}, "
+                            f"{m['vectors_per_token']:.2f} vec/token"}
+
+    columns = (("pipeline step", lambda r: r.get("pipeline") or "-"),)
+
+
+def _counter(progress, n, p):
+    total = n * (p["warmup"] + p["repeats"])
+    done = [0]
+
+    def tick(k):
+        done[0] += k
+        progress(done[0], total)
+    return tick
