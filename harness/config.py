@@ -409,7 +409,7 @@ def _parse_workloads(raw) -> dict[str, Any]:
 def expand_cells(suite: Suite, device: str) -> list[Cell]:
     """variant × shape × compile mode × precision × workload × seed, in a stable order (workload-major: cheap
     ones first)."""
-    cells = []
+    cells, seen = [], set()
     sources = {spec.name: variants.source_of(spec.name) for spec in suite.variants}
     for kind in workloads.names():
         if kind not in suite.workloads:
@@ -428,9 +428,12 @@ def expand_cells(suite: Suite, device: str) -> list[Cell]:
                             for spec in suite.variants:
                                 if wl.skips(params, spec.name):
                                     continue
-                                cells.append(Cell(spec.name, spec.options, spec.label, shape_name, cfg.to_dict(),
+                                cell = Cell(spec.name, spec.options, spec.label, shape_name, cfg.to_dict(),
                                                   kind, params, device, prec, seed, suite.threads, sources[spec.name],
-                                                  mode, launched))
+                                                  mode, launched)
+                                if cell.key not in seen:  # axes a value makes moot repeat a cell
+                                    seen.add(cell.key)
+                                    cells.append(cell)
     return cells
 
 

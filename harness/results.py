@@ -12,6 +12,7 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import workloads
 from .cells import OPTIONAL_CELL_FIELDS, Cell
 from .errors import UserError
 from .provenance import producer
@@ -25,8 +26,15 @@ DEFAULTS = {"compile": "none"}  # what an identity field means in a record writt
 
 
 def identity(cell: dict) -> str:
-    """The cell as a reader names it (IDENTITY's fields), as one comparable string."""
-    return json.dumps([cell.get(k, DEFAULTS.get(k)) for k in IDENTITY], sort_keys=True)
+    """The cell as a reader names it (IDENTITY's fields, its launcher's ranks and backend, and its
+    workload's axis values: one row per schedule), as one comparable string."""
+    launch = {k: v for k, v in (cell.get("launch") or {}).items() if k not in ("rdzv_endpoint", "rdzv_id")}
+    try:
+        axes = workloads.get(cell["workload"]).axes
+    except KeyError:
+        axes = ()
+    return json.dumps([cell.get(k, DEFAULTS.get(k)) for k in IDENTITY] + [launch, [cell["params"].get(k) for k in axes]],
+                      sort_keys=True)
 LOCAL_DIR = "local"  # results/local/: a user's own runs (git-ignored); results/reference/: committed
 
 

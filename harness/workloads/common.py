@@ -1,6 +1,8 @@
 """What every workload builds the same way: the cell's model, a fixed batch, the static facts."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..cells import Cell
@@ -30,3 +32,28 @@ def static_info(cell: Cell, cfg: ModelConfig, model) -> dict:
         "n_layers": cfg.n_layers,
         "tokens_per_step": cell.params["batch"] * cfg.seq_len if "batch" in cell.params else None,
     }
+
+
+def rank_device(cell: Cell) -> str:
+    """A distributed cell's device on this rank: its local GPU (torchrun's LOCAL_RANK), or the CPU."""
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cell.device == "cuda" else "cpu"
+
+
+def progress_counter(progress, calls: int, params: dict):
+    """time_rounds' progress(1) per call → the worker's progress(done, total)."""
+    total = calls * (params["warmup"] + params["repeats"])
+    done = [0]
+
+    def tick(k):
+        done[0] += k
+        progress(done[0], total)
+    return tick
+
+
+def paired_ratio(times: list[float], base: list[float]) -> dict:
+    """The median of per-round ratios and its 95% interval (None with too few rounds)."""
+    import math
+
+    from ..stats import median_ci
+    med, lo, hi = median_ci([t / b for t, b in zip(times, base)])
+    return {"median": med, "ci": [lo, hi] if math.isfinite(lo) else None}

@@ -6,8 +6,8 @@ backward gradients; receives counted as a check), in d-vectors per token beside 
 predicts (parallel/comm.py: exact, and the paper's Eq. 7/8), and the bubble each rank saw."""
 from __future__ import annotations
 
-import os
 import statistics
+import time
 from dataclasses import dataclass
 
 import torch
@@ -22,10 +22,9 @@ from ..parallel import comm as comm_model
 from ..parallel.launch import gather, peak_memory, time_rounds
 from ..parallel.pipeline import COMMS, MULTI_STAGE, SCHEDULES, bubble, build_pipeline, chunk_bounds
 from ..precision import get as get_precision
-from ..stats import median_ci
 from ..variants.base import Residual
 from .base import Workload, fmt_ms, num, register
-from .common import fixed_batch
+from .common import fixed_batch, paired_ratio, progress_counter, rank_device
 
 
 @dataclass(frozen=True)
@@ -33,14 +32,10 @@ class Params:
     batch: int = 8            # the global batch, split into microbatches
     microbatches: int = 4
     schedule: str = "1f1b"    # gpipe | 1f1b | interleaved-1f1b; a list: one cell per schedule
-    virtual: int = 2          # V chunks per rank, interleaved schedules only (the others run 1)
+    virtual: int = 2          # V chunks per rank, interleaved schedules only (the others run 1); a list too
     comm: str = "naive"       # naive | cached (AttnRes's cross-stage caching); a list: both
     warmup: int = 1
     repeats: int = 5
-
-
-def rank_device(cell: Cell) -> str:
-    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cell.device == "cuda" else "cpu"
 
 
 @register("pipeline")
@@ -49,7 +44,7 @@ class Pipeline(Workload):
     order = 70
     distributed = True
     timed_calls = True
-    axes = ("schedule", "comm")
+    axes = ("schedule", "virtual", "comm")
     positive = ("batch", "microbatches", "virtual", "repeats")
     choices = {"schedule": tuple(SCHEDULES), "comm": COMMS}
 
@@ -59,20 +54,23 @@ class Pipeline(Workload):
                               f"({params.microbatches})")
 
     def check_launch(self, params, launch, shapes):
-        scheds = params.schedule if isinstance(params.schedule, tuple) else (params.schedule,)
-        for s in scheds:
-            chunks = launch.world * (params.virtual if s in MULTI_STAGE else 1)
-            if s in MULTI_STAGE and params.virtual < 2:
-                raise ConfigError(f"workloads.pipeline.virtual must be >= 2 for {s}, got {params.virtual}")
-            for cfg in shapes:
-                chunk_bounds(cfg.n_blocks, chunks)
+        listed = lambda v: v if isinstance(v, tuple) else (v,)  # noqa: E731 - an axis or one value
+        for s in listed(params.schedule):
+            for v in listed(params.virtual) if s in MULTI_STAGE else (1,):
+                if s in MULTI_STAGE and v < 2:
+                    raise ConfigError(f"workloads.pipeline.virtual must be >= 2 for {s}, got {v}")
+                for cfg in shapes:
+                    chunk_bounds(cfg.n_blocks, launch.world * v)
 
     def normalize(self, params):
         return {**params, "virtual": params["virtual"] if params["schedule"] in MULTI_STAGE else 1}
 
     def skips(self, params, variant):
-        """Caching needs a declared history (Residual.history); without one it is the naive form."""
-        return params["comm"] == "cached" and variants.get(variant).history is Residual.history
+        """Caching needs a declared history (Residual.history) and a rank that runs a later chunk
+        (V >= 2); without them it is the naive form."""
+        if params["comm"] != "cached":
+            return False
+        return params["virtual"] == 1 or variants.get(variant).history is Residual.history
 
     def jobs(self, cells, todo):
         groups: dict[tuple, list[Cell]] = {}
@@ -97,13 +95,14 @@ class Pipeline(Workload):
 
             def step(pipe=pipe, opt=opt, key=cell.key):
                 opt.zero_grad(set_to_none=True)
-                pipe.step(x, y)
+                t0 = time.perf_counter()
+                pipe.step(x, y)  # the schedule: the bubble is its time less this rank's compute
+                busy[key].append((pipe.counts()["busy_s"], time.perf_counter() - t0))
                 opt.step()
-                busy[key].append(pipe.counts()["busy_s"])
 
             fns[cell.key], pipes[cell.key] = step, pipe
         times = time_rounds(fns, p["warmup"], p["repeats"], device,
-                            progress=None if progress is None or rank else _counter(progress, len(fns), p))
+                            progress=None if progress is None or rank else progress_counter(progress, len(fns), p))
         mine = {k: {"times": times[k], "busy": busy[k][p["warmup"]:], "counts": pipes[k].counts(),
                     "per_chunk": {s.chunk.c: s.bytes["fwd_send"] for s in pipes[k].stages},
                     "per_chunk_elems": {s.chunk.c: s.elems for s in pipes[k].stages}} for k in fns}
@@ -120,8 +119,7 @@ class Pipeline(Workload):
         ratio = None
         if base is not None:
             b = [max(e["cells"][base.key]["times"][i] for e in every) for i in range(len(slowest))]
-            med, lo, hi = median_ci([s / t for s, t in zip(slowest, b)])
-            ratio = {"median": med, "ci": [lo, hi]}
+            ratio = paired_ratio(slowest, b)
         tokens = p["batch"] * cfg.seq_len
         chunks = world * p["virtual"]
         elems = {}
@@ -137,8 +135,7 @@ class Pipeline(Workload):
             "bytes": {k: sum(r["counts"][k] for r in per) for k in ("fwd_send", "fwd_recv", "bwd_send", "bwd_recv")},
             "fwd_bytes_per_token": fwd / tokens,
             "transition_vectors": [elems.get(c, 0) / (tokens * cfg.d_model) for c in range(chunks - 1)],
-            "bubble": [1 - statistics.median(b) / statistics.median(s) for b, s in
-                       zip([r["busy"] for r in per], [r["times"] for r in per])],
+            "bubble": [statistics.median(1 - busy / span for busy, span in r["busy"]) for r in per],
             "bubble_ideal": bubble(world, p["virtual"], p["microbatches"]),
             "memory": [e["memory"] for e in every],
         }
@@ -170,12 +167,3 @@ class Pipeline(Workload):
 
     columns = (("pipeline step", lambda r: r.get("pipeline") or "-"),)
 
-
-def _counter(progress, n, p):
-    total = n * (p["warmup"] + p["repeats"])
-    done = [0]
-
-    def tick(k):
-        done[0] += k
-        progress(done[0], total)
-    return tick

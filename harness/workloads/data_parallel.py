@@ -1,0 +1,118 @@
+"""ddp, fsdp: the train step (forward, backward, gradient sync, AdamW) of every variant under
+data parallelism on the ranks of a torchrun launch: DistributedDataParallel, or FSDP2's
+`fully_shard` on each sublayer and the root. Each rank steps its own batch (the cell's `batch`
+per rank); every variant of a shape shares the job, steps interleaved and started together on
+all ranks, so the ratio to PreNorm is per round and taken under the same launcher. Per cell: the
+slowest rank's step time, tokens/s in total and per rank, and each rank's peak memory."""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from ..cells import BASELINE, Cell
+from ..measure import summarize
+from ..model import ModelConfig, build_model
+from ..parallel.launch import gather, peak_memory, time_rounds
+from ..precision import get as get_precision
+from ..train import TrainConfig, make_optimizer, train_step
+from .base import Workload, fmt_ms, num, register
+from .common import fixed_batch, paired_ratio, progress_counter, rank_device
+
+
+@dataclass(frozen=True)
+class Params:
+    batch: int = 4   # per rank
+    warmup: int = 1
+    repeats: int = 7
+
+
+def wrap(model, how: str, device: str):
+    if how == "ddp":
+        return DistributedDataParallel(model, device_ids=[torch.device(device).index] if device.startswith("cuda")
+                                       else None)
+    from torch.distributed.fsdp import fully_shard
+    for sub in model.sublayers:
+        fully_shard(sub)
+    fully_shard(model)
+    return model
+
+
+class DataParallel(Workload):
+    Params = Params
+    order = 60
+    distributed = True
+    timed_calls = True
+    positive = ("batch", "repeats")
+    how = "?"
+
+    def jobs(self, cells, todo):
+        groups: dict[tuple, list[Cell]] = {}
+        for c in cells:
+            groups.setdefault((c.shape_name, c.precision, c.seed), []).append(c)
+        return [g for g in groups.values() if any(c.key in todo for c in g)]
+
+    def run(self, cells, progress=None):
+        rank, world = dist.get_rank(), dist.get_world_size()
+        first, p = cells[0], cells[0].params
+        device, prec = rank_device(first), get_precision(first.precision)
+        cfg = ModelConfig(**first.shape)
+        x, y = fixed_batch(cfg, p["batch"], first.seed + rank, device)  # each rank its own data
+        fns = {}
+        for cell in cells:
+            model = build_model(cfg, cell.variant, cell.options, cell.seed, device, prec.param_dtype)
+            wrapped = wrap(model, self.how, device)
+            opt = make_optimizer(model, TrainConfig())
+            scaler = prec.scaler(device)
+            fns[cell.key] = (lambda w=wrapped, o=opt, s=scaler: train_step(w, o, x, y, TrainConfig(), prec, s))
+        times = time_rounds(fns, p["warmup"], p["repeats"], device,
+                            progress=None if progress is None or rank else progress_counter(progress, len(fns), p))
+        every = gather({"times": times, "memory": peak_memory(device)})
+        if rank:
+            return {c.key: ("ok", None, {}) for c in cells}
+        return {c.key: ("ok", None, self._metrics(c, cfg, every, cells, world)) for c in cells}
+
+    def _metrics(self, cell, cfg, every, cells, world):
+        p = cell.params
+        per = [e["times"][cell.key] for e in every]
+        slowest = [max(t[i] for t in per) for i in range(len(per[0]))]
+        base = next((c for c in cells if c.variant == BASELINE), None)
+        ratio = None
+        if base is not None:
+            b = [max(e["times"][base.key][i] for e in every) for i in range(len(slowest))]
+            ratio = paired_ratio(slowest, b)
+        tokens = p["batch"] * cfg.seq_len
+        mem = [e["memory"]["bytes"] for e in every]
+        return {
+            "ranks": world, "wrap": self.how, "tokens_per_step": tokens * world,
+            "step_ms": summarize([s * 1e3 for s in slowest]),
+            "x_prenorm": ratio,
+            "tokens_per_s": tokens * world / statistics.median(slowest),
+            "rank_tokens_per_s": [tokens / statistics.median(t) for t in per],
+            "slowest_rank": max(range(world), key=lambda r: statistics.median(per[r])),
+            "memory": {"kind": every[0]["memory"]["kind"], "max": max(mem), "min": min(mem)},
+        }
+
+    def summary(self, metrics):
+        if len(metrics) != 1:
+            return {self.name: None}
+        m = metrics[0]
+        return {self.name: f"{fmt_ms(m['step_ms'])} ms, x{num((m['x_prenorm'] or {}).get('median'), '.3f')}, "
+                           f"{m['tokens_per_s']:.0f} tok/s"}
+
+    @property
+    def columns(self):
+        return ((f"{self.name} step", lambda r, k=self.name: r.get(k) or "-"),)
+
+
+@register("ddp")
+class DDP(DataParallel):
+    how = "ddp"
+
+
+@register("fsdp")
+class FSDP(DataParallel):
+    how = "fsdp"
