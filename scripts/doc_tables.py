@@ -41,6 +41,7 @@ INFERENCE_TARGETS = command("report", f"{REF}/inference.jsonl", "--suite", "infe
 INFERENCE = command("report", f"{REF}/inference.jsonl")
 FIELD = "results/reference/epyc-zen4-2core"  # the field's schemes (another session's machine)
 FIELD_OVERHEAD = command("report", f"{FIELD}/overhead-field.jsonl", "--suite", "overhead-field")
+DISTRIBUTED = command("report", f"{FIELD}/distributed/distributed.jsonl", "--suite", "distributed")
 PROJECTION = written(f"{REF}/scaling/projection.md", "resbench project", fenced=False)
 GATE = written(f"{REF}/history-gate/summary.md", "python scripts/history_gate_check.py", fenced=False)
 BLOCKS = {
@@ -52,6 +53,10 @@ BLOCKS = {
         "list-table": command("list", "--d-model", "1024", "--blocks", "16"),
         "inference-readme": INFERENCE_TARGETS,
         "gate-readme": GATE,
+        "distributed-readme": DISTRIBUTED,
+    },
+    "docs/DISTRIBUTED.md": {
+        "distributed-doc": DISTRIBUTED,
     },
     "docs/INFERENCE.md": {
         "inference-targets": INFERENCE_TARGETS,
