@@ -103,8 +103,11 @@ def _run_job(cells: list[Cell], timeout: float, on_progress=None, sysinfo: dict 
         launched = cells[0].launch  # torchrun: its ranks inherit our stdin, so they too go when we go
         cmd = launch.torchrun_command(launched, cmd) if launched else [sys.executable, *cmd]
         with open(os.path.join(tmp, "stderr"), "w+") as err:
+            env = _child_env()
+            if launched:  # the ranks set their threads (cell.threads); torchrun need not warn about it
+                env.setdefault("OMP_NUM_THREADS", str(cells[0].threads or 1))
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
-                                    env=_child_env(), start_new_session=bool(launched))
+                                    env=env, start_new_session=bool(launched))
             reader = threading.Thread(target=_read_progress, args=(proc.stdout, on_progress), daemon=True)
             watch = _Watch(proc, memory_cap or default_memory_cap())
             reader.start()

@@ -80,20 +80,27 @@ def main(argv: list[str]) -> int:
         _exit_with_parent(os.path.dirname(os.path.abspath(job_path)))
     with open(job_path) as fh:
         job = json.load(fh)
-    if launch.in_torchrun():  # one of torchrun's ranks: join the group; rank 0 writes the result
-        launch.init(job["cells"][0].get("launch") or {}, job.get("timeout_s") or 600.0)
-        result = run_job(job)
-        rank = torch.distributed.get_rank()
-        torch.distributed.destroy_process_group()
-        if rank:
-            return 0
-    else:
-        result = run_job(job)
+    if not launch.in_torchrun():
+        _write(run_job(job), result_path)
+        return 0
+    # one of torchrun's ranks: join the group, run the job on every rank, rank 0 writes the result;
+    # then all leave together and skip the interpreter's teardown, where a DDP/FSDP object outliving
+    # its process group aborts the process (and torchrun would stop a rank still writing)
+    launch.init(job["cells"][0].get("launch") or {}, job.get("timeout_s") or 600.0)
+    result = run_job(job)
+    if torch.distributed.get_rank() == 0:
+        _write(result, result_path)
+    torch.distributed.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _write(result: dict, result_path: str) -> None:
     tmp = result_path + ".tmp"
     with open(tmp, "w") as fh:
         json.dump(result, fh, default=float)
     os.replace(tmp, result_path)  # the parent never sees a half-written result
-    return 0
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def _suite(**over):
                                     "label": "block-attnres"}],
            "shapes": [{"name": "t", "d_model": 32, "n_blocks": 4, "n_heads": 2, "seq_len": 16, "vocab_size": 64}],
            "workloads": {"ddp": {"batch": 2, "repeats": 2}, "fsdp": {"batch": 2, "repeats": 2},
-                         "pipeline": {"batch": 4, "microbatches": 2, "repeats": 2,
+                         "pp": {"batch": 4, "microbatches": 2, "repeats": 2,
                                       "schedule": ["1f1b", "interleaved-1f1b"], "comm": ["naive", "cached"]}}}
     raw.update(over)
     return raw
@@ -112,15 +112,15 @@ def test_suite_errors_name_the_key():
     with pytest.raises(ConfigError, match="need at least as many transformer blocks"):
         parse_suite(_suite(launcher={"nproc": 8}))
     with pytest.raises(ConfigError, match=r"batch \(5\) must be a multiple of microbatches"):
-        parse_suite(_suite(workloads={"pipeline": {"batch": 5, "microbatches": 2}}))
-    with pytest.raises(ConfigError, match="workloads.pipeline.schedule must be one of gpipe, 1f1b"):
-        parse_suite(_suite(workloads={"pipeline": {"schedule": ["1f1b", "zb"]}}))
+        parse_suite(_suite(workloads={"pp": {"batch": 5, "microbatches": 2}}))
+    with pytest.raises(ConfigError, match="workloads.pp.schedule must be one of gpipe, 1f1b"):
+        parse_suite(_suite(workloads={"pp": {"schedule": ["1f1b", "zb"]}}))
 
 
 def test_cells_one_per_axis_value_cached_only_where_it_can_differ():
     cells = expand_cells(parse_suite(_suite()), "cpu")
     pp = [(c.label, c.params["schedule"], c.params["virtual"], c.params["comm"]) for c in cells
-          if c.workload == "pipeline"]
+          if c.workload == "pp"]
     assert sorted(pp) == sorted([("prenorm", "1f1b", 1, "naive"), ("block-attnres", "1f1b", 1, "naive"),
                                  ("prenorm", "interleaved-1f1b", 2, "naive"),
                                  ("block-attnres", "interleaved-1f1b", 2, "naive"),
@@ -141,6 +141,7 @@ def test_distributed_suite_runs_and_its_traffic_matches(tmp_path):
     proc, recs = _run(tmp_path, _suite())
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert len(recs) == 9 and {r["status"] for r in recs} == {"ok"}
+    assert not [r for r in recs if "FAILED" in " ".join(r.get("worker_stderr") or [])]  # every rank left cleanly
     ddp = [r["metrics"] for r in recs if r["cell"]["workload"] == "ddp"]
     assert all(m["ranks"] == 2 and len(m["rank_tokens_per_s"]) == 2 for m in ddp)
     cached = next(r["metrics"] for r in recs if r["cell"]["params"].get("comm") == "cached")
@@ -171,3 +172,14 @@ def test_rank_failure_reads_torchrun_summary():
   error_file: <N/A>"""
     assert rank_failure(text) == ("killed", "rank 1 killed by SIGKILL (torchrun stopped the other ranks)")
     assert rank_failure("plain failure") is None
+
+
+def test_torchrun_command_one_node_and_several():
+    from resbench.parallel.launch import torchrun_command
+    one = torchrun_command(parse_launch({"nproc": 2}).resolved("cpu"), ["-m", "resbench.worker"])
+    assert one[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in one and "--nproc-per-node=2" in one
+    assert one[-2:] == ["-m", "resbench.worker"]
+    many = torchrun_command(parse_launch({"nproc": 8, "nnodes": 2, "rdzv_endpoint": "h0:29500",
+                                          "rdzv_id": "j1"}).resolved("cuda"), ["-m", "x"])
+    assert "--standalone" not in many
+    assert {"--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=h0:29500", "--rdzv-id=j1"} <= set(many)

@@ -138,5 +138,5 @@ def test_no_workload_name_outside_its_module():
         # the loss study reads loss records; the distributed study the three it tabulates
         allowed = {"loss": {"harness/studies/loss.py"}, "ddp": {"harness/studies/distributed.py"},
                    "fsdp": {"harness/studies/distributed.py"},
-                   "pipeline": {"harness/studies/distributed.py"}}.get(name, set())
+                   "pp": {"harness/studies/distributed.py"}}.get(name, set())
         assert set(hits) <= allowed, (name, hits)

@@ -55,7 +55,7 @@ def run_case(name, opts, schedule, virtual, comm, cfg, x, y, microbatches) -> tu
     loss = F.cross_entropy(ref(x).flatten(0, 1), y.flatten())
     loss.backward()
     model = build_model(cfg, name, opts, 0, dtype=torch.float64)
-    pipe = build_pipeline(model, schedule, world, virtual, microbatches, comm, rank, "cpu")
+    pipe = build_pipeline(model, schedule, world, virtual, microbatches, comm, rank, "cpu", whole=True)
     got = pipe.step(x, y)
     grads = all_reduced_grads(pipe, model)
     lt = torch.tensor([got if got is not None else 0.0], dtype=torch.float64)

@@ -309,10 +309,13 @@ class Pipeline:
 
 
 def build_pipeline(model, schedule: str, ranks: int, virtual: int, microbatches: int, comm: str,
-                   rank: int, device, precision=None) -> Pipeline:
-    """This rank's chunks of `model` (built identically on every rank: same seed) under one of
-    SCHEDULES. The loss is the mean cross-entropy over the whole batch (each microbatch's mean
-    divided by the number of microbatches), so gradients equal one process's step."""
+                   rank: int, device, precision=None, whole: bool = False) -> Pipeline:
+    """This rank's chunks of `model` (built identically on every rank: same seed, on the CPU)
+    under one of SCHEDULES, moved to `device`; the sublayers, embeddings and head of other ranks'
+    chunks are dropped unless `whole` (the equality check sums gradients over whole models). The
+    loss is the mean cross-entropy over the whole batch (each microbatch's mean divided by the
+    number of microbatches), so gradients equal one process's step. Each rank updates the
+    residual variant's parameters its chunks read (every variant's are per sublayer)."""
     if schedule not in SCHEDULES:
         raise ConfigError(f"pipeline.schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
     if comm not in COMMS:
@@ -326,6 +329,9 @@ def build_pipeline(model, schedule: str, ranks: int, virtual: int, microbatches:
     kept: dict = {}
     mine = [Chunk(model, c, bounds, boundaries, ranks, comm, kept, precision, device)
             for c in range(rank, chunks, ranks)]
+    if not whole:
+        _drop_others(model, [bounds[ch.c] for ch in mine], first=mine[0].first, last=mine[-1].last)
+    model.to(device)
 
     def loss_fn(logits, target):  # in at least fp32, as train.lm_loss
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
@@ -336,6 +342,18 @@ def build_pipeline(model, schedule: str, ranks: int, virtual: int, microbatches:
     sched = cls(stages if schedule in MULTI_STAGE else stages[0], n_microbatches=microbatches, loss_fn=loss_fn,
                 scale_grads=False)
     return Pipeline(sched, stages, mine, kept, microbatches, rank, ranks)
+
+
+def _drop_others(model, ranges, first: bool, last: bool) -> None:
+    """Free what this rank does not run, so its memory is its chunks' (as on a real pipeline)."""
+    owned = {i for start, stop in ranges for i in range(start, stop)}
+    for i in range(len(model.sublayers)):
+        if i not in owned:
+            model.sublayers[i] = nn.Identity()
+    if not first:
+        model.tok_emb = model.pos_emb = nn.Identity()
+    if not last:
+        model.norm_f = model.head = nn.Identity()
 
 
 def bubble(ranks: int, virtual: int, microbatches: int) -> float:

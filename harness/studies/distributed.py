@@ -1,4 +1,4 @@
-"""Scaling out: the records of the ddp, fsdp and pipeline workloads as three tables (data
+"""Scaling out: the records of the ddp, fsdp and pp (pipeline-parallel) workloads as three tables (data
 parallel, pipeline parallel, stage-transition traffic). The check: every pipeline cell's counted
 forward traffic equals what its layout predicts (parallel/comm.py), its backward sends as many
 bytes as its forward, and every send was received."""
@@ -86,7 +86,7 @@ def render(records: list[dict]) -> tuple[str, bool]:
                                                    "tok/s", "tok/s per rank", "slowest rank",
                                                    f"peak MiB max / min ({dp[0]['metrics']['memory']['kind']}, job)"],
                              tablefmt="github", disable_numparse=True)]
-        pp = [r for r in rs if r["cell"]["workload"] == "pipeline"]
+        pp = [r for r in rs if r["cell"]["workload"] == "pp"]
         if pp:
             out += ["", "Pipeline parallel (torch.distributed.pipelining; train step incl. AdamW; bubble = 1 − the "
                         "rank's compute / the schedule's time, worst rank, ideal (P−1)/(V·M+P−1) in brackets):", "",

@@ -57,3 +57,20 @@ def paired_ratio(times: list[float], base: list[float]) -> dict:
     from ..stats import median_ci
     med, lo, hi = median_ci([t / b for t, b in zip(times, base)])
     return {"median": med, "ci": [lo, hi] if math.isfinite(lo) else None}
+
+
+def grouped_jobs(cells: list[Cell], todo: set[str], key) -> list[list[Cell]]:
+    """One job per key(cell) holding an unfinished cell: its cells share a process (or its ranks)."""
+    groups: dict = {}
+    for c in cells:
+        groups.setdefault(key(c), []).append(c)
+    return [g for g in groups.values() if any(c.key in todo for c in g)]
+
+
+def rank_context(cells: list[Cell]):
+    """(rank, world, params, device, precision, ModelConfig) of a distributed job on this rank."""
+    import torch.distributed as dist
+
+    first = cells[0]
+    return (dist.get_rank(), dist.get_world_size(), first.params, rank_device(first),
+            get_precision(first.precision), ModelConfig(**first.shape))

@@ -10,17 +10,15 @@ import statistics
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..cells import BASELINE, Cell
+from ..cells import BASELINE
 from ..measure import summarize
-from ..model import ModelConfig, build_model
+from ..model import build_model
 from ..parallel.launch import gather, peak_memory, time_rounds
-from ..precision import get as get_precision
 from ..train import TrainConfig, make_optimizer, train_step
 from .base import Workload, fmt_ms, num, register
-from .common import fixed_batch, paired_ratio, progress_counter, rank_device
+from .common import fixed_batch, grouped_jobs, paired_ratio, progress_counter, rank_context
 
 
 @dataclass(frozen=True)
@@ -50,17 +48,11 @@ class DataParallel(Workload):
     how = "?"
 
     def jobs(self, cells, todo):
-        groups: dict[tuple, list[Cell]] = {}
-        for c in cells:
-            groups.setdefault((c.shape_name, c.precision, c.seed), []).append(c)
-        return [g for g in groups.values() if any(c.key in todo for c in g)]
+        return grouped_jobs(cells, todo, lambda c: (c.shape_name, c.precision, c.seed))
 
     def run(self, cells, progress=None):
-        rank, world = dist.get_rank(), dist.get_world_size()
-        first, p = cells[0], cells[0].params
-        device, prec = rank_device(first), get_precision(first.precision)
-        cfg = ModelConfig(**first.shape)
-        x, y = fixed_batch(cfg, p["batch"], first.seed + rank, device)  # each rank its own data
+        rank, world, p, device, prec, cfg = rank_context(cells)
+        x, y = fixed_batch(cfg, p["batch"], cells[0].seed + rank, device)  # each rank its own data
         fns = {}
         for cell in cells:
             model = build_model(cfg, cell.variant, cell.options, cell.seed, device, prec.param_dtype)

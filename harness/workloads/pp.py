@@ -1,4 +1,4 @@
-"""pipeline: a train step (forward, backward, AdamW) pipelined over the ranks of a torchrun launch
+"""pp: a train step (forward, backward, AdamW) pipelined over the ranks of a torchrun launch
 with torch.distributed.pipelining (harness/parallel/pipeline.py). Every variant of one schedule
 shares the job, steps interleaved as in throughput, so its ratio to PreNorm is per round. Per
 cell: the slowest rank's step time, the bytes every stage transition sent (forward activations,
@@ -11,20 +11,18 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from .. import variants
-from ..cells import BASELINE, Cell
+from ..cells import BASELINE
 from ..errors import ConfigError
 from ..measure import summarize
-from ..model import ModelConfig, build_model
+from ..model import build_model
 from ..parallel import comm as comm_model
 from ..parallel.launch import gather, peak_memory, time_rounds
 from ..parallel.pipeline import COMMS, MULTI_STAGE, SCHEDULES, bubble, build_pipeline, chunk_bounds
-from ..precision import get as get_precision
 from ..variants.base import Residual
 from .base import Workload, fmt_ms, num, register
-from .common import fixed_batch, paired_ratio, progress_counter, rank_device
+from .common import fixed_batch, grouped_jobs, paired_ratio, progress_counter, rank_context
 
 
 @dataclass(frozen=True)
@@ -38,8 +36,8 @@ class Params:
     repeats: int = 5
 
 
-@register("pipeline")
-class Pipeline(Workload):
+@register("pp")
+class PipelineParallel(Workload):
     Params = Params
     order = 70
     distributed = True
@@ -50,7 +48,7 @@ class Pipeline(Workload):
 
     def check(self, params, variant_names):
         if params.batch % params.microbatches:
-            raise ConfigError(f"workloads.pipeline.batch ({params.batch}) must be a multiple of microbatches "
+            raise ConfigError(f"workloads.pp.batch ({params.batch}) must be a multiple of microbatches "
                               f"({params.microbatches})")
 
     def check_launch(self, params, launch, shapes):
@@ -58,7 +56,7 @@ class Pipeline(Workload):
         for s in listed(params.schedule):
             for v in listed(params.virtual) if s in MULTI_STAGE else (1,):
                 if s in MULTI_STAGE and v < 2:
-                    raise ConfigError(f"workloads.pipeline.virtual must be >= 2 for {s}, got {v}")
+                    raise ConfigError(f"workloads.pp.virtual must be >= 2 for {s}, got {v}")
                 for cfg in shapes:
                     chunk_bounds(cfg.n_blocks, launch.world * v)
 
@@ -73,21 +71,14 @@ class Pipeline(Workload):
         return params["virtual"] == 1 or variants.get(variant).history is Residual.history
 
     def jobs(self, cells, todo):
-        groups: dict[tuple, list[Cell]] = {}
-        for c in cells:
-            k = (c.shape_name, c.precision, c.seed, c.params["schedule"], c.params["virtual"])
-            groups.setdefault(k, []).append(c)
-        return [g for g in groups.values() if any(c.key in todo for c in g)]
+        return grouped_jobs(cells, todo, lambda c: (c.shape_name, c.precision, c.seed, c.params["schedule"], c.params["virtual"]))
 
     def run(self, cells, progress=None):
-        rank, world = dist.get_rank(), dist.get_world_size()
-        first, p = cells[0], cells[0].params
-        device, prec = rank_device(first), get_precision(first.precision)
-        cfg = ModelConfig(**first.shape)
-        x, y = fixed_batch(cfg, p["batch"], first.seed, device)
+        rank, world, p, device, prec, cfg = rank_context(cells)
+        x, y = fixed_batch(cfg, p["batch"], cells[0].seed, device)
         fns, pipes, busy = {}, {}, {}
         for cell in cells:
-            model = build_model(cfg, cell.variant, cell.options, cell.seed, device, prec.param_dtype)
+            model = build_model(cfg, cell.variant, cell.options, cell.seed, "cpu", prec.param_dtype)
             pipe = build_pipeline(model, p["schedule"], world, p["virtual"], p["microbatches"],
                                   cell.params["comm"], rank, device, prec)
             opt = torch.optim.AdamW(pipe.parameters(), lr=1e-4)
@@ -160,10 +151,10 @@ class Pipeline(Workload):
     # -- reading records ----------------------------------------------------------------------
     def summary(self, metrics):
         if len(metrics) != 1:
-            return {"pipeline": f"{len(metrics)} cells (resbench report --suite distributed)" if metrics else None}
+            return {"pp": f"{len(metrics)} cells (resbench report --suite distributed)" if metrics else None}
         m = metrics[0]
-        return {"pipeline": f"{fmt_ms(m['step_ms'])} ms, x{num((m['x_prenorm'] or {}).get('median'), '.3f')}, "
+        return {"pp": f"{fmt_ms(m['step_ms'])} ms, x{num((m['x_prenorm'] or {}).get('median'), '.3f')}, "
                             f"{m['vectors_per_token']:.2f} vec/token"}
 
-    columns = (("pipeline step", lambda r: r.get("pipeline") or "-"),)
+    columns = (("pp step", lambda r: r.get("pp") or "-"),)
 
