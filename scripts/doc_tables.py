@@ -57,6 +57,8 @@ BLOCKS = {
     },
     "docs/DISTRIBUTED.md": {
         "distributed-doc": DISTRIBUTED,
+        "distributed-field-doc": command("report", f"{FIELD}/distributed/distributed-field.jsonl", "--suite",
+                                         "distributed-field"),
     },
     "docs/INFERENCE.md": {
         "inference-targets": INFERENCE_TARGETS,
