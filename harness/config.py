@@ -219,16 +219,7 @@ def parse_suite(raw: Any, default_name: str = "suite", extra_keys: tuple[str, ..
     device = raw.get("device", "cpu")
     if device not in DEVICES:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {short(device)}")
-    seeds = raw.get("seeds", [0])
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        seeds = [seeds]
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ConfigError(f"seeds must be a non-empty list of integers, got {short(seeds)}")
-    bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
-    if bad:
-        raise ConfigError(f"seeds must be in 0 .. 2**63 - 1 (the generator's range), got {short(bad[0])}")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds has duplicates: {short(seeds)}")
+    seeds = _seed_list("seeds", raw.get("seeds", [0]))
     threads = parse_threads(raw)
     compiles = parse_compile(raw)
     timeout = positive("timeout_s", raw.get("timeout_s", 300.0), float)
@@ -255,6 +246,19 @@ def parse_suite(raw: Any, default_name: str = "suite", extra_keys: tuple[str, ..
     return Suite(name=name, variants=specs, shapes=shapes, workloads=workloads_, device=device, precisions=precs,
                  compiles=compiles, seeds=tuple(seeds), threads=threads, timeout_s=timeout, memory_cap_gb=cap,
                  shape_overrides=shape_overrides, launch=launch)
+
+
+def _seed_list(where: str, seeds) -> list[int]:
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"{where} must be a non-empty list of integers, got {short(seeds)}")
+    bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise ConfigError(f"{where} must be in 0 .. 2**63 - 1 (the generator's range), got {short(bad[0])}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where} has duplicates: {short(seeds)}")
+    return seeds
 
 
 def parse_threads(raw: dict) -> int:
@@ -301,7 +305,7 @@ def parse_precision(raw: dict, many: bool = False):
     return tuple(listed) if many else prec
 
 
-SHAPE_OVERRIDES = ("batch", "warmup", "repeats")
+SHAPE_OVERRIDES = ("batch", "warmup", "repeats", "seeds")
 
 
 def _shape_overrides(raw) -> tuple[Any, dict[str, dict[str, int]]]:
@@ -321,7 +325,9 @@ def _shape_overrides(raw) -> tuple[Any, dict[str, dict[str, int]]]:
                 raise ConfigError(f"shapes: two shapes are named {short(name)}; their settings would collide")
             over = overrides[name] = {}
             for key in SHAPE_OVERRIDES:
-                if key in item:
+                if key == "seeds" and key in item:  # more seeds where an effect is small (the largest size)
+                    over[key] = _seed_list(f"shapes[{name}].seeds", item.pop(key))
+                elif key in item:
                     over[key] = positive(f"shapes[{name}].{key}", item.pop(key), int,
                                          minimum=0 if key == "warmup" else None)
         items.append(item)
@@ -424,7 +430,7 @@ def expand_cells(suite: Suite, device: str) -> list[Cell]:
                 params = wl.normalize(params)
                 for mode in modes:
                     for prec in suite.precisions:
-                        for seed in suite.seeds:
+                        for seed in suite.shape_overrides.get(shape_name, {}).get("seeds", suite.seeds):
                             for spec in suite.variants:
                                 if wl.skips(params, spec.name):
                                     continue

@@ -34,6 +34,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 = off
     eval_every: int = 10  # steps; 0 = only at the end
     eval_batches: int = 4
+    # > 0: stop once this many seconds of training (evaluation excluded) are spent, as MLCommons
+    # AlgoPerf's time-to-result does; `steps` stays the schedule's horizon
+    budget_s: float = 0.0
 
     def __post_init__(self):
         def bad(key, want):
@@ -53,7 +56,7 @@ class TrainConfig:
                 bad(key, "a non-negative integer")
         if not is_num(self.lr) or self.lr <= 0:
             bad("lr", "a positive number")
-        for key in ("weight_decay", "grad_clip"):
+        for key in ("weight_decay", "grad_clip", "budget_s"):
             if not is_num(getattr(self, key)) or getattr(self, key) < 0:
                 bad(key, "a non-negative number")
         if not is_num(self.min_lr_ratio) or not 0 <= self.min_lr_ratio <= 1:
@@ -178,7 +181,11 @@ def train(model, corpus: Corpus, cfg: TrainConfig, seed: int, device="cpu",
         val_seconds.append(train_seconds)  # for time-to-target
 
     t0 = time.perf_counter()
+    done = cfg.steps
     for step in range(cfg.steps):
+        if cfg.budget_s and train_seconds >= cfg.budget_s:
+            done = step
+            break
         t_step = time.perf_counter()
         x, y = batch_at(corpus.train, step, cfg.batch, seq_len, seed)
         set_lr(opt, lr_at(step, cfg))
@@ -189,19 +196,20 @@ def train(model, corpus: Corpus, cfg: TrainConfig, seed: int, device="cpu",
         train_seconds += time.perf_counter() - t_step
         if progress is not None:
             progress(step, loss)
-        done = step + 1
-        if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
-            eval_at(done)
-    eval_at(cfg.steps)
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 != cfg.steps:
+            eval_at(step + 1)
+    if not val_loss or val_loss[-1][0] != done:
+        eval_at(done)
     seconds = time.perf_counter() - t0
 
-    tail = train_loss[-max(1, math.ceil(0.1 * cfg.steps)):]
+    tail = train_loss[-max(1, math.ceil(0.1 * len(train_loss))):]
     return {
         "train_loss": train_loss,
         "val_loss": val_loss,
         "final_val_loss": val_loss[-1][1],
         "final_train_loss": sum(tail) / len(tail),
-        "tokens_seen": cfg.steps * cfg.batch * seq_len,
+        "steps_done": done,
+        "tokens_seen": done * cfg.batch * seq_len,
         "seconds": seconds,
         "train_seconds": train_seconds,
         "val_train_seconds": val_seconds,

@@ -156,3 +156,16 @@ def test_cli_missing_corpus_and_unwritable_dir(tmp_path, capsys):
         code = main(["run", str(suite), "--out", str(suite / "r.jsonl"), "--quiet"])
         err = capsys.readouterr().err
     assert code == 2 and "results" in err and err.count("\n") == 1
+
+
+def test_a_shape_may_run_more_seeds():
+    """shapes[NAME].seeds: more seeds where an effect is small (the largest size), the suite's elsewhere."""
+    from resbench.config import expand_cells, parse_suite
+    raw = {"name": "s", "variants": ["prenorm"], "seeds": [0, 1], "workloads": {"memory": {}},
+           "shapes": [{"name": "a", "d_model": 32, "n_blocks": 1, "n_heads": 2, "seq_len": 16},
+                      {"name": "b", "d_model": 32, "n_blocks": 2, "n_heads": 2, "seq_len": 16, "seeds": [0, 1, 2, 3]}]}
+    cells = expand_cells(parse_suite(raw), "cpu")
+    assert sorted((c.shape_name, c.seed) for c in cells) == [("a", 0), ("a", 1)] + [("b", s) for s in range(4)]
+    raw["shapes"][1]["seeds"] = [1, 1]
+    with pytest.raises(ConfigError, match=r"shapes\[b\].seeds has duplicates"):
+        parse_suite(raw)

@@ -29,6 +29,7 @@ class Params:
     corpus: str = "stdlib"
     corpus_bytes: int = 2_000_000
     dynamics: bool = False  # record per-sublayer RMS, gradient norms and depth-mixing weights
+    budget_s: float = 0.0  # > 0: train this many seconds (same for every variant), then evaluate (AlgoPerf)
 
 
 def _loss_cell(values: list[float]) -> str:
@@ -47,7 +48,7 @@ def run_loss(cell: Cell) -> tuple[str, str | None, dict]:
         return "error", f"corpus vocab {corpus.vocab_size} > shape vocab_size {cfg.vocab_size}", {}
     tcfg = TrainConfig(steps=p["steps"], batch=p["batch"], lr=p["lr"], weight_decay=p["weight_decay"],
                        warmup=p["warmup"], schedule=p["schedule"], eval_every=p["eval_every"],
-                       eval_batches=p["eval_batches"])
+                       eval_batches=p["eval_batches"], budget_s=p.get("budget_s", 0.0))
     x, y = batch_at(corpus.train, 0, tcfg.batch, cfg.seq_len, cell.seed)
     x, y = x.to(cell.device), y.to(cell.device)
     # FLOPs of fwd + bwd (what FlopCounterMode sees of a step), counted without an optimizer
@@ -57,7 +58,7 @@ def run_loss(cell: Cell) -> tuple[str, str | None, dict]:
     model.zero_grad(set_to_none=True)
     result = train(model, corpus, tcfg, seed=cell.seed, device=cell.device, precision=prec)
     m = {**static_info(cell, cfg, model), **result, "corpus": corpus.describe(),
-         "flops_per_step": flops, "train_flops": flops * tcfg.steps}
+         "flops_per_step": flops, "train_flops": flops * result["steps_done"]}
     if p.get("dynamics"):
         vx, vy = val_batches(corpus, tcfg.batch, cfg.seq_len, 1)[0]
         m["dynamics"] = probe(model, vx.to(cell.device), vy.to(cell.device))
