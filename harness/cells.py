@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 BASELINE = "prenorm"  # the variant every ratio (× prenorm, overhead, targets) is taken against
+# a launch's connection details: how ranks find each other, not what is measured (not in keys)
+CONNECTION = ("rdzv_endpoint", "rdzv_id")
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class Cell:
         if not d["launch"]:  # so do local cells before the launcher axis
             d.pop("launch")
         else:  # how ranks find each other is not what is measured
-            d["launch"] = {k: v for k, v in d["launch"].items() if k not in ("rdzv_endpoint", "rdzv_id")}
+            d["launch"] = {k: v for k, v in d["launch"].items() if k not in CONNECTION}
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 

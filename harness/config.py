@@ -239,7 +239,7 @@ def parse_suite(raw: Any, default_name: str = "suite", extra_keys: tuple[str, ..
         workloads.get(kind).check(params, [s.name for s in specs])
         if workloads.get(kind).distributed and launch.launcher == "local":
             raise ConfigError(f"workloads.{kind} runs on several ranks: set launcher: {{type: torchrun, nproc: N}}")
-        workloads.get(kind).check_launch(params, launch, [cfg for _, cfg in shapes])
+        workloads.get(kind).check_run(params, launch, [cfg for _, cfg in shapes], precs)
         if not workloads.get(kind).compiles and "none" not in compiles:
             raise ConfigError(f"workloads.{kind} runs eager only (compile: none), and this suite's compile lists "
                               f"{', '.join(compiles)}; add none to compile or drop {kind}")
@@ -427,7 +427,8 @@ def expand_cells(suite: Suite, device: str) -> list[Cell]:
             base.update((k, v) for k, v in suite.shape_overrides.get(shape_name, {}).items() if k in base)
             modes = suite.compiles if wl.compiles else ("none",)
             for params in _axis_product(base, wl.axes):
-                params = wl.normalize(params)
+                params = {k: v for k, v in wl.normalize(params).items()
+                          if k not in wl.unkeyed_defaults or v != wl.unkeyed_defaults[k]}
                 for mode in modes:
                     for prec in suite.precisions:
                         for seed in suite.shape_overrides.get(shape_name, {}).get("seeds", suite.seeds):

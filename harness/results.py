@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import workloads
-from .cells import OPTIONAL_CELL_FIELDS, Cell
+from .cells import CONNECTION, OPTIONAL_CELL_FIELDS, Cell
 from .errors import UserError
 from .provenance import producer
 
@@ -28,7 +28,7 @@ DEFAULTS = {"compile": "none"}  # what an identity field means in a record writt
 def identity(cell: dict) -> str:
     """The cell as a reader names it (IDENTITY's fields, its launcher's ranks and backend, and its
     workload's axis values: one row per schedule), as one comparable string."""
-    launch = {k: v for k, v in (cell.get("launch") or {}).items() if k not in ("rdzv_endpoint", "rdzv_id")}
+    launch = {k: v for k, v in (cell.get("launch") or {}).items() if k not in CONNECTION}
     try:
         axes = workloads.get(cell["workload"]).axes
     except KeyError:

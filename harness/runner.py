@@ -70,22 +70,44 @@ def _rss(pid: int) -> int:
         return 0
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (torchrun starts each rank in a session of its own, so its
+    process group does not hold them)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 class _Watch(threading.Thread):
     """Polls the worker's resident memory; past the cap it kills the worker and keeps the
     evidence, so that `oom` is recorded only when resbench itself saw the memory run out."""
 
-    def __init__(self, proc: subprocess.Popen, cap: float):
+    def __init__(self, proc: subprocess.Popen, cap: float, tree: bool = False):
         super().__init__(daemon=True)
-        self.proc, self.cap, self.peak, self.evidence = proc, cap, 0, None
+        self.proc, self.cap, self.peak, self.evidence, self.tree = proc, cap, 0, None, tree
         self.stop = threading.Event()
 
     def run(self):
-        while not self.stop.wait(0.05):
-            rss = _rss(self.proc.pid)
+        while not self.stop.wait(0.05 if not self.tree else 0.25):  # a tree costs a /proc scan
+            pids = [self.proc.pid] + (_descendants(self.proc.pid) if self.tree else [])
+            rss = sum(_rss(p) for p in pids)
             self.peak = max(self.peak, rss)
             if rss > self.cap:
-                self.evidence = f"worker RSS {rss / 2**30:.2f} GiB passed the memory cap of {self.cap / 2**30:.2f} GiB"
-                self.proc.kill()
+                what = "worker RSS" if not self.tree else f"RSS of torchrun and its {len(pids) - 1} processes"
+                self.evidence = f"{what} {rss / 2**30:.2f} GiB passed the memory cap of {self.cap / 2**30:.2f} GiB"
+                _kill(self.proc, self.tree)
                 return
 
 
@@ -101,7 +123,7 @@ def _run_job(cells: list[Cell], timeout: float, on_progress=None, sysinfo: dict 
             json.dump({"cells": [c.to_dict() for c in cells], "system": sysinfo, "timeout_s": timeout}, fh)
         cmd = ["-m", f"{__package__}.worker", "--parent-stdin", job_path, result_path]
         launched = cells[0].launch  # torchrun: its ranks inherit our stdin, so they too go when we go
-        cmd = launch.torchrun_command(launched, cmd) if launched else [sys.executable, *cmd]
+        cmd = launch.torchrun_command(launched, cmd, cells[0].key) if launched else [sys.executable, *cmd]
         with open(os.path.join(tmp, "stderr"), "w+") as err:
             env = _child_env()
             if launched:  # the ranks set their threads (cell.threads); torchrun need not warn about it
@@ -109,7 +131,7 @@ def _run_job(cells: list[Cell], timeout: float, on_progress=None, sysinfo: dict 
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
                                     env=env, start_new_session=bool(launched))
             reader = threading.Thread(target=_read_progress, args=(proc.stdout, on_progress), daemon=True)
-            watch = _Watch(proc, memory_cap or default_memory_cap())
+            watch = _Watch(proc, memory_cap or default_memory_cap(), tree=bool(launched))
             reader.start()
             watch.start()
             try:
@@ -149,11 +171,11 @@ def _run_job(cells: list[Cell], timeout: float, on_progress=None, sysinfo: dict 
         return _same(cells, "error", f"worker exited with code {proc.returncode}: {tail}", sysinfo)
 
 
-def _kill(proc: subprocess.Popen, group: bool) -> None:
-    """The worker, or torchrun and every rank it started (their own session)."""
-    if group:
+def _kill(proc: subprocess.Popen, tree: bool) -> None:
+    """The worker, or torchrun and every process below it (its ranks: each in its own session)."""
+    for pid in (_descendants(proc.pid) if tree else []):
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     proc.kill()

@@ -164,3 +164,91 @@ def first_reach(curve, target: float):
         if value <= target:
             return step, value
     return None
+
+
+# -- the decision report: time to a loss, joined from loss curves and step-time ratios -------------
+
+def steps_to_target(curve, target: float) -> float | None:
+    """The first step at which a [(step, loss), ...] curve reaches `target`, linearly
+    interpolated between its evaluations (the curve starts at step 0 from above); None if never."""
+    prev = None
+    for step, value in curve:
+        if value <= target:
+            if prev is None or prev[1] == value:
+                return float(step)
+            (s0, v0) = prev
+            return s0 + (step - s0) * (v0 - target) / (v0 - value)
+        prev = (step, value)
+    return None
+
+
+def mean_curve(curves) -> list[tuple[int, float]]:
+    """The seed-mean of curves evaluated at the same steps."""
+    steps = [s for s, _ in curves[0]]
+    if any([s for s, _ in c] != steps for c in curves):
+        raise ValueError("curves are not evaluated at the same steps")
+    return [(s, float(np.mean([c[i][1] for c in curves]))) for i, s in enumerate(steps)]
+
+
+@dataclass(frozen=True)
+class TimeToTarget:
+    """Wall-clock multiplier at equal loss: (steps the baseline needs / steps the variant needs)
+    ÷ the variant's step-time ratio. > 1: the variant reaches the baseline's loss sooner."""
+    multiplier: float
+    lo: float
+    hi: float
+    steps_ratio: float    # baseline steps / variant steps to the target (None-safe: 0 if never reached)
+    step_time: float      # median per-round step-time ratio
+    reached: float        # fraction of bootstrap draws in which the variant reached the target
+    verdict: str
+    bound: float | None = None  # the variant did not reach the target in its run: the multiplier is below this
+
+
+def time_to_target(base_curves, variant_curves, ratios, n_boot: int = 2000, seed: int = 0,
+                   confidence: float = 0.95) -> TimeToTarget:
+    """The target is the baseline's seed-mean final loss. Point estimate from all seeds and the
+    median per-round step-time ratio; the interval resamples both sources at once: the seeds of
+    each side (mean curves, target) and the timing rounds (their median), percentile bootstrap.
+    A draw where the variant never reaches the target counts as multiplier 0 (slower)."""
+    ratios = np.asarray(ratios, float)
+
+    def one(b_idx, v_idx, r_idx):
+        base = mean_curve([base_curves[i] for i in b_idx])
+        var = mean_curve([variant_curves[i] for i in v_idx])
+        target = base[-1][1]
+        sb, sv = steps_to_target(base, target), steps_to_target(var, target)
+        steps_ratio = 0.0 if sv is None or sv == 0 else sb / sv
+        return steps_ratio / float(np.median(ratios[r_idx])), steps_ratio, sv is not None
+
+    nb, nv, nr = len(base_curves), len(variant_curves), len(ratios)
+    point, steps_ratio, hit = one(range(nb), range(nv), np.arange(nr))
+    bound = None
+    if not hit:  # it would have needed more steps than it ran: at best it reached it at the last one
+        base = mean_curve(base_curves)
+        bound = steps_to_target(base, base[-1][1]) / variant_curves[0][-1][0] / float(np.median(ratios))
+    rng = np.random.default_rng(seed)
+    draws, reached = [], 0
+    for _ in range(n_boot):
+        m, _, ok = one(rng.integers(0, nb, nb), rng.integers(0, nv, nv), rng.integers(0, nr, nr))
+        draws.append(m)
+        reached += ok
+    alpha = (1 - confidence) / 2
+    lo, hi = (float(q) for q in np.quantile(draws, [alpha, 1 - alpha]))
+    verdict = ("faster to target" if lo > 1 else "slower to target" if hi < 1 else "no detectable difference")
+    return TimeToTarget(float(point), lo, hi, float(steps_ratio), float(np.median(ratios)), reached / n_boot, verdict,
+                        bound)
+
+
+def min_detectable_difference(sd_a: float, n_a: int, sd_b: float, n_b: int, alpha: float = 0.05,
+                              power: float = 0.8) -> float:
+    """The smallest true difference of means a two-sided Welch test at `alpha` detects with
+    probability `power`, given the two samples' standard deviations and sizes:
+    (t_{1-alpha/2, df} + t_{power, df}) · sqrt(sd_a²/n_a + sd_b²/n_b), Welch-Satterthwaite df."""
+    from scipy import stats
+
+    va, vb = sd_a**2 / n_a, sd_b**2 / n_b
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return 0.0
+    df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * se)

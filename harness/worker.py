@@ -83,12 +83,13 @@ def main(argv: list[str]) -> int:
     if not launch.in_torchrun():
         _write(run_job(job), result_path)
         return 0
-    # one of torchrun's ranks: join the group, run the job on every rank, rank 0 writes the result;
-    # then all leave together and skip the interpreter's teardown, where a DDP/FSDP object outliving
-    # its process group aborts the process (and torchrun would stop a rank still writing)
+    # one of torchrun's ranks: join the group, run the job on every rank, each node's local rank 0
+    # writes the result for its runner; then all leave together and skip the interpreter's
+    # teardown, where a DDP/FSDP object outliving its process group aborts the process (and
+    # torchrun would stop a rank still writing)
     launch.init(job["cells"][0].get("launch") or {}, job.get("timeout_s") or 600.0)
     result = run_job(job)
-    if torch.distributed.get_rank() == 0:
+    if launch.writes_result():
         _write(result, result_path)
     torch.distributed.barrier()
     sys.stdout.flush()

@@ -83,7 +83,7 @@ def test_cell_key_ignores_label_but_not_options():
     (bad(kind="overhead", targets={"s": {"prenorm": {"speed": 1}}}), "allowed: train, prefill, train_memory, infer_state"),
     (bad(kind="overhead", targets={"s": {"prenorm": {"train": "fast"}}}), "targets.s.prenorm.train must be float"),
     (bad(targets={"s": {}}), "targets belongs to the overhead study: add `kind: overhead`"),
-    (bad(kind="speed"), "kind must be one of distributed, loss, overhead, projection, scaling"),
+    (bad(kind="speed"), "kind must be one of decision, distributed, loss, overhead, projection, scaling"),
     (None, "suite is empty"),
 ])
 def test_bad_suite_is_one_line_error(raw, needle):

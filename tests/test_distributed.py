@@ -110,7 +110,7 @@ def test_suite_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"workloads.ddp runs on several ranks: set launcher"):
         parse_suite(_suite(launcher="local"))
     with pytest.raises(ConfigError, match="need at least as many transformer blocks"):
-        parse_suite(_suite(launcher={"nproc": 8}))
+        parse_suite(_suite(launcher={"nproc": 8}, workloads={"pp": {"batch": 8, "microbatches": 8}}))
     with pytest.raises(ConfigError, match=r"batch \(5\) must be a multiple of microbatches"):
         parse_suite(_suite(workloads={"pp": {"batch": 5, "microbatches": 2}}))
     with pytest.raises(ConfigError, match="workloads.pp.schedule must be one of gpipe, 1f1b"):
@@ -133,8 +133,23 @@ def _run(tmp_path, raw, env=None):
     suite.write_text(yaml.safe_dump({"kind": "distributed", **raw}))
     out = tmp_path / "r.jsonl"
     proc = subprocess.run([sys.executable, "-m", "resbench", "run", str(suite), "--out", str(out), "--quiet"],
-                          capture_output=True, text=True, timeout=600, env={**_env(), **(env or {})})
+                          capture_output=True, text=True, timeout=600,
+                          env={**_env(), "RESBENCH_TEST_RUN": str(tmp_path), **(env or {})})
     return proc, [json.loads(ln) for ln in out.read_text().splitlines()] if out.exists() else []
+
+
+def _left_behind(tmp_path) -> list[int]:
+    """Processes still alive that this test's run started (they inherit its marker variable)."""
+    mark = f"RESBENCH_TEST_RUN={tmp_path}".encode()
+    out = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if entry.isdigit() and mark in fh.read().split(b"\0"):
+                    out.append(int(entry))
+        except OSError:
+            continue
+    return out
 
 
 def test_distributed_suite_runs_and_its_traffic_matches(tmp_path):
@@ -152,14 +167,13 @@ def test_distributed_suite_runs_and_its_traffic_matches(tmp_path):
 @pytest.mark.parametrize("fault,status,says", [("kill:1:3", "killed", "rank 1 killed by SIGKILL"),
                                                ("hang:1:3", "timeout", "every rank was killed")])
 def test_a_failed_rank_is_the_cells_status(tmp_path, fault, status, says):
-    # the job's limit is timeout_s per cell (2 here): room to start both ranks, not to wait long
+    # the job's limit is timeout_s × its 2 cells: room to start both ranks, not to wait long
     raw = _suite(timeout_s=15 if status == "timeout" else 120, workloads={"ddp": {"batch": 2, "repeats": 3}})
     proc, recs = _run(tmp_path, raw, env={"RESBENCH_FAULT": fault})
     assert {r["status"] for r in recs} == {status}, recs
     assert all(says in r["message"] for r in recs), recs[0]["message"]
     assert proc.returncode == 1  # the study reports the failed cells
-    left = subprocess.run(["pgrep", "-f", "resbench.worker"], capture_output=True, text=True).stdout.split()
-    assert not [p for p in left if int(p) != os.getpid()]
+    assert not _left_behind(tmp_path)  # torchrun and both ranks are gone
 
 
 def test_rank_failure_reads_torchrun_summary():
@@ -172,6 +186,34 @@ def test_rank_failure_reads_torchrun_summary():
   error_file: <N/A>"""
     assert rank_failure(text) == ("killed", "rank 1 killed by SIGKILL (torchrun stopped the other ranks)")
     assert rank_failure("plain failure") is None
+    two = """ValueError: a bad shape
+[0]:
+  rank      : 0 (local_rank: 0)
+  exitcode  : 1 (pid: 11)
+[1]:
+  rank      : 1 (local_rank: 1)
+  exitcode  : 1 (pid: 12)"""
+    assert rank_failure(two) == ("error", "rank 0 exited with code 1; rank 1 exited with code 1 "
+                                          "(torchrun stopped the other ranks): ValueError: a bad shape")
+
+
+def test_a_cell_that_cannot_build_fails_alone(tmp_path):
+    """A fast form's store cannot cross a stage boundary: that cell says so, its job goes on."""
+    raw = _suite(variants=["prenorm", "block-attnres"],
+                 workloads={"pp": {"batch": 4, "microbatches": 2, "repeats": 2, "schedule": "1f1b"}})
+    proc, recs = _run(tmp_path, raw)
+    by = {r["cell"]["label"]: r for r in recs}
+    assert by["prenorm"]["status"] == "ok", by["prenorm"]
+    assert by["block-attnres"]["status"] == "error" and "use impl: reference" in by["block-attnres"]["message"]
+
+
+def test_schedule_limits_are_named_before_any_rank_starts():
+    with pytest.raises(ConfigError, match=r"microbatches \(1\) must be >= the ranks \(2\) for 1f1b"):
+        parse_suite(_suite(workloads={"pp": {"batch": 2, "microbatches": 1, "schedule": "1f1b"}}))
+    with pytest.raises(ConfigError, match="does not scale fp16 losses"):
+        parse_suite(_suite(precision="fp16-autocast"))
+    with pytest.raises(ConfigError, match=r"workloads.ddp.warmup must be > 0"):
+        parse_suite(_suite(workloads={"ddp": {"warmup": 0}}))
 
 
 def test_torchrun_command_one_node_and_several():
@@ -183,3 +225,6 @@ def test_torchrun_command_one_node_and_several():
                                           "rdzv_id": "j1"}).resolved("cuda"), ["-m", "x"])
     assert "--standalone" not in many
     assert {"--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=h0:29500", "--rdzv-id=j1"} <= set(many)
+    job = torchrun_command(parse_launch({"nproc": 8, "nnodes": 2, "rdzv_endpoint": "h0:29500"}).resolved("cuda"),
+                           ["-m", "x"], job="0123abcd")
+    assert "--rdzv-id=resbench-0123abcd" in job  # one rendezvous per job, the same on every node

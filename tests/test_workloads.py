@@ -135,8 +135,10 @@ def test_no_workload_name_outside_its_module():
     for name in workloads.names():
         hits = [p.relative_to(ROOT).as_posix() for p in (ROOT / "harness").rglob("*.py")
                 if f'"{name}"' in p.read_text() and p.parent.name != "workloads"]
-        # the loss study reads loss records; the distributed study the three it tabulates
-        allowed = {"loss": {"harness/studies/loss.py"}, "ddp": {"harness/studies/distributed.py"},
-                   "fsdp": {"harness/studies/distributed.py"},
+        # the loss study reads loss records; the distributed study the three it tabulates; the
+        # decision study joins loss, throughput and memory
+        decision = "harness/studies/decision.py"
+        allowed = {"loss": {"harness/studies/loss.py", decision}, "throughput": {decision}, "memory": {decision},
+                   "ddp": {"harness/studies/distributed.py"}, "fsdp": {"harness/studies/distributed.py"},
                    "pp": {"harness/studies/distributed.py"}}.get(name, set())
         assert set(hits) <= allowed, (name, hits)

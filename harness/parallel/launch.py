@@ -1,7 +1,8 @@
 """Launchers: where a cell's worker runs. `local` is one process (the default); `torchrun` starts
 `nproc` ranks per node through PyTorch's own launcher (torch.distributed.run), backend gloo on CPU
-and nccl on GPU. Rank 0 writes the job's result; the runner kills the whole process group on a
-timeout, and a rank that fails becomes the cell's status (runner.py reads torchrun's summary).
+and nccl on GPU. Each node's local rank 0 writes the job's result for its node's runner; the
+runner kills torchrun and every rank on a timeout, and a rank that fails becomes the cell's
+status (runner.py reads torchrun's summary).
 """
 from __future__ import annotations
 
@@ -17,12 +18,11 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ..cells import CONNECTION
 from ..errors import ConfigError
 
 LAUNCHERS = ("local", "torchrun")
 BACKENDS = ("auto", "gloo", "nccl")
-# connection details: how ranks find each other, not what is measured (left out of the record key)
-CONNECTION = ("rdzv_endpoint", "rdzv_id")
 FAULT_ENV = "RESBENCH_FAULT"  # "kill:RANK:STEP" or "hang:RANK:STEP": a test hook (tests/test_distributed.py)
 
 
@@ -33,7 +33,7 @@ class Launch:
     nnodes: int = 1
     backend: str = "auto"  # auto: nccl on cuda, gloo on cpu
     rdzv_endpoint: str = ""  # host:port of the rendezvous (multi-node); "" on one node: --standalone
-    rdzv_id: str = "resbench"
+    rdzv_id: str = "resbench"  # a prefix: each job's rendezvous is named after it and its first cell
 
     @property
     def world(self) -> int:
@@ -81,37 +81,52 @@ def parse_launch(raw) -> Launch:
                   raw.get("rdzv_id", "resbench"))
 
 
-def torchrun_command(launch: dict, argv: list[str]) -> list[str]:
-    """python -m torch.distributed.run ... -m <argv>: one node standalone, else a c10d rendezvous."""
+def torchrun_command(launch: dict, argv: list[str], job: str = "") -> list[str]:
+    """python -m torch.distributed.run ... -m <argv>: one node standalone, else a c10d rendezvous
+    named after `job` (the same on every node for the same job: its first cell's key)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launch['nproc']}", "--max-restarts=0"]
     if launch["nnodes"] == 1 and not launch.get("rdzv_endpoint"):
         cmd.append("--standalone")
     else:
         cmd += [f"--nnodes={launch['nnodes']}", "--rdzv-backend=c10d", f"--rdzv-endpoint={launch['rdzv_endpoint']}",
+                f"--rdzv-id={launch.get('rdzv_id', 'resbench')}-{job}" if job else
                 f"--rdzv-id={launch.get('rdzv_id', 'resbench')}"]
     return cmd + argv
 
 
-# torchrun's failure summary: "rank      : 1 (local_rank: 1)" / "exitcode  : -9 (pid: 123)" / "error_file"..
-_RANK = re.compile(r"rank\s*:\s*(\d+)")
-_EXIT = re.compile(r"exitcode\s*:\s*(-?\d+)")
+# torchrun's failure summary, a block per failed rank: "rank      : 1 (local_rank: 1)",
+# "exitcode  : -9 (pid: 123)"; anchored at the line start so "local_rank: 1" is not a rank
+_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)", re.M)
+_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)", re.M)
+# a rank's own last words: the exception line of its traceback ("ConfigError: ...")
+_RAISED = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$", re.M)
 
 
 def rank_failure(stderr: str) -> tuple[str, str] | None:
     """(status, message) from torchrun's summary of failed ranks, or None if it printed none.
-    A rank ended by a signal is `killed`, one that exited non-zero `error`."""
-    ranks, codes = _RANK.findall(stderr), _EXIT.findall(stderr)
-    if not codes:
+    A rank ended by a signal is `killed`, one that exited non-zero `error`; the last exception a
+    rank printed is kept in the message."""
+    failed: dict[int, int] = {}
+    rank = None
+    for line in stderr.splitlines():
+        if m := _RANK.match(line):
+            rank = int(m.group(1))
+        elif (m := _EXIT.match(line)) and rank is not None:
+            failed[rank] = int(m.group(1))
+            rank = None
+    if not failed:
         return None
-    failed = []
-    for r, code in zip(ranks, codes):
-        code = int(code)
-        how = f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() \
-            else f"exited with code {code}"
-        failed.append((int(r), code, how))
-    failed.sort(key=lambda t: t[0])
-    status = "killed" if any(code < 0 for _, code, _ in failed) else "error"
-    return status, "; ".join(f"rank {r} {how}" for r, _, how in failed) + " (torchrun stopped the other ranks)"
+
+    def how(code):
+        if code < 0 and -code in signal.valid_signals():
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exited with code {code}"
+
+    status = "killed" if any(code < 0 for code in failed.values()) else "error"
+    raised = _RAISED.findall(stderr)
+    why = f": {raised[-1][0]}: {raised[-1][1][:300]}" if raised else ""
+    return status, "; ".join(f"rank {r} {how(c)}" for r, c in sorted(failed.items())) + \
+        f" (torchrun stopped the other ranks){why}"
 
 
 # -- inside a rank ------------------------------------------------------------------------------
@@ -120,16 +135,17 @@ def in_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
 
 
-def init(launch: dict, timeout_s: float = 600.0) -> str:
-    """Join the process group (env:// from torchrun); returns this rank's device string."""
-    local = int(os.environ["LOCAL_RANK"])
-    device = "cpu"
+def init(launch: dict, timeout_s: float = 600.0) -> None:
+    """Join the process group (env:// from torchrun), on this rank's GPU under nccl."""
     if launch.get("backend") == "nccl":
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     if not dist.is_initialized():
         dist.init_process_group(launch.get("backend", "gloo"), timeout=timedelta(seconds=timeout_s))
-    return device
+
+
+def writes_result() -> bool:
+    """Local rank 0 of each node writes the job's result: every node's runner records the job."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
 def gather(obj) -> list:

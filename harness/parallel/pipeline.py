@@ -27,6 +27,8 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..errors import ConfigError
 
+# Schedules whose backward is one autograd.backward per chunk: kept history gets its .grad there
+# (_Keep). Zero-bubble schedules split backward with autograd.grad, which would drop it.
 SCHEDULES = {"gpipe": S.ScheduleGPipe, "1f1b": S.Schedule1F1B, "interleaved-1f1b": S.ScheduleInterleaved1F1B}
 MULTI_STAGE = ("interleaved-1f1b",)  # schedules running V >= 2 chunks per rank
 COMMS = ("naive", "cached")
@@ -128,8 +130,9 @@ class _Slot:
 
 class Chunk(nn.Module):
     """Sublayers [start, stop) of the shared model as one pipeline stage's module. It registers
-    only what it runs: its sublayers, the residual variant's parameters (shared by the rank's
-    chunks), the embeddings on the first chunk, the final norm and head on the last."""
+    its sublayers, the embeddings on the first chunk, the final norm and head on the last, and the
+    residual variant (one module for all sublayers, shared by the rank's chunks: a parameter row
+    of another rank's sublayer gets a zero or no gradient here, and AdamW leaves it unchanged)."""
 
     def __init__(self, model, c: int, bounds, boundaries: list[Boundary], ranks: int, comm: str, kept: dict,
                  precision=None, device="cpu"):

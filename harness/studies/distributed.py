@@ -90,7 +90,7 @@ def render(records: list[dict]) -> tuple[str, bool]:
         if pp:
             out += ["", "Pipeline parallel (torch.distributed.pipelining; train step incl. AdamW; bubble = 1 − the "
                         "rank's compute / the schedule's time, worst rank, ideal (P−1)/(V·M+P−1) in brackets):", "",
-                    tabulate(pp_rows(pp), headers=["variant", "schedule", "P×V", "M", "state", "step ms [min–max]",
+                    tabulate(pp_rows(pp), headers=["variant", "schedule", "P×V", "M", "comm", "step ms [min–max]",
                                                    "× prenorm", "tok/s", "bubble (ideal)"],
                              tablefmt="github", disable_numparse=True)]
             rows, ok = comm_rows(pp)
@@ -98,7 +98,7 @@ def render(records: list[dict]) -> tuple[str, bool]:
             out += ["", "Stage-transition traffic, d-vectors per token per step, counted at the posted sends "
                         "(forward; backward as a multiple of forward). Predicted = completed blocks + embeddings + "
                         "partial sums (parallel/comm.py); Eq. 7/8 = the paper's count of blocks, N_p = N/C:", "",
-                    tabulate(rows, headers=["variant", "schedule", "P×V", "state", "per transition", "forward",
+                    tabulate(rows, headers=["variant", "schedule", "P×V", "comm", "per transition", "forward",
                                             "backward ×", "predicted", "Eq. 7/8", "match"],
                              tablefmt="github", disable_numparse=True)]
         out.append("")

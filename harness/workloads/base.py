@@ -62,13 +62,16 @@ class Workload:
     cost_exact = False  # its cost columns are exact counts (a bound is met by the value), not timed ratios
     distributed = False  # its cells run on several ranks (the suite's launcher; parallel/launch.py)
     axes: tuple[str, ...] = ()  # Params fields a suite may give as a list: one cell per value
+    # Params fields added after records existed: at these defaults they stay out of the cell, so
+    # earlier cells keep their keys (as an eager cell keeps its key without `compile`)
+    unkeyed_defaults: dict = {}
 
     # -- config time ------------------------------------------------------------------------
     def check(self, params, variant_names: list[str]) -> None:
         """Raise ConfigError for a combination with the rest of the suite that cannot run."""
 
-    def check_launch(self, params, launch, shapes) -> None:
-        """Raise ConfigError for a launcher (ranks, backend) this workload cannot run under."""
+    def check_run(self, params, launch, shapes, precisions) -> None:
+        """Raise ConfigError for how the suite runs it (launcher's ranks, shapes, precisions)."""
 
     def normalize(self, params: dict) -> dict:
         """One cell's params after the axes are expanded (e.g. fields that one value makes moot)."""

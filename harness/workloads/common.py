@@ -74,3 +74,23 @@ def rank_context(cells: list[Cell]):
     first = cells[0]
     return (dist.get_rank(), dist.get_world_size(), first.params, rank_device(first),
             get_precision(first.precision), ModelConfig(**first.shape))
+
+
+def build_on_every_rank(cells: list[Cell], build) -> tuple[dict, dict]:
+    """({key: build(cell)} of the cells every rank built, {key: outcome} of the others): a cell
+    that fails to build on any rank is dropped on all of them, so their collectives stay in step;
+    its status and message are the first failing rank's."""
+    from ..errors import classify
+    from ..parallel.launch import gather
+
+    built, failed = {}, {}
+    for cell in cells:
+        try:
+            built[cell.key] = build(cell)
+        except Exception as exc:  # noqa: BLE001 - recorded as the cell's status
+            failed[cell.key] = classify(exc)
+    agreed: dict = {}
+    for f in gather(failed):
+        for key, outcome in f.items():
+            agreed.setdefault(key, outcome)
+    return {k: v for k, v in built.items() if k not in agreed}, agreed

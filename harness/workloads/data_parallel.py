@@ -15,16 +15,16 @@ from torch.nn.parallel import DistributedDataParallel
 from ..cells import BASELINE
 from ..measure import summarize
 from ..model import build_model
-from ..parallel.launch import gather, peak_memory, time_rounds
+from ..parallel.launch import gather, peak_memory, time_rounds, writes_result
 from ..train import TrainConfig, make_optimizer, train_step
 from .base import Workload, fmt_ms, num, register
-from .common import fixed_batch, grouped_jobs, paired_ratio, progress_counter, rank_context
+from .common import build_on_every_rank, fixed_batch, grouped_jobs, paired_ratio, progress_counter, rank_context
 
 
 @dataclass(frozen=True)
 class Params:
     batch: int = 4   # per rank
-    warmup: int = 1
+    warmup: int = 1  # >= 1: the first step builds DDP's buckets / FSDP's groups
     repeats: int = 7
 
 
@@ -44,7 +44,7 @@ class DataParallel(Workload):
     order = 60
     distributed = True
     timed_calls = True
-    positive = ("batch", "repeats")
+    positive = ("batch", "warmup", "repeats")
     how = "?"
 
     def jobs(self, cells, todo):
@@ -53,19 +53,20 @@ class DataParallel(Workload):
     def run(self, cells, progress=None):
         rank, world, p, device, prec, cfg = rank_context(cells)
         x, y = fixed_batch(cfg, p["batch"], cells[0].seed + rank, device)  # each rank its own data
-        fns = {}
-        for cell in cells:
+        def build(cell):
             model = build_model(cfg, cell.variant, cell.options, cell.seed, device, prec.param_dtype)
             wrapped = wrap(model, self.how, device)
-            opt = make_optimizer(model, TrainConfig())
-            scaler = prec.scaler(device)
-            fns[cell.key] = (lambda w=wrapped, o=opt, s=scaler: train_step(w, o, x, y, TrainConfig(), prec, s))
+            opt, scaler = make_optimizer(model, TrainConfig()), prec.scaler(device)
+            return lambda: train_step(wrapped, opt, x, y, TrainConfig(), prec, scaler)
+
+        fns, failed = build_on_every_rank(cells, build)
         times = time_rounds(fns, p["warmup"], p["repeats"], device,
                             progress=None if progress is None or rank else progress_counter(progress, len(fns), p))
         every = gather({"times": times, "memory": peak_memory(device)})
-        if rank:
-            return {c.key: ("ok", None, {}) for c in cells}
-        return {c.key: ("ok", None, self._metrics(c, cfg, every, cells, world)) for c in cells}
+        if not writes_result():
+            return {}
+        ok = [c for c in cells if c.key in fns]
+        return {**failed, **{c.key: ("ok", None, self._metrics(c, cfg, every, ok, world)) for c in ok}}
 
     def _metrics(self, cell, cfg, every, cells, world):
         p = cell.params

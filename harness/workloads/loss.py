@@ -74,6 +74,7 @@ class Loss(Workload):
     deterministic = True  # bit-for-bit curves; not for timing, where it may pick slower kernels
     columns = (("val loss", lambda r: _loss_cell(r["val_loss"])),)
     compare_metrics = {"final_val_loss": (lambda m: (m.get("final_val_loss"), None), "{:.4f}")}
+    unkeyed_defaults = {"budget_s": 0.0}
 
     def preflight(self, params, shapes):
         """A missing corpus, one whose ids do not fit a shape's vocabulary, or one too short for a

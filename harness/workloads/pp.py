@@ -18,11 +18,11 @@ from ..errors import ConfigError
 from ..measure import summarize
 from ..model import build_model
 from ..parallel import comm as comm_model
-from ..parallel.launch import gather, peak_memory, time_rounds
+from ..parallel.launch import gather, peak_memory, time_rounds, writes_result
 from ..parallel.pipeline import COMMS, MULTI_STAGE, SCHEDULES, bubble, build_pipeline, chunk_bounds
 from ..variants.base import Residual
 from .base import Workload, fmt_ms, num, register
-from .common import fixed_batch, grouped_jobs, paired_ratio, progress_counter, rank_context
+from .common import build_on_every_rank, fixed_batch, grouped_jobs, paired_ratio, progress_counter, rank_context
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Params:
     schedule: str = "1f1b"    # gpipe | 1f1b | interleaved-1f1b; a list: one cell per schedule
     virtual: int = 2          # V chunks per rank, interleaved schedules only (the others run 1); a list too
     comm: str = "naive"       # naive | cached (AttnRes's cross-stage caching); a list: both
-    warmup: int = 1
+    warmup: int = 1           # >= 1: the first step infers the stages' shapes
     repeats: int = 5
 
 
@@ -43,7 +43,7 @@ class PipelineParallel(Workload):
     distributed = True
     timed_calls = True
     axes = ("schedule", "virtual", "comm")
-    positive = ("batch", "microbatches", "virtual", "repeats")
+    positive = ("batch", "microbatches", "virtual", "warmup", "repeats")
     choices = {"schedule": tuple(SCHEDULES), "comm": COMMS}
 
     def check(self, params, variant_names):
@@ -51,9 +51,19 @@ class PipelineParallel(Workload):
             raise ConfigError(f"workloads.pp.batch ({params.batch}) must be a multiple of microbatches "
                               f"({params.microbatches})")
 
-    def check_launch(self, params, launch, shapes):
+    def check_run(self, params, launch, shapes, precisions):
+        """What torch.distributed.pipelining's schedules require, named before any rank starts."""
+        if "fp16-autocast" in precisions:
+            raise ConfigError("workloads.pp does not scale fp16 losses (no GradScaler across stages): "
+                              "use fp32, bf16-autocast or bf16-pure")
         listed = lambda v: v if isinstance(v, tuple) else (v,)  # noqa: E731 - an axis or one value
+        m, ranks = params.microbatches, launch.world
         for s in listed(params.schedule):
+            if s in MULTI_STAGE and m % max(1, m // ranks):
+                raise ConfigError(f"workloads.pp.microbatches ({m}) must be a multiple of microbatches // ranks "
+                                  f"({m // ranks}) for {s}")
+            if s == "1f1b" and m < ranks:
+                raise ConfigError(f"workloads.pp.microbatches ({m}) must be >= the ranks ({ranks}) for 1f1b")
             for v in listed(params.virtual) if s in MULTI_STAGE else (1,):
                 if s in MULTI_STAGE and v < 2:
                     raise ConfigError(f"workloads.pp.virtual must be >= 2 for {s}, got {v}")
@@ -76,31 +86,35 @@ class PipelineParallel(Workload):
     def run(self, cells, progress=None):
         rank, world, p, device, prec, cfg = rank_context(cells)
         x, y = fixed_batch(cfg, p["batch"], cells[0].seed, device)
-        fns, pipes, busy = {}, {}, {}
-        for cell in cells:
-            model = build_model(cfg, cell.variant, cell.options, cell.seed, "cpu", prec.param_dtype)
-            pipe = build_pipeline(model, p["schedule"], world, p["virtual"], p["microbatches"],
-                                  cell.params["comm"], rank, device, prec)
-            opt = torch.optim.AdamW(pipe.parameters(), lr=1e-4)
-            busy[cell.key] = []
+        busy = {c.key: [] for c in cells}
 
-            def step(pipe=pipe, opt=opt, key=cell.key):
+        def build(cell):
+            model = build_model(cfg, cell.variant, cell.options, cell.seed, "cpu", prec.param_dtype)
+            return build_pipeline(model, p["schedule"], world, p["virtual"], p["microbatches"],
+                                  cell.params["comm"], rank, device, prec)
+
+        pipes, failed = build_on_every_rank(cells, build)
+        fns = {}
+        for key, pipe in pipes.items():
+            opt = torch.optim.AdamW(pipe.parameters(), lr=1e-4)
+
+            def step(pipe=pipe, opt=opt, key=key):
                 opt.zero_grad(set_to_none=True)
                 t0 = time.perf_counter()
                 pipe.step(x, y)  # the schedule: the bubble is its time less this rank's compute
                 busy[key].append((pipe.counts()["busy_s"], time.perf_counter() - t0))
                 opt.step()
 
-            fns[cell.key], pipes[cell.key] = step, pipe
+            fns[key] = step
         times = time_rounds(fns, p["warmup"], p["repeats"], device,
                             progress=None if progress is None or rank else progress_counter(progress, len(fns), p))
         mine = {k: {"times": times[k], "busy": busy[k][p["warmup"]:], "counts": pipes[k].counts(),
-                    "per_chunk": {s.chunk.c: s.bytes["fwd_send"] for s in pipes[k].stages},
                     "per_chunk_elems": {s.chunk.c: s.elems for s in pipes[k].stages}} for k in fns}
         every = gather({"cells": mine, "memory": peak_memory(device)})
-        if rank:
-            return {c.key: ("ok", None, {}) for c in cells}
-        return {c.key: ("ok", None, self._metrics(c, cfg, every, cells)) for c in cells}
+        if not writes_result():
+            return {}
+        ok = [c for c in cells if c.key in pipes]
+        return {**failed, **{c.key: ("ok", None, self._metrics(c, cfg, every, ok)) for c in ok}}
 
     def _metrics(self, cell, cfg, every, cells):
         p, world = cell.params, len(every)
