@@ -41,6 +41,8 @@ INFERENCE_TARGETS = command("report", f"{REF}/inference.jsonl", "--suite", "infe
 INFERENCE = command("report", f"{REF}/inference.jsonl")
 FIELD = "results/reference/epyc-zen4-2core"  # the field's schemes (another session's machine)
 FIELD_OVERHEAD = command("report", f"{FIELD}/overhead-field.jsonl", "--suite", "overhead-field")
+DECISION = command("report", f"{FIELD}/decision/decision.jsonl", "--suite", "decision")
+DECISION_BUDGET = command("report", f"{FIELD}/decision/decision-budget.jsonl", "--suite", "decision-budget")
 DISTRIBUTED = command("report", f"{FIELD}/distributed/distributed.jsonl", "--suite", "distributed")
 PROJECTION = written(f"{REF}/scaling/projection.md", "resbench project", fenced=False)
 GATE = written(f"{REF}/history-gate/summary.md", "python scripts/history_gate_check.py", fenced=False)
@@ -54,6 +56,11 @@ BLOCKS = {
         "inference-readme": INFERENCE_TARGETS,
         "gate-readme": GATE,
         "distributed-readme": DISTRIBUTED,
+        "decision-readme": DECISION,
+    },
+    "docs/DECISION.md": {
+        "decision-doc": DECISION,
+        "decision-budget-doc": DECISION_BUDGET,
     },
     "docs/DISTRIBUTED.md": {
         "distributed-doc": DISTRIBUTED,
