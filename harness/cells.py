@@ -43,7 +43,7 @@ class Cell:
     threads: int
     variant_source: str = ""  # module:Class@sha of the registered class (variants.source_of)
     compile: str = "none"  # eager, or the torch.compile mode (harness/compiling.py)
-    launch: dict = field(default_factory=dict)  # {} local; torchrun: parallel/launch.py's Launch, resolved
+    launch: dict = field(default_factory=dict)  # {} local; torchrun: harness/parallel/launch.py's Launch, resolved
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -45,7 +45,7 @@ class Suite:
     shape_overrides: dict = field(default_factory=dict)  # shape -> {batch|warmup|repeats: value}
     kind: str = ""  # the study on top of the records ("" = none); see studies/
     study: dict = field(default_factory=dict)  # that study's own keys, validated by it (overhead: targets)
-    launch: Launch = Launch()  # where distributed workloads' cells run (parallel/launch.py)
+    launch: Launch = Launch()  # where distributed workloads' cells run (harness/harness/parallel/launch.py)
 
 
 # -- validation helpers ---------------------------------------------------------------------

@@ -16,7 +16,6 @@ import tempfile
 import threading
 import uuid
 import warnings
-from collections import defaultdict
 from pathlib import Path
 
 import torch

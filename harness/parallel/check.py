@@ -5,7 +5,7 @@
 For every registered variant (its equations: impl reference where it has forms) and schedule, and
 both comm forms where the variant declares a history: the pipelined step's loss and the gradient
 of every parameter (summed over ranks) must equal a one-process step of the same model in fp64,
-and the counted forward bytes must equal what the layout predicts (parallel/comm.py for AttnRes;
+and the counted forward bytes must equal what the layout predicts (harness/parallel/comm.py for AttnRes;
 one state of `streams()` d-vectors per transition for the single-stream variants). Rank 0 prints
 one line per case and exits 1 if any fails.
 """

@@ -275,9 +275,7 @@ class Pipeline:
     stages: list[CountingStage]
     chunks: list[Chunk]
     kept: dict
-    microbatches: int
     rank: int
-    ranks: int
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
         """One training step's forward and backward (no optimizer step): the batch is split into
@@ -344,7 +342,7 @@ def build_pipeline(model, schedule: str, ranks: int, virtual: int, microbatches:
     cls = SCHEDULES[schedule]
     sched = cls(stages if schedule in MULTI_STAGE else stages[0], n_microbatches=microbatches, loss_fn=loss_fn,
                 scale_grads=False)
-    return Pipeline(sched, stages, mine, kept, microbatches, rank, ranks)
+    return Pipeline(sched, stages, mine, kept, rank)
 
 
 def _drop_others(model, ranges, first: bool, last: bool) -> None:

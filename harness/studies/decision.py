@@ -70,8 +70,9 @@ def _round_ratios(jobs: dict, label: str) -> list[float]:
     return out
 
 
-def decision_rows(loss, timing, memory, shapes) -> tuple[list[list], list[str]]:
-    rows, notes = [], []
+def decision_rows(loss, timing, memory, shapes) -> list[list]:
+    """The table: its header row first."""
+    rows = []
     per_label = defaultdict(dict)  # label -> {size: [(flops, final loss)]} for the compute fits
     for shape, by_label in loss.items():
         for label, runs in by_label.items():
@@ -116,7 +117,7 @@ def decision_rows(loss, timing, memory, shapes) -> tuple[list[list], list[str]]:
                + [f"step × {'eager' if m == 'none' else m}" for m in modes]
                + [f"wall-clock × to target, {'eager' if m == 'none' else m}" for m in modes]
                + ["train mem ×", "infer mem ×", "verdict"])
-    return [headers] + rows, notes
+    return [headers] + rows
 
 
 def _ratio(a, b) -> str:
@@ -150,7 +151,7 @@ def render(records: list[dict]) -> tuple[str, bool]:
            "validation loss) ÷ step-time ratio; > 1 is faster. Intervals: 95%, percentile bootstrap over seeds and "
            "timing rounds together; step ×: distribution-free interval of the median per-round ratio; compute ×: seed "
            "bootstrap of the power-law fits; Δ loss: Welch.", ""]
-    table, notes = decision_rows(loss, timing, memory, shapes)
+    table = decision_rows(loss, timing, memory, shapes)
     if len(table) > 1:
         out += [tabulate(table[1:], headers=table[0], tablefmt="github", disable_numparse=True), ""]
     if budget:
@@ -159,7 +160,7 @@ def render(records: list[dict]) -> tuple[str, bool]:
                                                        "final val loss", "Δ vs prenorm [95% CI]"],
                          tablefmt="github", disable_numparse=True), ""]
     bad = [r for r in recs if r["status"] != "ok"]
-    out += notes + [f"- {r['cell']['label']} {r['cell']['workload']} {r['cell']['shape_name']} seed {r['cell']['seed']}: "
+    out += [f"- {r['cell']['label']} {r['cell']['workload']} {r['cell']['shape_name']} seed {r['cell']['seed']}: "
                     f"{r['status']} — {r.get('message')}" for r in bad]
     return "\n".join(out).rstrip() + "\n", len(table) > 1 and not bad
 

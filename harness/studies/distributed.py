@@ -1,6 +1,6 @@
 """Scaling out: the records of the ddp, fsdp and pp (pipeline-parallel) workloads as three tables (data
 parallel, pipeline parallel, stage-transition traffic). The check: every pipeline cell's counted
-forward traffic equals what its layout predicts (parallel/comm.py), its backward sends as many
+forward traffic equals what its layout predicts (harness/parallel/comm.py), its backward sends as many
 bytes as its forward, and every send was received."""
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def render(records: list[dict]) -> tuple[str, bool]:
             passed &= ok
             out += ["", "Stage-transition traffic, d-vectors per token per step, counted at the posted sends "
                         "(forward; backward as a multiple of forward). Predicted = completed blocks + embeddings + "
-                        "partial sums (parallel/comm.py); Eq. 7/8 = the paper's count of blocks, N_p = N/C:", "",
+                        "partial sums (harness/parallel/comm.py); Eq. 7/8 = the paper's count of blocks, N_p = N/C:", "",
                     tabulate(rows, headers=["variant", "schedule", "P×V", "comm", "per transition", "forward",
                                             "backward ×", "predicted", "Eq. 7/8", "match"],
                              tablefmt="github", disable_numparse=True)]

@@ -60,7 +60,7 @@ class Workload:
     compare_metrics: dict[str, tuple[Callable[[dict], tuple], str]] = {}
     cost_columns: tuple[tuple[str, str], ...] = ()  # (Cost key, header) in the overhead table; bounds by key
     cost_exact = False  # its cost columns are exact counts (a bound is met by the value), not timed ratios
-    distributed = False  # its cells run on several ranks (the suite's launcher; parallel/launch.py)
+    distributed = False  # its cells run on several ranks (the suite's launcher; harness/parallel/launch.py)
     axes: tuple[str, ...] = ()  # Params fields a suite may give as a list: one cell per value
     # Params fields added after records existed: at these defaults they stay out of the cell, so
     # earlier cells keep their keys (as an eager cell keeps its key without `compile`)
