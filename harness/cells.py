@@ -14,6 +14,22 @@ BASELINE = "prenorm"  # the variant every ratio (× prenorm, overhead, targets) 
 CONNECTION = ("rdzv_endpoint", "rdzv_id")
 
 
+def is_baseline(cell) -> bool:
+    """The one definition of the baseline cell: the BASELINE variant with no options (a Cell or a
+    record's cell mapping). Every ratio, study and table finds it this way, never by label."""
+    get = cell.get if isinstance(cell, dict) else lambda k: getattr(cell, k)
+    return get("variant") == BASELINE and not get("options")
+
+
+def label_of(cell: dict) -> str:
+    """A record's row name where rows are compared with the baseline's (studies): BASELINE for
+    the baseline cell whatever its label, and never BASELINE for any other (a crafted or old
+    record labelled so is named with its variant)."""
+    if is_baseline(cell):
+        return BASELINE
+    return cell["label"] if cell["label"] != BASELINE else f"{cell['label']} [{cell['variant']}]"
+
+
 @dataclass(frozen=True)
 class VariantSpec:
     name: str
@@ -50,16 +66,22 @@ class Cell:
 
     @property
     def key(self) -> str:
-        d = self.to_dict()
-        d.pop("label")  # cosmetic: renaming a label must not redo a measurement
-        if d["compile"] == "none":  # eager cells keep the keys they had before the compile axis
-            d.pop("compile")
-        if not d["launch"]:  # so do local cells before the launcher axis
-            d.pop("launch")
-        else:  # how ranks find each other is not what is measured
-            d["launch"] = {k: v for k, v in d["launch"].items() if k not in CONNECTION}
-        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+        return cell_key(self.to_dict())
+
+
+def cell_key(cell: dict) -> str:
+    """The record key of a cell as stored (Cell.to_dict(), or an older record's cell): reading a
+    record recomputes it, so a line whose key is not its own cell's is never trusted."""
+    d = dict(cell)
+    d.pop("label", None)  # cosmetic: renaming a label must not redo a measurement
+    if d.get("compile", "none") == "none":  # eager cells keep the keys they had before the compile axis
+        d.pop("compile", None)
+    if not d.get("launch"):  # so do local cells before the launcher axis
+        d.pop("launch", None)
+    else:  # how ranks find each other is not what is measured
+        d["launch"] = {k: v for k, v in d["launch"].items() if k not in CONNECTION}
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 # Cell fields a record written before them may lack (they are then unknown, not wrong)
@@ -74,7 +96,7 @@ class Record(TypedDict, total=False):
     run: str           # one id per `resbench run`
     time: str
     cell: dict         # Cell.to_dict()
-    status: str        # ok | oom | diverged | timeout | killed | error
+    status: str        # ok | oom | diverged | timeout | killed | crashed | error
     message: str | None
     metrics: dict[str, Any]
     env: dict[str, Any]  # provenance.environment()

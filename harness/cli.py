@@ -6,8 +6,10 @@ on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import json
+import os
 import signal
 import sys
 import threading
@@ -46,7 +48,7 @@ def cmd_list(args) -> int:
                      "source": variants.source_of(name)})
     if args.json:
         print(json.dumps({"d_model": cfg.d_model, "n_blocks": cfg.n_blocks, "n_layers": cfg.n_layers,
-                          "shared_params": base, "variants": rows}, indent=1))
+                          "shared_params": base, "variants": rows}, indent=1), file=getattr(args, "stdout", sys.stdout))
         return 0
     print(f"shape: d_model={cfg.d_model}, {cfg.n_blocks} blocks (L={cfg.n_layers} sublayers), "
           f"{base:,} shared params")
@@ -66,9 +68,12 @@ def _shown(path: Path) -> str:
 
 def cmd_new_variant(args) -> int:
     from .results import results_root
-    from .variant_template import NAME_RE, module_name, render
+    from .variant_template import MAX_NAME_LEN, NAME_RE, module_name, module_name_taken, render
 
     name = args.name
+    if len(name) > MAX_NAME_LEN:
+        raise UserError(f"invalid variant name {name[:MAX_NAME_LEN]!r}...: {len(name)} characters, "
+                        f"at most {MAX_NAME_LEN}")
     if not NAME_RE.fullmatch(name):
         raise UserError(f"invalid variant name {name!r}: lowercase letters and digits in words joined by "
                         "single '-', starting with a letter (e.g. my-mix)")
@@ -94,6 +99,10 @@ def cmd_new_variant(args) -> int:
             out = out / f"{module_name(name)}.py"
         elif out.suffix != ".py":
             raise UserError(f"--out {args.out}: not a folder and not a .py file")
+    taken = module_name_taken(out.stem, out)  # the module name the file is imported by
+    if taken:
+        raise UserError(f"variant name {name!r} cannot have the module {out.stem}.py: {taken}; pick another "
+                        "name (or --out PATH with another file name)")
     if out.exists():
         if not args.force:
             raise UserError(f"{_shown(out)} exists (--force overwrites it)")
@@ -165,10 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
         else None
+    args.stdout = sys.stdout  # machine-readable output (--json) goes here and nowhere else
+    quiet_plugins = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
     try:
-        for mod in args.variants_module:
-            variants.load_module(mod)
-        return args.func(args)
+        with quiet_plugins:  # what a variant module prints (on import, or as it runs) must not corrupt JSON
+            for mod in args.variants_module:
+                variants.load_module(mod)
+            return args.func(args)
+    except BrokenPipeError:  # `resbench list | head -1`: the reader left; stop quietly, as cat does
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141
     except (UserError, VariantError) as exc:
         msg = " ".join(str(exc).split())  # one line, and a bounded one
         print(f"resbench: error: {msg if len(msg) <= 600 else msg[:597] + '...'}", file=sys.stderr)

@@ -69,6 +69,8 @@ def _warn_other_checkout() -> None:
 
 def cmd_report(args) -> int:
     """The tables of any records; with --suite, that suite's study report (exit 1 if its checks fail)."""
+    if args.suite and args.json:
+        raise UserError("--json gives the plain tables; a study's report (--suite) is Markdown: drop one of them")
     study, cfg = studies.load(args.suite) if args.suite else (None, None)
     out = Path(args.out) if args.out else results_root() / LOCAL_DIR / (cfg.name if cfg else "report")
     if study is not None and study.own_schema:
@@ -77,7 +79,8 @@ def cmd_report(args) -> int:
     if not records:
         raise UserError(f"no records in {', '.join(args.results)}")
     if args.json:
-        print(json.dumps([{k: v for k, v in t.items() if k != "records"} for t in tables(records)], indent=1))
+        print(json.dumps([{k: v for k, v in t.items() if k != "records"} for t in tables(records)], indent=1),
+              file=getattr(args, "stdout", sys.stdout))
         return 0
     if study is None:
         print(render(records))
@@ -110,7 +113,8 @@ def add_subcommands(sub) -> None:
                      "scaling / projection re-render their tables and plots")
     rep.add_argument("--out", metavar="DIR", help="where a study's report files go (default: "
                      "results/local/<suite name>)")
-    rep.add_argument("--json", action="store_true", help="the tables as JSON (raw numbers: ms, bytes, ratios)")
+    rep.add_argument("--json", action="store_true", help="the tables as JSON (raw numbers: ms, bytes, ratios); "
+                     "not with --suite")
     rep.set_defaults(func=cmd_report)
 
     for study in studies.registered():  # shortcuts: `resbench scale` = `resbench run scaling`

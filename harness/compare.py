@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -94,8 +95,10 @@ def _cell_name(rec: dict) -> str:
 
 def compare_metric(base_v, head_v, base_s, head_s, threshold: float, alpha: float) -> tuple:
     """(ratio, p, verdict, regressed) for one metric of one cell."""
-    if base_v is None or head_v is None or base_v <= 0:
+    if base_v is None or head_v is None or not math.isfinite(base_v) or base_v <= 0:
         return None, None, "no data", False
+    if not math.isfinite(head_v):  # NaN compares false with every threshold: it must not pass as "within"
+        return None, None, "not finite at HEAD: REGRESSION", True
     ratio = head_v / base_v
     tested = bool(base_s and head_s)
     if ratio >= 1:
@@ -112,9 +115,9 @@ def compare_metric(base_v, head_v, base_s, head_s, threshold: float, alpha: floa
 
 def compare(base: dict[str, dict], head: dict[str, dict], threshold: float = 0.10,
             alpha: float = 0.01) -> list[Row]:
-    if threshold < 0:
-        raise UserError(f"--threshold must be >= 0, got {threshold}")
-    if not 0 < alpha < 1:
+    if not (math.isfinite(threshold) and threshold >= 0):  # NaN compares false: it would pass anything
+        raise UserError(f"--threshold must be finite and >= 0, got {threshold}")
+    if not 0 < alpha < 1:  # false for NaN too
         raise UserError(f"--alpha must be in (0, 1), got {alpha}")
     pairs = pair_cells(base, head)
     if not pairs:
@@ -182,7 +185,8 @@ def cmd_compare(args) -> int:
     bad = [r for r in rows if r.regressed]
     if args.json:
         print(json.dumps({"base": base_name, "head": head_name, "threshold": args.threshold, "alpha": args.alpha,
-                          "rows": [dataclasses.asdict(r) for r in rows], "regressions": len(bad)}, indent=1))
+                          "rows": [dataclasses.asdict(r) for r in rows], "regressions": len(bad)}, indent=1),
+              file=getattr(args, "stdout", sys.stdout))  # the CLI's real stdout under --json
         return 1 if bad else 0
     print(f"BASE {base_name}  vs  HEAD {head_name}\nregression: HEAD/BASE > {1 + args.threshold:.2f} and, "
           f"for timings with raw repeats, one-sided Mann-Whitney U p < {args.alpha:g}\n")

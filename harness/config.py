@@ -176,7 +176,7 @@ def model_config(where: str, fields_: dict) -> ModelConfig:
 # -- the suite ------------------------------------------------------------------------------
 
 SUITE_KEYS = ("name", "variants", "shapes", "workloads", "device", "precision", "compile", "seeds", "threads", "timeout_s",
-              "memory_cap_gb", "targets", "launcher")
+              "memory_cap_gb", "launcher")  # a study adds its own keys (overhead: targets)
 
 
 def suites_dir() -> Path:
@@ -261,8 +261,14 @@ def _seed_list(where: str, seeds) -> list[int]:
     return seeds
 
 
+MAX_THREADS = 4096  # beyond any machine; torch.set_num_threads fails past its own int range
+
+
 def parse_threads(raw: dict) -> int:
-    return positive("threads", raw.get("threads", 0), int, minimum=0)
+    threads = positive("threads", raw.get("threads", 0), int, minimum=0)
+    if threads > MAX_THREADS:
+        raise ConfigError(f"threads must be <= {MAX_THREADS}, got {short(threads)}")
+    return threads
 
 
 def parse_compile(raw: dict) -> tuple[str, ...]:
@@ -349,12 +355,26 @@ def parse_variants(raw) -> tuple[VariantSpec, ...]:
         options = item.get("options") or {}
         if not isinstance(options, dict):
             raise ConfigError(f"variants[{n}].options must be a mapping, got {short(options)}")
-        specs.append(VariantSpec(name, dict(options), coerce(f"variants[{n}].label", item.get("label", ""), str)))
+        spec = VariantSpec(name, dict(options), coerce(f"variants[{n}].label", item.get("label", ""), str))
+        _check_label(n, spec, registered)
+        specs.append(spec)
     labels = [s.label for s in specs]
     dup = {x for x in labels if labels.count(x) > 1}
     if dup:
         raise ConfigError(f"variants: duplicate label(s) {', '.join(sorted(dup))}; give each a distinct label")
     return tuple(specs)
+
+
+def _check_label(n: int, spec: VariantSpec, registered: list[str]) -> None:
+    """A label names one variant in every table and study: it may not be another variant's name
+    (or its options-form, `name(...)`), so `{name: highway, label: prenorm}` cannot pose as the
+    baseline. Its own name is allowed (`{name: block-attnres, options: ..., label: block-attnres}`)."""
+    stem = spec.label.split("(", 1)[0]
+    if stem == spec.name:
+        return
+    if spec.label in registered or (spec.label.endswith(")") and stem in registered):
+        raise ConfigError(f"variants[{n}].label {short(spec.label)} names the registered variant {stem!r}; "
+                          f"give {spec.name} a label of its own")
 
 
 def parse_shapes(raw) -> tuple[tuple[str, ModelConfig], ...]:

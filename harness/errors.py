@@ -15,12 +15,15 @@ class ConfigError(UserError, ValueError):
 def classify(exc: BaseException) -> tuple[str, str, dict]:
     """(status, one-line message, {}) for an exception raised by a cell: `diverged` for a
     non-finite loss, `oom` only on evidence (an allocator's out-of-memory error, MemoryError),
-    `error` otherwise."""
+    `error` otherwise (SystemExit too: a variant that exits fails its cell only)."""
     import torch
 
     from .train import Diverged
 
-    msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+    if isinstance(exc, SystemExit):  # a variant's sys.exit: the cell fails, its process goes on
+        return "error", f"SystemExit: the cell's code called sys.exit({repr(exc.code)[:100]}); a variant must " \
+                        "raise, not exit", {}
+    msg = (f"{type(exc).__name__}: {exc}".splitlines() or [type(exc).__name__])[0][:500]
     if isinstance(exc, Diverged):
         return "diverged", msg, {}
     text = str(exc).lower()

@@ -51,33 +51,107 @@ def is_asv_result(path: str) -> bool:
     return isinstance(d, dict) and "commit_hash" in d and "results" in d
 
 
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def read_benchmarks(path: Path) -> dict:
+    """The benchmarks.json asv writes beside the machine folders, checked as asv publish reads it:
+    a mapping of benchmark name -> description, with asv's format version."""
+    from asv.benchmarks import Benchmarks
+    from asv.commands.publish import check_benchmark_params
+
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable asv benchmarks.json ({_why(exc)})") from None
+    if not isinstance(doc, dict) or doc.get("version") != Benchmarks.api_version:
+        got = f"version {doc.get('version')!r}" if isinstance(doc, dict) else f"a JSON {type(doc).__name__}"
+        raise UserError(f"{path}: not an asv benchmarks.json (a mapping with version {Benchmarks.api_version}; "
+                        f"got {got})")
+    benches = {k: v for k, v in doc.items() if k != "version"}
+    for name, desc in benches.items():
+        try:
+            if not isinstance(desc, dict):
+                raise ValueError("not a mapping")
+            check_benchmark_params(name, dict(desc))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}: benchmark {name[:80]!r} is malformed ({_why(exc)})") from None
+    return benches
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_results_file(path: Path) -> None:
+    """What asv's Results.load and this gate rely on, checked up front: asv raises whatever its
+    parser trips on, and silently pairs a short value list with the first parameter combinations."""
+    from asv.results import Results
+
+    def bad(why: str) -> UserError:
+        return UserError(f"{path}: not an asv results file this asv can read: {why}")
+
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise bad(_why(exc)) from None
+    if not isinstance(d, dict):
+        raise bad(f"a JSON {type(d).__name__}, not a mapping")
+    if d.get("version") != Results.api_version:
+        raise bad(f"format version {d.get('version')!r}, this asv reads {Results.api_version}")
+    for key, typ in (("params", dict), ("requirements", dict), ("result_columns", list), ("results", dict)):
+        if not isinstance(d.get(key), typ):
+            raise bad(f"{key!r} is missing or not a {'mapping' if typ is dict else 'list'}")
+    cols = d["result_columns"]
+    if not all(isinstance(c, str) for c in cols) or "result" not in cols or "params" not in cols:
+        raise bad("'result_columns' must be names including 'result' and 'params'")
+    i_res, i_par = cols.index("result"), cols.index("params")
+    for name, row in d["results"].items():
+        if not isinstance(row, list) or len(row) <= max(i_res, i_par) or len(row) > len(cols):
+            raise bad(f"the entry of {name[:80]!r} is not a list of {max(i_res, i_par) + 1} to {len(cols)} columns")
+        params, values = row[i_par], row[i_res]
+        if not isinstance(params, list) or not all(isinstance(p, list) for p in params):
+            raise bad(f"the params of {name[:80]!r} are not a list of lists")
+        if values is None:  # every combination failed
+            continue
+        n = math.prod(len(p) for p in params)
+        if not isinstance(values, list) or len(values) != n or not all(v is None or _is_number(v) for v in values):
+            raise bad(f"the result of {name[:80]!r} is not a list of {n} numbers or nulls (one per combination "
+                      "of its params)")
+
+
 def load(path: str) -> tuple[dict, dict, dict]:
     """({"name(p1, p2)": value or None}, {"name(...)": unit}, machine params) of one results file.
     Units come from the benchmarks.json asv writes beside the machine folders."""
     from asv.results import Results  # asv is the [history] extra
 
     p = Path(path)
-    res = Results.load(str(p))
     bench_file = p.parent.parent / "benchmarks.json"
     units = {}
     if bench_file.is_file():
-        units = {k: v.get("unit", "") for k, v in json.loads(bench_file.read_text()).items() if isinstance(v, dict)}
-    values, unit_of = {}, {}
-    for key in sorted(res.get_all_result_keys()):
-        params = res.get_result_params(key)
-        got = res.get_result_value(key, params)
-        combos = list(itertools.product(*params)) if params else [()]
-        got = got if params else [got]
-        for combo, v in zip(combos, got):
-            name = f"{key}({', '.join(str(x).strip(chr(39)) for x in combo)})" if combo else key
-            values[name] = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-            unit_of[name] = units.get(key, "")
+        units = {k: v.get("unit", "") for k, v in read_benchmarks(bench_file).items()}
+    check_results_file(p)
+    try:  # checked above; asv may still raise what its parser trips on
+        res = Results.load(str(p))
+        values, unit_of = {}, {}
+        for key in sorted(res.get_all_result_keys()):
+            params = res.get_result_params(key)
+            # one value per combination, a one-item list for an unparameterized benchmark
+            got = res.get_result_value(key, params)
+            for combo, v in zip(itertools.product(*params), got):
+                name = f"{key}({', '.join(str(x).strip(chr(39)) for x in combo)})" if combo else key
+                # NaN is how asv records a failed measurement; an infinite one is no measurement either
+                values[name] = float(v) if v is not None and math.isfinite(v) else None
+                unit_of[name] = units.get(key, "")
+    except Exception as exc:  # noqa: BLE001 - a results file is input: one line naming it, never a traceback
+        raise UserError(f"{path}: not an asv results file this asv can read ({_why(exc)})") from None
     return values, unit_of, res.params
 
 
 def compare(base: dict, head: dict, units: dict, threshold: float, time_threshold: float) -> list[SeriesRow]:
-    if threshold < 0 or time_threshold < 0:
-        raise UserError(f"thresholds must be >= 0, got {threshold} and {time_threshold}")
+    if not all(math.isfinite(t) and t >= 0 for t in (threshold, time_threshold)):  # NaN would pass anything
+        raise UserError(f"thresholds must be finite and >= 0, got {threshold} and {time_threshold}")
     allowed = {"ratio": threshold, "time": time_threshold, "exact": EXACT_TOLERANCE, "fixed-seed": LOSS_TOLERANCE}
     rows = []
     for name in sorted(set(base) | set(head)):
@@ -136,7 +210,8 @@ def cmd_compare(args) -> int:
     if args.json:
         print(json.dumps({"base": args.base, "head": args.head, "threshold": args.threshold,
                           "time_threshold": args.time_threshold, "spread": worst,
-                          "rows": [asdict(r) for r in rows], "regressions": len(bad)}, indent=1))
+                          "rows": [asdict(r) for r in rows], "regressions": len(bad)}, indent=1),
+              file=getattr(args, "stdout", sys.stdout))  # the CLI's real stdout under --json
         return 1 if bad else 0
     print(f"BASE {args.base}\nHEAD {args.head}\nregression: a ratio vs PreNorm above {1 + args.threshold:.2f}x "
           f"BASE's, an absolute time above {1 + args.time_threshold:.2f}x, any increase of bytes or FLOPs, "

@@ -7,6 +7,7 @@ from collections import defaultdict
 from tabulate import tabulate
 
 from . import workloads
+from .cells import label_of
 from .provenance import producer
 from .results import newest_per_cell
 from .workloads.base import num
@@ -66,7 +67,7 @@ def summary_rows(rs: list[dict]) -> tuple[list[dict], list[str]]:
     own fields, Workload.summary), and notes on cells that did not finish."""
     by_label: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rs:
-        by_label[r["cell"]["label"]][r["cell"]["workload"]].append(r)
+        by_label[label_of(r["cell"])][r["cell"]["workload"]].append(r)
     rows, notes = [], []
     for label, wl in by_label.items():
         ok = {k: [r["metrics"] for r in v if r["status"] == "ok"] for k, v in wl.items()}

@@ -26,7 +26,7 @@ from .config import Cell, Suite, expand_cells
 from .errors import UserError
 from .parallel import launch
 from .provenance import environment, producer, system
-from .results import append_record, check_writable, encode_record, exclusive, finished_keys, now
+from .results import append_record, bounded_message, check_writable, encode_record, exclusive, finished_keys, now
 from .worker import PROGRESS
 
 
@@ -113,43 +113,50 @@ class _Watch(threading.Thread):
 def _run_job(cells: list[Cell], timeout: float, on_progress=None, sysinfo: dict | None = None,
              memory_cap: float | None = None) -> dict[str, dict]:
     """Run one job in a fresh worker process. ``on_progress(done, total)`` gets the worker's
-    progress lines (throughput: one per timed call) as they arrive. The worker watches its stdin
-    and exits when this process is gone (killed, even by SIGKILL); an interrupt or SIGTERM here
-    kills the worker before it propagates, and the job's temporary folder is removed."""
+    progress (throughput: one per timed call) from a file of its own in the job's folder, so
+    nothing a variant prints can reach it; its stdout and stderr are kept together. The worker
+    watches its stdin and exits when this process is gone (killed, even by SIGKILL); an interrupt
+    or SIGTERM here kills the worker before it propagates, and the job's temporary folder is
+    removed."""
     with tempfile.TemporaryDirectory(prefix="resbench-") as tmp:
         job_path, result_path = os.path.join(tmp, "job.json"), os.path.join(tmp, "result.json")
+        progress_path, log_dir = os.path.join(tmp, "progress"), os.path.join(tmp, "torchrun")
         with open(job_path, "w") as fh:
-            json.dump({"cells": [c.to_dict() for c in cells], "system": sysinfo, "timeout_s": timeout}, fh)
+            json.dump({"cells": [c.to_dict() for c in cells], "system": sysinfo, "timeout_s": timeout,
+                       "progress": progress_path}, fh)
         cmd = ["-m", f"{__package__}.worker", "--parent-stdin", job_path, result_path]
         launched = cells[0].launch  # torchrun: its ranks inherit our stdin, so they too go when we go
-        cmd = launch.torchrun_command(launched, cmd, cells[0].key) if launched else [sys.executable, *cmd]
-        with open(os.path.join(tmp, "stderr"), "w+") as err:
-            env = _child_env()
-            if launched:  # the ranks set their threads (cell.threads); torchrun need not warn about it
-                env.setdefault("OMP_NUM_THREADS", str(cells[0].threads or 1))
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
-                                    env=env, start_new_session=bool(launched))
-            reader = threading.Thread(target=_read_progress, args=(proc.stdout, on_progress), daemon=True)
-            watch = _Watch(proc, memory_cap or default_memory_cap(), tree=bool(launched))
-            reader.start()
-            watch.start()
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _kill(proc, launched)
-                return _same(cells, "timeout", f"cell exceeded timeout_s={timeout:g}"
-                             + (" (every rank was killed)" if launched else ""), sysinfo)
-            except BaseException:  # Ctrl-C, SIGTERM: the worker goes with us
-                _kill(proc, launched)
-                raise
-            finally:
-                watch.stop.set()
-                reader.join(timeout=5)
-                if proc.stdin:
-                    proc.stdin.close()
-            err.seek(0)
-            stderr = err.read()
-        lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+        cmd = launch.torchrun_command(launched, cmd, cells[0].key, log_dir) if launched else [sys.executable, *cmd]
+        env = _child_env()
+        if launched:  # the ranks set their threads (cell.threads); torchrun need not warn about it
+            env.setdefault("OMP_NUM_THREADS", str(cells[0].threads or 1))
+        # a pipe, not a file in the job's folder: on a full disk the worker's last words still arrive
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace", env=env, start_new_session=bool(launched))
+        output: list[str] = []
+        done = threading.Event()
+        threads = [threading.Thread(target=_drain, args=(proc.stdout, output), daemon=True),
+                   threading.Thread(target=_read_progress, args=(progress_path, on_progress, done), daemon=True)]
+        watch = _Watch(proc, memory_cap or default_memory_cap(), tree=bool(launched))
+        for t in threads + [watch]:
+            t.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill(proc, launched)
+            return _same(cells, "timeout", f"cell exceeded timeout_s={timeout:g}"
+                         + (" (every rank was killed)" if launched else ""), sysinfo)
+        except BaseException:  # Ctrl-C, SIGTERM: the worker goes with us
+            _kill(proc, launched)
+            raise
+        finally:
+            watch.stop.set()
+            done.set()
+            for t in threads:
+                t.join(timeout=5)
+            if proc.stdin:
+                proc.stdin.close()
+        lines = [ln for ln in output[:] if ln.strip()]
         if os.path.exists(result_path) and watch.evidence is None:
             with open(result_path) as fh:
                 result = json.load(fh)
@@ -160,14 +167,19 @@ def _run_job(cells: list[Cell], timeout: float, on_progress=None, sysinfo: dict 
         tail = (lines or ["(no output)"])[-1][:500]
         if watch.evidence:
             return _same(cells, "oom", watch.evidence, sysinfo)
-        failed = launch.rank_failure(stderr) if launched else None
+        text, said = "\n".join(lines), lines[-20:]
+        failed = launch.rank_failure(text, log_dir) if launched else None
         if failed:
-            return _same(cells, failed[0], failed[1], sysinfo)
+            return _same(cells, failed[0], failed[1], sysinfo, said)
         if proc.returncode < 0:
-            name = signal.Signals(-proc.returncode).name
-            return _same(cells, "killed", f"worker killed by {name} from outside resbench (retried on resume): "
-                                          f"{tail}", sysinfo)
-        return _same(cells, "error", f"worker exited with code {proc.returncode}: {tail}", sysinfo)
+            status, how = launch.ended_by(proc.returncode)
+            if status == "crashed":  # its own fault (a segfault in a variant): faulthandler's stack says where
+                stack = launch.fault_stack(text)
+                return _same(cells, status, f"worker {how} (retried on resume): "
+                             + (f"Python stack, innermost first: {stack}" if stack else tail), sysinfo, said)
+            return _same(cells, status, f"worker {how} from outside resbench (retried on resume): {tail}", sysinfo,
+                         said)
+        return _same(cells, "error", f"worker exited with code {proc.returncode}: {tail}", sysinfo, said)
 
 
 def _kill(proc: subprocess.Popen, tree: bool) -> None:
@@ -181,11 +193,39 @@ def _kill(proc: subprocess.Popen, tree: bool) -> None:
     proc.wait()
 
 
-def _read_progress(stream, on_progress) -> None:
-    for line in stream:  # drains stdout to EOF, so the worker never blocks on a full pipe
-        parts = line.split()
-        if on_progress is not None and len(parts) == 3 and parts[0] == PROGRESS:
-            on_progress(int(parts[1]), int(parts[2]))
+def _drain(stream, output: list[str]) -> None:
+    """The worker's stdout and stderr to EOF (so it never blocks on a full pipe), the last lines
+    kept, each cut to a bounded length."""
+    for line in iter(lambda: stream.readline(1 << 14), ""):
+        output.append(line.rstrip("\n")[:2000])
+        if len(output) > 4000:
+            del output[:2000]
+
+
+def _read_progress(path: str, on_progress, done: threading.Event) -> None:
+    """Tails the worker's progress file until `done`, handing on each well-formed
+    "resbench-progress DONE TOTAL" line; anything else is skipped, never fatal."""
+    pos = 0
+    while True:
+        finished = done.wait(0.1)
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(pos)
+                data = fh.read()
+        except OSError:
+            data = b""
+        data = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next look
+        pos += len(data)
+        for line in data.decode(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == PROGRESS and on_progress is not None:
+                try:
+                    counts = int(parts[1]), int(parts[2])
+                except ValueError:
+                    continue
+                on_progress(*counts)
+        if finished:
+            return
 
 
 def _child_env() -> dict[str, str]:
@@ -201,9 +241,12 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _same(cells: list[Cell], status: str, message: str, sysinfo: dict | None = None) -> dict[str, dict]:
+def _same(cells: list[Cell], status: str, message: str, sysinfo: dict | None = None,
+          said: list[str] | None = None) -> dict[str, dict]:
+    """Every cell of the job with one status; `said`: the worker's last lines of output, kept."""
     env = environment(cells[0].device, sysinfo)
-    return {c.key: {"status": status, "message": message, "metrics": {}, "env": env} for c in cells}
+    extra = {"worker_stderr": said} if said else {}
+    return {c.key: {"status": status, "message": message, "metrics": {}, "env": env, **extra} for c in cells}
 
 
 def run_suite(suite: Suite, out: Path, force: bool = False, device: str | None = None,
@@ -222,14 +265,15 @@ def run_suite(suite: Suite, out: Path, force: bool = False, device: str | None =
 def _run(suite, cells, out, force, device, progress, resume_any) -> list[dict]:
     sysinfo = system()
     here = environment(device, sysinfo)
-    done, foreign = (set(), 0) if force else finished_keys(out, None if resume_any else producer(here))
+    cap = suite.memory_cap_gb * 2**30 if suite.memory_cap_gb else default_memory_cap()
+    limits = {"memory_cap_bytes": cap if cap != float("inf") else None, "timeout_s": suite.timeout_s}
+    done, foreign = (set(), 0) if force else finished_keys(out, None if resume_any else producer(here), limits)
     if foreign:
         warnings.warn(f"{out}: {foreign} finished cell(s) there were measured by other code or on another machine; "
                       "they are measured again here (--resume-any reuses them)", stacklevel=2)
     todo = [c for c in cells if c.key not in done]
     jobs = plan_jobs(cells, {c.key for c in todo})
     run_id = uuid.uuid4().hex[:12]
-    cap = suite.memory_cap_gb * 2**30 if suite.memory_cap_gb else None
     records = []
     bar = tqdm(total=len(todo), unit="cell", disable=not progress, file=sys.stderr,
                desc=f"{suite.name} ({len(cells) - len(todo)} done before)" if done else suite.name)
@@ -246,7 +290,8 @@ def _run(suite, cells, out, force, device, progress, resume_any) -> list[dict]:
                 continue
             res = outcome.get(cell.key) or {"status": "error", "message": "no result for this cell",
                                             "metrics": {}, "env": here}
-            record = {"key": cell.key, "suite": suite.name, "run": run_id, "time": now(), "cell": cell.to_dict(), **res}
+            record = {"key": cell.key, "suite": suite.name, "run": run_id, "time": now(), "cell": cell.to_dict(),
+                      "limits": limits, **res}
             records.append(_append(out, record))
             done.add(cell.key)  # pairs: the baseline's record comes from its first pair
             bar.update(1)
@@ -257,6 +302,7 @@ def _run(suite, cells, out, force, device, progress, resume_any) -> list[dict]:
 def _append(out: Path, record: dict) -> dict:
     """Append the record; one that cannot be written as JSON (a NaN metric) becomes an `error`
     record saying why, so one bad value never aborts the sweep. A failing disk does (UserError)."""
+    record["message"] = bounded_message(record.get("message"))
     try:
         encode_record(record)
     except (ValueError, TypeError) as exc:

@@ -3,11 +3,16 @@ scalar per sublayer) to be edited into a new one. It lives here, not in variants
 module there is imported and registered."""
 from __future__ import annotations
 
+import importlib.util
+import pkgutil
 import re
+import sys
+from pathlib import Path
 from string import Template
 
 # lowercase words of letters and digits joined by single '-', starting with a letter: my-mix
 NAME_RE = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
+MAX_NAME_LEN = 40  # a name is typed, tabulated and made a file name: long ones are mistakes
 
 # $-placeholders: Python code has no '$', so nothing in it needs escaping
 SKELETON = Template('''\
@@ -80,3 +85,32 @@ def class_name(name: str) -> str:
 
 def render(name: str) -> str:
     return SKELETON.substitute(name=name, cls=class_name(name))
+
+
+def module_name_taken(module: str, out: Path) -> str | None:
+    """Why `module` cannot name a new variant's module written to `out`, or None if it can.
+
+    In variants/ the module becomes an attribute of resbench.variants on import, so a name the
+    package uses (os, register, build, a submodule...) would replace it and break every command;
+    refused wherever the file goes, since it may be moved there later. Outside, loaded by name
+    (RESBENCH_VARIANTS, --variants-module), a name that already means a module (json, torch, os)
+    imports that module instead, or shadows it for everything else on the path."""
+    from resbench import variants
+
+    if hasattr(variants, module) or module in {m.name for m in pkgutil.iter_modules(variants.__path__)}:
+        return f"resbench.variants already uses the name {module!r}"
+    if module in sys.stdlib_module_names:
+        return f"it would shadow the standard library module {module!r}"
+    loaded = sys.modules.get(module)
+    if loaded is not None:
+        file = getattr(loaded, "__file__", None)
+        if file is None or Path(file).resolve() != out:  # out itself: the --force case, checked after
+            return f"it would shadow the loaded module {module!r} ({file or 'built in'})"
+    try:
+        spec = importlib.util.find_spec(module)  # top-level: searches the path, imports nothing
+    except (ImportError, ValueError):
+        spec = None
+    # a namespace package (no origin) gives way to any regular module of that name
+    if spec is not None and spec.has_location and spec.origin and Path(spec.origin).resolve() != out:
+        return f"it would shadow the module {module!r} ({spec.origin})"
+    return None

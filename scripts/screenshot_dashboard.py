@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Publish resbench's asv history, serve it with `asv preview`, open a benchmark's graph page in
+"""Publish resbench's asv history, serve it on loopback, open a benchmark's graph page in
 headless Chromium and save a screenshot (default docs/dashboard.png).
 
     .venv/bin/python scripts/screenshot_dashboard.py [--bench NAME] [--out PNG] [--online]
@@ -19,9 +19,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
+
+from resbench.history import make_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DEBIAN_JS = Path("/usr/share/javascript")
@@ -105,9 +108,8 @@ def main() -> int:
         if not args.online:
             site = Path(tmp) / "site"
             localize(html_dir, site)
-        server = subprocess.Popen([sys.executable, "-m", "asv", "preview", "--port", str(args.port),
-                                   "--html-dir", str(site)], cwd=ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = make_server(site, "127.0.0.1", args.port)  # loopback only, as `resbench dashboard`
+        threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
             base = f"http://127.0.0.1:{args.port}/"
             wait_until_up(base)
@@ -122,7 +124,7 @@ def main() -> int:
                 f"--screenshot={os.path.abspath(args.out)}", f"{base}#{args.bench}",
             ], check=True, capture_output=True, timeout=120)
         finally:
-            server.terminate()
+            server.shutdown()
             server.wait(timeout=10)
     print(args.out)
     return 0

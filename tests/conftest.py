@@ -47,3 +47,18 @@ def make_model(cfg: ModelConfig, variant: str, options: dict | None = None, seed
     if perturb:
         perturb_variant(model, seed=seed + 17)
     return model
+
+
+def planted_metrics(workload: str, **values) -> dict:
+    """The least an ok record of `workload` must hold to be read back (its metrics_schema's
+    required fields, each a placeholder), with `values` on top: for tests that plant records."""
+    from resbench import workloads
+
+    def fill(spec):
+        if isinstance(spec, tuple):
+            return fill(next(s for s in spec if s is not None))
+        if isinstance(spec, dict):
+            return {k: fill(v) for k, v in spec.items() if not k.endswith("?")}
+        return {float: 1.0, int: 1, str: "planted", list: [], dict: {}}[spec]
+
+    return {**fill(workloads.get(workload).metrics_schema), **values}

@@ -1,14 +1,20 @@
-"""`resbench dashboard` on a results folder of one's own, outside any checkout, and its one-line
-errors when it lacks what asv publish needs."""
+"""`resbench dashboard` on a results folder of one's own, outside any checkout; its one-line
+errors, before asv runs, when it lacks what asv publish needs or is given hostile input; and the
+site served on loopback unless --host opens it."""
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import socket
+import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 import resbench.history as history
-from resbench.cli import main
+from resbench.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 ASV_RESULTS = ROOT / "results" / "asv"
@@ -51,3 +57,132 @@ def test_bad_folders_are_one_line_errors(own_results, tmp_path, capsys):
     assert main(["dashboard", "--results", str(own_results), "--repo", str(tmp_path), "--no-serve"]) == 2
     assert "not a git repository" in one_line_error(capsys)
     assert not (own_results.parent / "asv-html").exists()  # nothing half-written
+
+
+# -- hostile input: refused in one line before asv runs; the site served on loopback ---------------
+
+@pytest.fixture
+def asv_calls(monkeypatch):
+    """asv replaced by a stand-in publish that writes a one-page site: what was asked of it."""
+    calls = []
+
+    def fake_asv(conf, *args):
+        calls.append(args)
+        html = Path(json.loads(conf.read_text())["html_dir"])
+        html.mkdir(parents=True, exist_ok=True)
+        (html / "asv.js").write_text("")
+        (html / "index.html").write_text("<title>resbench history</title>")
+        return 0
+
+    monkeypatch.setattr(history, "_asv", fake_asv)
+    return calls
+
+
+def _refusals(own_results: Path, tmp: Path) -> dict:
+    (tmp / "a-file").write_text("")
+    (tmp / "notes").mkdir()
+    (tmp / "notes" / "todo.txt").write_text("mine")
+    (tmp / "garbage.json").write_text("{not json")
+    (tmp / "list.json").write_text("[1, 2]")
+    res = ["--results", str(own_results), "--no-serve"]
+    return {
+        "html under a file": (res + ["--html", str(tmp / "a-file" / "site")], "cannot be created"),
+        "html holding the results": (res + ["--html", str(own_results.parent)], "holds the results folder"),
+        "html a folder of other files": (res + ["--html", str(tmp / "notes")], "not an asv site"),
+        "port -1": (res + ["--port=-1"], "--port"),
+        "port 99999": (res + ["--port", "99999"], "--port"),
+        "port 0": (res + ["--port", "0"], "--port"),
+        "garbage config": (["--config", str(tmp / "garbage.json"), "--no-serve"], "garbage.json"),
+        "list config": (["--config", str(tmp / "list.json"), "--no-serve"], "list.json"),
+    }
+
+
+REFUSALS = ["html under a file", "html holding the results", "html a folder of other files", "port -1",
+            "port 99999", "port 0", "garbage config", "list config"]
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_bad_input_is_refused_before_asv_runs(own_results, tmp_path, asv_calls, capsys, case):
+    argv, says = _refusals(own_results, tmp_path)[case]
+    assert main(["dashboard", *argv]) == 2
+    assert says in one_line_error(capsys)
+    assert asv_calls == []  # asv publish deletes the html folder first: it must not have run
+    assert (tmp_path / "notes" / "todo.txt").is_file() and not (own_results.parent / "asv-html").exists()
+
+
+@pytest.mark.parametrize("text", ["garbage", "[1, 2]", '{"version": 2, "bench": 5}'])
+def test_a_malformed_benchmarks_json_is_refused_before_asv_runs(own_results, asv_calls, capsys, text):
+    (own_results / "benchmarks.json").write_text(text)
+    assert main(["dashboard", "--results", str(own_results), "--no-serve"]) == 2
+    assert str(own_results / "benchmarks.json") in one_line_error(capsys)
+    assert asv_calls == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_an_unwritable_html_folder_is_refused(own_results, tmp_path, asv_calls, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert main(["dashboard", "--results", str(own_results), "--html", str(locked / "site"), "--no-serve"]) == 2
+    finally:
+        locked.chmod(0o700)
+    assert "cannot be written" in one_line_error(capsys) and asv_calls == []
+
+
+def test_a_port_in_use_is_refused_before_asv_runs(own_results, asv_calls, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["dashboard", "--results", str(own_results), "--port", str(taken.getsockname()[1])]) == 2
+    assert "cannot serve on" in one_line_error(capsys) and asv_calls == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fetch_once(server, seen: dict) -> None:
+    """Serve in a thread, fetch the index once, stop: what `resbench dashboard` serves, for real."""
+    seen["bound"] = server.socket.getsockname()[:2]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host, port = seen["bound"]
+        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=10) as reply:
+            seen["index"] = reply.read().decode()
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def test_serves_on_loopback_by_default_and_says_where(own_results, asv_calls, monkeypatch, capsys):
+    seen: dict = {}
+    monkeypatch.setattr(history, "_serve", lambda server: _fetch_once(server, seen))
+    port = _free_port()
+    assert main(["dashboard", "--results", str(own_results), "--port", str(port)]) == 0
+    assert asv_calls == [("publish",)]
+    assert seen["bound"] == ("127.0.0.1", port)  # not every interface, as `asv preview` binds
+    assert "resbench history" in seen["index"]
+    assert f"on http://127.0.0.1:{port}/ (Ctrl-C stops)" in capsys.readouterr().err
+    # the site it published is one asv may replace: publishing again is not refused
+    assert main(["dashboard", "--results", str(own_results), "--no-serve"]) == 0
+
+
+def test_the_server_binds_the_host_it_is_given(tmp_path):
+    (tmp_path / "index.html").write_text("<title>resbench history</title>")
+    server = history.make_server(tmp_path, "127.0.0.1", 0)
+    seen: dict = {}
+    with server:
+        _fetch_once(server, seen)
+        assert history.url(server) == f"http://127.0.0.1:{seen['bound'][1]}/"
+    assert seen["bound"][0] == "127.0.0.1" and "resbench history" in seen["index"]
+
+
+def test_host_flag_defaults_to_loopback(capsys):
+    assert build_parser().parse_args(["dashboard"]).host == "127.0.0.1"
+    with pytest.raises(SystemExit):
+        main(["dashboard", "--help"])
+    assert "default 127.0.0.1" in " ".join(capsys.readouterr().out.split())

@@ -169,7 +169,9 @@ def test_distributed_suite_runs_and_its_traffic_matches(tmp_path):
 
 
 @pytest.mark.parametrize("fault,status,says", [("kill:1:3", "killed", "rank 1 killed by SIGKILL"),
-                                               ("hang:1:3", "timeout", "every rank was killed")])
+                                               ("hang:1:3", "timeout", "every rank was killed"),
+                                               ("raise:1:3", "error",
+                                                "rank 1 raised RuntimeError: injected fault on rank 1")])
 def test_a_failed_rank_is_the_cells_status(tmp_path, fault, status, says):
     # the job's limit is timeout_s × its 2 cells: room to start both ranks, not to wait long
     raw = _suite(timeout_s=15 if status == "timeout" else 120, workloads={"ddp": {"batch": 2, "repeats": 3}})
@@ -201,6 +203,72 @@ def test_rank_failure_reads_torchrun_summary():
                                           "(torchrun stopped the other ranks): ValueError: a bad shape")
 
 
+def _error_file(log_dir, local_rank: int, message: str):
+    """What torchrun's @record writes for a rank that raised, under --log-dir."""
+    path = log_dir / "run_x" / "attempt_0" / str(local_rank) / "error.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"message": {"message": message, "extraInfo": {"py_callstack": "...",
+                                                                                "timestamp": "0"}}}))
+    return path
+
+
+def test_rank_failure_leads_with_the_rank_that_raised_first(tmp_path):
+    """Both ranks raised (the second only because the first left); the first error file written is
+    the cause, whatever the ranks printed with torch's "[rankN]:" prefix."""
+    first = _error_file(tmp_path, 1, "RuntimeError: injected fault on rank 1")
+    then = _error_file(tmp_path, 0, "RuntimeError: [gloo] Connection closed by peer\nmore")
+    os.utime(first, ns=(10**18, 10**18))
+    os.utime(then, ns=(2 * 10**18, 2 * 10**18))
+    text = f"""[rank0]: Traceback (most recent call last):
+[rank0]: RuntimeError: [gloo] Connection closed by peer
+Failures:
+[1]:
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 5499)  (SIGTERM)
+  error_file: {then}
+Root Cause (first observed failure):
+[0]:
+  rank      : 1 (local_rank: 1)
+  exitcode  : 1 (pid: 5500)
+  error_file: {first}"""
+    assert rank_failure(text, str(tmp_path)) == (
+        "error", "rank 1 raised RuntimeError: injected fault on rank 1; rank 0 raised RuntimeError "
+                 "(torchrun stopped the other ranks)")
+    # no summary printed (torchrun itself cut short): the error files alone, by local rank
+    assert rank_failure("", str(tmp_path))[1].startswith("rank 1 raised RuntimeError: injected fault on rank 1;")
+
+
+def test_rank_failure_without_error_files_reads_prefixed_output():
+    text = """[rank1]: Traceback (most recent call last):
+[rank1]: ValueError: a bad shape on rank 1
+[rank0]: RuntimeError: Connection closed by peer
+  rank      : 1 (local_rank: 1)
+  exitcode  : 1 (pid: 12)
+  error_file: <N/A>"""
+    assert rank_failure(text) == ("error", "rank 1 exited with code 1 (torchrun stopped the other ranks): "
+                                           "ValueError: a bad shape on rank 1")
+
+
+def test_a_crashed_rank_leads_with_its_stack():
+    text = """Fatal Python error: Segmentation fault
+
+Current thread 0x00007f (most recent call first):
+  File "/x/my_variants.py", line 12 in write
+  File "/x/model.py", line 80 in forward
+
+Extension modules: torch._C (total: 1)
+[0]:
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 11)
+[1]:
+  rank      : 1 (local_rank: 1)
+  exitcode  : -11 (pid: 12)"""
+    status, msg = rank_failure(text)
+    assert status == "crashed"
+    assert msg == ("rank 1 crashed with SIGSEGV; rank 0 killed by SIGTERM (torchrun stopped the other ranks); "
+                   "Python stack, innermost first: write (my_variants.py:12) < forward (model.py:80)")
+
+
 def test_a_cell_that_cannot_build_fails_alone(tmp_path):
     """A fast form's store cannot cross a stage boundary: that cell says so, its job goes on."""
     raw = _suite(variants=["prenorm", "block-attnres"],
@@ -225,6 +293,8 @@ def test_torchrun_command_one_node_and_several():
     one = torchrun_command(parse_launch({"nproc": 2}).resolved("cpu"), ["-m", "resbench.worker"])
     assert one[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in one and "--nproc-per-node=2" in one
     assert one[-2:] == ["-m", "resbench.worker"]
+    logged = torchrun_command(parse_launch({"nproc": 2}).resolved("cpu"), ["-m", "x"], log_dir="/tmp/j/torchrun")
+    assert "--log-dir=/tmp/j/torchrun" in logged and logged[-2:] == ["-m", "x"]
     many = torchrun_command(parse_launch({"nproc": 8, "nnodes": 2, "rdzv_endpoint": "h0:29500",
                                           "rdzv_id": "j1"}).resolved("cuda"), ["-m", "x"])
     assert "--standalone" not in many

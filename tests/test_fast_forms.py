@@ -223,3 +223,29 @@ def test_checkpointing_carries_the_state():
         torch.testing.assert_close(out_c, out, rtol=1e-12, atol=1e-13)
         for a, b in zip(g_c, g):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+STATE_CASES = [("full-attnres", {"impl": impl}) for impl in ("fast", "functional", "reference")] + [
+    ("block-attnres", {**o, **form}) for o in ({"block_size": 1}, {"block_size": 2}, {"block_size": 3},
+                                               {"block_size": 5}, {"n_blocks": 1}, {"n_blocks": 2})
+    for form in ({}, {"two_phase": True}, {"impl": "functional"}, {"impl": "reference"})]
+
+
+@pytest.mark.parametrize("n_blocks", [3, 4, 5])  # L = 6, 8, 10
+@pytest.mark.parametrize("name,options", STATE_CASES,
+                         ids=[n + "".join(f"-{k}={v}" for k, v in o.items()) for n, o in STATE_CASES])
+def test_declared_state_is_the_most_the_state_holds(n_blocks, name, options):
+    """state_vectors() is the most d-vectors per token the residual state holds at once, counted
+    from the state itself after every sublayer (each storage once; two_phase's precomputed block
+    outputs included). Both ways: an understated state hides memory, an overstated one
+    misclassifies how it grows."""
+    from resbench.measure.memory_views import boundary_bytes
+
+    cfg = ModelConfig(vocab_size=64, d_model=24, n_blocks=n_blocks, n_heads=4, mlp_ratio=2.0, seq_len=4)
+    L = cfg.n_layers
+    model = make_model(cfg, name, options, perturb=True)
+    idx = tokens(cfg, batch=2)
+    vec = 2 * cfg.seq_len * cfg.d_model * 8  # float64
+    held = boundary_bytes(model, idx, list(range(1, L + 1)), width=cfg.d_model)
+    assert all(b % vec == 0 for b in held), held
+    assert max(held) // vec == model.residual.state_vectors(), [b // vec for b in held]

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from resbench.cells import cell_key
 from resbench.cli import main
 from resbench.config import expand_cells, parse_suite
 from resbench.results import append_record
@@ -15,9 +16,10 @@ def _record(label, d, blocks, seed, final, flops_per_step, curve):
                       "mlp_ratio": 4.0},
             "params": {}, "device": "cpu", "precision": "fp32", "seed": seed, "threads": 1}
     steps = [s for s, _ in curve]
-    return {"key": f"{label}-{d}-{seed}", "cell": cell, "status": "ok", "metrics": {
+    return {"key": cell_key(cell), "cell": cell, "status": "ok", "metrics": {
         "final_val_loss": final, "params": d * d * 12 * blocks, "train_flops": flops_per_step * steps[-1],
-        "flops_per_step": flops_per_step, "val_loss": curve, "val_train_seconds": [0.1 * s for s in steps]}}
+        "flops_per_step": flops_per_step, "val_loss": curve, "train_loss": curve,
+        "val_train_seconds": [0.1 * s for s in steps]}}
 
 
 def synthetic(shift: float, noise: float, rng):

@@ -123,7 +123,12 @@ FLOP_CASES = [(n, {}) for n in __import__("resbench.variants", fromlist=["names"
     ("highway", {"gate": "scalar"}),
     ("densenet", {"dilation": 2, "period": 2}),
     ("block-attnres", {"n_blocks": 2}),  # paper layout: uneven blocks, partial sums
+    ("block-attnres", {"block_size": 3}),
     ("block-attnres", {"block_size": 3, "two_phase": True}),
+    # every form of AttnRes counts the same declared mixing: the equations, and the functional form
+    # (what a compiled model runs; the harness counts a compiled model's eager twin)
+    *[(n, {**o, "impl": impl}) for impl in ("reference", "functional")
+      for n, o in (("full-attnres", {}), ("block-attnres", {"n_blocks": 2}), ("block-attnres", {"block_size": 3}))],
     ("hc", {"dynamic": False}),
     ("mhc", {"n": 2}),
     # the Table 4 ablations (reference form; their logits are einsums, whose backward is counted)
@@ -132,9 +137,6 @@ FLOP_CASES = [(n, {}) for n in __import__("resbench.variants", fromlist=["names"
     ("block-attnres", {"n_blocks": 2, "impl": "reference", "static_mixing": True}),
     ("block-attnres", {"block_size": 3, "impl": "reference", "key_norm": False}),
 ]
-# impl: reference with the paper's defaults is left out on purpose: its forward counts the declared
-# mixing FLOPs, but autograd forms the logits' outer-product gradient elementwise (uncounted), where
-# the fast form does a matmul.
 
 
 @pytest.mark.parametrize("name,options", FLOP_CASES, ids=[f"{n}{o or ''}" for n, o in FLOP_CASES])

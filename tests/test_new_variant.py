@@ -181,3 +181,47 @@ def test_help_documents_every_flag(capsys):
         main(["new-variant", "--help"])
     text = capsys.readouterr().out
     assert all(flag in text for flag in ("NAME", "--out PATH", "--force"))
+
+
+@pytest.mark.parametrize("name,words", [
+    # in variants/ these replace what resbench.variants itself uses (its os, register, ...)
+    ("os", "resbench.variants already uses the name 'os'"),
+    ("register", "resbench.variants already uses the name 'register'"),
+    ("importlib", "resbench.variants already uses the name 'importlib'"),
+    ("hashlib", "resbench.variants already uses the name 'hashlib'"),
+    ("build", "resbench.variants already uses the name 'build'"),
+    ("entry-points", "resbench.variants already uses the name 'entry_points'"),
+    ("attnres", "resbench.variants already uses the name 'attnres'"),  # a module, not a registered name
+    # outside, loaded by module name: the real module would be imported instead, or be shadowed
+    ("json", "shadow the standard library module 'json'"),
+    ("torch", "shadow the loaded module 'torch'"),
+    ("a" * 300, "300 characters, at most 40"),
+    ("my-" + "a" * 38, "41 characters, at most 40"),
+])
+def test_refuses_a_name_whose_module_is_taken_or_too_long(capsys, tmp_path, monkeypatch, name, words):
+    assert_refused(*new_variant(capsys, name, "--out", str(tmp_path)), words)
+    assert list(tmp_path.iterdir()) == []
+    folder = fake_checkout(tmp_path / "co", monkeypatch)  # the default: into variants/
+    assert_refused(*new_variant(capsys, name), words)
+    assert list(folder.iterdir()) == []
+
+
+def test_refuses_a_module_name_found_elsewhere_on_the_path(scratch_registry, capsys, monkeypatch):
+    elsewhere = scratch_registry / "lib"
+    elsewhere.mkdir()
+    (elsewhere / "rb_found_mod.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(elsewhere))
+    out = scratch_registry / "out"
+    out.mkdir()
+    assert_refused(*new_variant(capsys, "rb-found-mod", "--out", str(out)), "shadow the module 'rb_found_mod'")
+    monkeypatch.setitem(sys.modules, "rb_loaded_only", type(sys)("rb_loaded_only"))
+    assert_refused(*new_variant(capsys, "rb-loaded-only", "--out", str(out)), "shadow the loaded module")
+    # the file name, not the variant name, is the module: --out .../json.py is refused too
+    assert_refused(*new_variant(capsys, "my-mix", "--out", str(out / "json.py")), "module json.py")
+    assert list(out.iterdir()) == []
+
+
+def test_a_name_of_the_longest_length_is_written(scratch_registry, capsys):
+    name = "my-" + "a" * 37
+    rc, out, err = new_variant(capsys, name, "--out", str(scratch_registry))
+    assert (rc, err) == (0, "") and (scratch_registry / f"{module_name(name)}.py").read_text() == render(name)

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import planted_metrics
+from resbench.cells import cell_key
 from resbench.cli import main
 from resbench import studies
 from resbench.config import expand_cells, load_suite, parse_suite
@@ -71,7 +73,7 @@ def test_a_clone_with_committed_and_foreign_results_measures_all_15_cells(tmp_pa
     here = environment("cpu")
     for cell in expand_cells(parse_suite(yaml.safe_load(suite_file.read_text())), "cpu"):
         append_record(local, foreign({"key": cell.key, "suite": "quick", "cell": cell.to_dict(), "status": "ok",
-                                      "env": here, "metrics": {"final_val_loss": 1.0, "params": 1}}))
+                                      "env": here, "metrics": planted_metrics(cell.workload, final_val_loss=1.0)}))
     capsys.readouterr()
     assert main(["run", str(suite_file), "--quiet"]) == 0
     printed = capsys.readouterr()
@@ -123,7 +125,8 @@ def test_report_takes_the_newest_record_per_cell_not_a_median_over_runs(tmp_path
     out = tmp_path / "r.jsonl"
     (rec,) = run_suite(s, out, progress=False)
     # a later run of the same cell with another setting (another key), same producer
-    later = {**rec, "key": "another", "metrics": {**rec["metrics"], "final_val_loss": 1.2345}}
+    cell = {**rec["cell"], "params": {**rec["cell"]["params"], "eval_batches": 2}}
+    later = {**rec, "cell": cell, "key": cell_key(cell), "metrics": {**rec["metrics"], "final_val_loss": 1.2345}}
     append_record(out, later)
     text = render(read_records(out))
     assert "1.2345" in text and "n=2" not in text

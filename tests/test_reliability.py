@@ -246,7 +246,7 @@ def test_a_second_run_on_the_same_file_is_refused_naming_the_first(tmp_path, cap
     ''')], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(UserError, match=rf"in use by resbench run \(pid {holder.pid}\)"):
+        with pytest.raises(UserError, match=rf"in use by another resbench run \(pid {holder.pid}\)"):
             run_suite(suite(), out, progress=False)
         path = tmp_path / "s.yaml"
         path.write_text(yaml.safe_dump({"name": "t", "variants": ["prenorm"], "shapes": SHAPE,
@@ -264,7 +264,7 @@ def test_a_second_run_on_the_same_file_is_refused_naming_the_first(tmp_path, cap
 def test_a_failed_write_leaves_the_file_byte_identical(tmp_path, monkeypatch):
     out = tmp_path / "r.jsonl"
     (cell,) = expand_cells(suite(), "cpu")
-    rec = {"key": cell.key, "cell": cell.to_dict(), "status": "ok", "metrics": {"x": 1}, "env": {}}
+    rec = {"key": cell.key, "cell": cell.to_dict(), "status": "error", "message": "first", "metrics": {}, "env": {}}
     append_record(out, rec)
     before = out.read_bytes()
     real = os.write
@@ -286,9 +286,9 @@ def test_a_failed_write_leaves_the_file_byte_identical(tmp_path, monkeypatch):
         return real(fd, data[:7])
 
     monkeypatch.setattr(os, "write", short_writes)
-    append_record(out, {**rec, "key": "second"})
+    append_record(out, {**rec, "message": "second"})
     monkeypatch.setattr(os, "write", real)
-    assert [r["key"] for r in read_records(out)] == [cell.key, "second"]
+    assert [r["message"] for r in read_records(out)] == ["first", "second"]
 
 
 # 6. a failing variant does not take its throughput group down --------------------------------
@@ -376,14 +376,14 @@ def test_workers_die_with_their_parent(faults, tmp_path, sig, code, word):
 def test_malformed_records_are_skipped_with_their_line(tmp_path, capsys):
     out = tmp_path / "r.jsonl"
     (cell,) = expand_cells(suite(), "cpu")
-    good = {"key": cell.key, "cell": cell.to_dict(), "status": "ok", "metrics": {}, "env": {}}
+    good = {"key": cell.key, "cell": cell.to_dict(), "status": "error", "metrics": {}, "env": {}}
     lines = [good, {**good, "key": None}, {**good, "metrics": None}, {**good, "cell": "a string"},
              {k: v for k, v in good.items() if k != "key"}, [1, 2], {**good, "status": "weird"}]
     out.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         recs = read_records(out)
-    assert [r["status"] for r in recs] == ["ok", "weird"]
+    assert [r["status"] for r in recs] == ["error", "weird"]
     text = " ".join(str(w.message) for w in caught)
     for n in (2, 3, 4, 5, 6):
         assert f"r.jsonl:{n}: skipped a malformed record" in text

@@ -101,18 +101,18 @@ def test_timeout_is_a_status(tmp_path):
 def test_torn_last_line_keeps_good_records(tmp_path):
     out = tmp_path / "r.jsonl"
     (cell,) = expand_cells(suite(), "cpu")
-    good = {"key": "k1", "cell": cell.to_dict(), "status": "ok", "metrics": {}}
+    good = {"key": cell.key, "cell": cell.to_dict(), "status": "error", "message": "k1", "metrics": {}}
     append_record(out, good)
     with open(out, "a") as fh:
-        fh.write(json.dumps({**good, "key": "k2"})[:25])  # a run killed mid-write
+        fh.write(json.dumps({**good, "message": "k2"})[:25])  # a run killed mid-write
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert [r["key"] for r in read_records(out)] == ["k1"]
+        assert [r["message"] for r in read_records(out)] == ["k1"]
     assert "not JSON" in str(caught[0].message)
-    append_record(out, {**good, "key": "k3"})  # the next record starts on a fresh line
+    append_record(out, {**good, "message": "k3"})  # the next record starts on a fresh line
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert [r["key"] for r in read_records(out)] == ["k1", "k3"]
+        assert [r["message"] for r in read_records(out)] == ["k1", "k3"]
 
 
 def test_cli_run_then_report(tmp_path, capsys):

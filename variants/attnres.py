@@ -52,7 +52,10 @@ def depth_attention(sources: list[torch.Tensor], query: torch.Tensor, key_gain: 
         dt = mix_dtype(sources[0].dtype)
         v = torch.stack(sources).to(dt)                    # [n, B, T, d]
         keys = key_gain.to(dt) * v * inv_rms(v)            # RMSNorm with the reader's gain
-        alpha = torch.softmax(keys @ query.to(dt), dim=0)  # [n, B, T]: softmax over the sources
+        # q as a [d, 1] column: the keys' gradient g q^T is then a matrix product, counted like
+        # the fast form's (a vector q's gradient is an elementwise outer product, counted as 0)
+        logits = (keys @ query.to(dt).unsqueeze(-1)).squeeze(-1)
+        alpha = torch.softmax(logits, dim=0)               # [n, B, T]: softmax over the sources
         h = (alpha.unsqueeze(-1) * v).sum(0)
     return h.to(sources[0].dtype), alpha
 
@@ -278,7 +281,8 @@ class BlockAttnRes(DepthAttention):
     Exact, and equal to the direct form. Off by default: in eager CPU PyTorch the S-1 batched
     outputs go out to memory and come back between sublayers, which costs about what the shared
     source reads save (shape A, 1 thread: 124 ms vs 114 ms of mixing per forward), and
-    they hold S-1 extra d-vectors per token during the block. A fused kernel would change that.
+    they hold S-1 extra d-vectors per token during the block (declared in `state_vectors`). A
+    fused kernel would change that.
     """
 
     def __init__(self, d_model: int, n_layers: int, *, n_blocks: int | None = None, block_size: int | None = None,
@@ -331,4 +335,9 @@ class BlockAttnRes(DepthAttention):
         return [e - s for s, e in zip(self.starts, self.starts[1:] + (self.n_layers,))]
 
     def state_vectors(self) -> int:
+        """The most d-vectors per token the state holds at once: the embedding, the completed
+        blocks and the partial sum (N + 1 at most). two_phase also holds, through block b (0
+        first) of S_b sublayers, its S_b - 1 precomputed outputs: 1 + b + S_b at most."""
+        if self.two_phase:
+            return max(b + 1 + s for b, s in enumerate(self.block_sizes()))
         return self.n_blocks + 1

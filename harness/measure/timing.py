@@ -80,7 +80,7 @@ def time_interleaved(
                 samples[name].append(time_once(fns[name], device))
             else:
                 fns[name]()
-        except Exception as exc:  # noqa: BLE001 - handed to on_error
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - handed to on_error
             if on_error is None:
                 raise
             live.remove(name)

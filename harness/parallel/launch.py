@@ -2,10 +2,13 @@
 `nproc` ranks per node through PyTorch's own launcher (torch.distributed.run), backend gloo on CPU
 and nccl on GPU. Each node's local rank 0 writes the job's result for its node's runner; the
 runner kills torchrun and every rank on a timeout, and a rank that fails becomes the cell's
-status (runner.py reads torchrun's summary).
+status: what it raised (the error file torchrun's @record writes under --log-dir), else how it
+ended (torchrun's summary), with faulthandler's stack for a crash.
 """
 from __future__ import annotations
 
+import glob
+import json
 import os
 import re
 import resource
@@ -23,7 +26,7 @@ from ..errors import ConfigError
 
 LAUNCHERS = ("local", "torchrun")
 BACKENDS = ("auto", "gloo", "nccl")
-FAULT_ENV = "RESBENCH_FAULT"  # "kill:RANK:STEP" or "hang:RANK:STEP": a test hook (tests/test_distributed.py)
+FAULT_ENV = "RESBENCH_FAULT"  # "kill|hang|raise:RANK:STEP": a test hook (tests/test_distributed.py)
 
 
 @dataclass(frozen=True)
@@ -75,16 +78,34 @@ def parse_launch(raw) -> Launch:
     for k in CONNECTION:
         if k in raw and not isinstance(raw[k], str):
             raise ConfigError(f"launcher.{k} must be a string, got {raw[k]!r}")
+    if raw.get("rdzv_endpoint"):
+        _check_endpoint(raw["rdzv_endpoint"])
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", raw.get("rdzv_id", "resbench")):
+        raise ConfigError(f"launcher.rdzv_id must be a plain name (letters, digits, _ . -), got {raw['rdzv_id']!r}"[:200])
     if out["nnodes"] > 1 and not raw.get("rdzv_endpoint"):
         raise ConfigError("launcher.nnodes > 1 needs launcher.rdzv_endpoint (host:port every node can reach)")
     return Launch(kind, out["nproc"], out["nnodes"], backend, raw.get("rdzv_endpoint", ""),
                   raw.get("rdzv_id", "resbench"))
 
 
-def torchrun_command(launch: dict, argv: list[str], job: str = "") -> list[str]:
+def _check_endpoint(value: str) -> None:
+    """host or host:port (torchrun's default port without one); [v6]:port for IPv6. A port that
+    cannot be one fails here, not in every cell at run time."""
+    host, sep, port = value.rpartition(":") if not value.endswith("]") else ("", "", "")
+    host = host if sep else value
+    if sep and (not port.isdigit() or not 1 <= int(port) <= 65535):
+        raise ConfigError(f"launcher.rdzv_endpoint {value!r}: the port must be a number in 1..65535"[:200])
+    if not host.strip("[]") or any(c.isspace() for c in value):
+        raise ConfigError(f"launcher.rdzv_endpoint {value!r}: give host:port (a host every node can reach)"[:200])
+
+
+def torchrun_command(launch: dict, argv: list[str], job: str = "", log_dir: str = "") -> list[str]:
     """python -m torch.distributed.run ... -m <argv>: one node standalone, else a c10d rendezvous
-    named after `job` (the same on every node for the same job: its first cell's key)."""
+    named after `job` (the same on every node for the same job: its first cell's key). Under
+    `log_dir` torchrun keeps each failed rank's error file (rank_failure reads them)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launch['nproc']}", "--max-restarts=0"]
+    if log_dir:
+        cmd.append(f"--log-dir={log_dir}")
     if launch["nnodes"] == 1 and not launch.get("rdzv_endpoint"):
         cmd.append("--standalone")
     else:
@@ -94,39 +115,134 @@ def torchrun_command(launch: dict, argv: list[str], job: str = "") -> list[str]:
     return cmd + argv
 
 
+# -- how a worker or a rank ended --------------------------------------------------------------
+
+# signals someone sends (a user, a scheduler, torchrun stopping the other ranks, the kernel's OOM
+# killer): `killed`; any other ends a process from within (a segfault, an abort): `crashed`
+OUTSIDE = ("SIGKILL", "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+
+
+def ended_by(code: int) -> tuple[str, str]:
+    """(status, how) of a negative return code: ("crashed", "crashed with SIGSEGV")."""
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return ("killed", f"killed by {name}") if name in OUTSIDE else ("crashed", f"crashed with {name}")
+
+
+_FRAME = re.compile(r'File "(.+?)", line (\d+) in (\S+)')
+
+
+def fault_stack(output: str) -> str:
+    """The crashing thread's Python stack from faulthandler's last dump, innermost first, on one
+    line ("write (my_variants.py:12) < forward (model.py:80)"); "" if it printed none."""
+    at = output.rfind("Fatal Python error")
+    if at < 0:
+        return ""
+    dump = output[at:]
+    current = dump.find("Current thread")
+    if current >= 0:
+        dump = dump[current:]
+    frames = []
+    for line in dump.splitlines()[1:]:
+        if m := _FRAME.search(line):
+            frames.append(f"{m.group(3)} ({os.path.basename(m.group(1))}:{m.group(2)})")
+        elif frames:
+            break  # the end of that thread's frames
+    return " < ".join(frames[:8])
+
+
 # torchrun's failure summary, a block per failed rank: "rank      : 1 (local_rank: 1)",
-# "exitcode  : -9 (pid: 123)"; anchored at the line start so "local_rank: 1" is not a rank
-_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)", re.M)
-_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)", re.M)
+# "exitcode  : -9 (pid: 123)", "error_file: <N/A>"; anchored at the line start (after any
+# "[rankN]:" prefix) so "local_rank: 1" is not a rank
+_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)(?:\s*\(local_rank:\s*(\d+)\))?")
+_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
+_FILE = re.compile(r"^\s*error_file\s*:\s*(\S.*?)\s*$")
+_PREFIX = re.compile(r"^\[rank(\d+)\]:\s?")  # torch's excepthook prefixes a rank's traceback
 # a rank's own last words: the exception line of its traceback ("ConfigError: ...")
-_RAISED = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$", re.M)
+_RAISED = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
 
 
-def rank_failure(stderr: str) -> tuple[str, str] | None:
-    """(status, message) from torchrun's summary of failed ranks, or None if it printed none.
-    A rank ended by a signal is `killed`, one that exited non-zero `error`; the last exception a
-    rank printed is kept in the message."""
-    failed: dict[int, int] = {}
+def _summary(output: str) -> dict[int, dict]:
+    """{rank: {"code", "local", "error_file"}} from torchrun's summary."""
+    failed: dict[int, dict] = {}
     rank = None
-    for line in stderr.splitlines():
+    for line in output.splitlines():
+        line = _PREFIX.sub("", line)
         if m := _RANK.match(line):
             rank = int(m.group(1))
-        elif (m := _EXIT.match(line)) and rank is not None:
-            failed[rank] = int(m.group(1))
-            rank = None
+            failed[rank] = {"code": None, "local": int(m.group(2) or rank), "error_file": None}
+        elif rank is not None and (m := _EXIT.match(line)):
+            failed[rank]["code"] = int(m.group(1))
+        elif rank is not None and (m := _FILE.match(line)) and m.group(1) != "<N/A>":
+            failed[rank]["error_file"] = m.group(1)
+    return {r: f for r, f in failed.items() if f["code"] is not None}
+
+
+def _error_files(log_dir: str) -> dict[str, tuple[int, float, str]]:
+    """{path: (local rank, when written, "Type: message")} of the error files @record wrote."""
+    out = {}
+    for path in glob.glob(os.path.join(glob.escape(log_dir), "*", "attempt_*", "*", "error.json")):
+        try:
+            with open(path) as fh:
+                raw = json.load(fh)["message"]
+            msg = raw["message"] if isinstance(raw, dict) else raw
+            out[os.path.realpath(path)] = (int(os.path.basename(os.path.dirname(path))), os.stat(path).st_mtime_ns,
+                                           (str(msg).strip().splitlines() or ["?"])[0][:300])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # half-written or foreign: torchrun's summary still has the rank's exit
+    return out
+
+
+def _raised(output: str, rank: int) -> str:
+    """The last exception line this rank (or an unprefixed process) printed, or ""."""
+    last = ""
+    for line in output.splitlines():
+        m = _PREFIX.match(line)
+        if m and int(m.group(1)) != rank:
+            continue
+        if r := _RAISED.match(_PREFIX.sub("", line)):
+            last = f"{r.group(1)}: {r.group(2)[:300]}"
+    return last
+
+
+def rank_failure(output: str, log_dir: str | None = None) -> tuple[str, str] | None:
+    """(status, message) for a torchrun job whose ranks failed, or None if none did. The first
+    cause leads: a rank ended by a signal other than torchrun's SIGTERM (`killed` or `crashed`,
+    with faulthandler's stack), else the rank whose error file was written first (what it raised:
+    `error`, `oom` for an out-of-memory error), else a non-zero exit; the others follow."""
+    failed = _summary(output)
+    files = _error_files(log_dir) if log_dir else {}
+    by_path = {os.path.realpath(f["error_file"]): r for r, f in failed.items() if f["error_file"]}
+    for path, (local, _, _) in files.items():  # a rank missing from the summary: its local rank
+        failed.setdefault(by_path.get(path, local), {"code": 1, "local": local, "error_file": path})
     if not failed:
         return None
-
-    def how(code):
-        if code < 0 and -code in signal.valid_signals():
-            return f"killed by {signal.Signals(-code).name}"
-        return f"exited with code {code}"
-
-    status = "killed" if any(code < 0 for code in failed.values()) else "error"
-    raised = _RAISED.findall(stderr)
-    why = f": {raised[-1][0]}: {raised[-1][1][:300]}" if raised else ""
-    return status, "; ".join(f"rank {r} {how(c)}" for r, c in sorted(failed.items())) + \
-        f" (torchrun stopped the other ranks){why}"
+    causes = []
+    for r, f in failed.items():
+        raised = files.get(os.path.realpath(f["error_file"])) if f["error_file"] else None
+        code = f["code"]
+        if code < 0 and code != -signal.SIGTERM:
+            status, how = ended_by(code)
+            causes.append((0, 0, r, status, how, how))
+        elif raised:
+            kind = raised[2].split(":", 1)[0]
+            status = "oom" if kind in ("OutOfMemoryError", "MemoryError") else "error"
+            causes.append((1, raised[1], r, status, f"raised {raised[2]}", f"raised {kind}"))
+        elif code > 0:
+            causes.append((2, 0, r, "error", f"exited with code {code}", f"exited with code {code}"))
+        else:
+            causes.append((3, 0, r, "killed", ended_by(code)[1], ended_by(code)[1]))
+    causes.sort()
+    (prio, _, rank, status, how, _), *rest = causes
+    text = "; ".join([f"rank {rank} {how}"] + [f"rank {r} {short}" for *_, r, _, _, short in rest])
+    text += " (torchrun stopped the other ranks)"
+    if status == "crashed" and (stack := fault_stack(output)):
+        text += f"; Python stack, innermost first: {stack}"
+    elif prio == 2 and (last := _raised(output, rank)):
+        text += f": {last}"
+    return status, text[:1000]
 
 
 # -- inside a rank ------------------------------------------------------------------------------
@@ -163,7 +279,8 @@ def peak_memory(device: str) -> dict:
 
 
 def fault_point(step: int) -> None:
-    """The test hook: RESBENCH_FAULT=kill:R:S kills rank R at its step S; hang:R:S hangs it there."""
+    """The test hook: RESBENCH_FAULT=kill:R:S kills rank R at its step S; hang:R:S hangs it there;
+    raise:R:S raises a RuntimeError there."""
     spec = os.environ.get(FAULT_ENV)
     if not spec or not dist.is_initialized():
         return
@@ -173,6 +290,8 @@ def fault_point(step: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         elif kind == "hang":
             time.sleep(10**6)
+        elif kind == "raise":
+            raise RuntimeError(f"injected fault on rank {rank}")
 
 
 def time_rounds(fns: dict, warmup: int, repeats: int, device: str, progress=None) -> dict[str, list[float]]:

@@ -32,6 +32,10 @@ class Study:
         """This study's keys of a suite → their validated values (Suite.study)."""
         return {}
 
+    def check(self, suite) -> None:
+        """Raise ConfigError if the parsed suite cannot give this study its report (a workload
+        it joins is missing): at parse time, not as a silent exit 1 after the run."""
+
     def analyse(self, records: list[dict], suite, out: Path) -> tuple[str, bool]:
         """(report text, whether its checks pass) from the suite's records; files go under `out`."""
         raise NotImplementedError

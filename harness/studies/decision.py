@@ -21,7 +21,8 @@ import numpy as np
 from tabulate import tabulate
 
 from .. import workloads
-from ..cells import BASELINE
+from ..cells import BASELINE, label_of
+from ..errors import ConfigError
 from ..results import newest_per_cell, newest_producer_only
 from ..stats import (bootstrap_multiplier, mean_ci, median_ci, min_detectable_difference, time_to_target,
                      welch_compare)
@@ -48,11 +49,11 @@ def _gather(records):
         shapes[c["shape_name"]] = c["shape"]
         if c["workload"] == LOSS:
             m = {**r["metrics"], **step_flops_of(c, r["metrics"]), "budget_s": c["params"].get("budget_s", 0.0)}
-            (budget if c["params"].get("budget_s") else loss)[c["shape_name"]][c["label"]].append(m)
+            (budget if c["params"].get("budget_s") else loss)[c["shape_name"]][label_of(c)].append(m)
         elif c["workload"] == TIMING:
-            timing[(c["shape_name"], c.get("compile", "none"))][c["seed"]][c["label"]] = r
+            timing[(c["shape_name"], c.get("compile", "none"))][c["seed"]][label_of(c)] = r
         elif c["workload"] == MEMORY:
-            memory[c["shape_name"]][c["label"]] = r
+            memory[c["shape_name"]][label_of(c)] = r
     return loss, budget, timing, memory, shapes
 
 
@@ -154,20 +155,27 @@ def render(records: list[dict]) -> tuple[str, bool]:
     table = decision_rows(loss, timing, memory, shapes)
     if len(table) > 1:
         out += [tabulate(table[1:], headers=table[0], tablefmt="github", disable_numparse=True), ""]
+    elif not budget:
+        out += ["No decision: no finished loss record of this suite (the statuses below say why).", ""]
     if budget:
         out += ["Time-to-result (AlgoPerf): every variant trained for the same wall-clock seconds, then evaluated:", "",
                 tabulate(budget_rows(budget), headers=["size", "variant", "seeds", "budget s", "steps done",
-                                                       "final val loss", "Δ vs prenorm [95% CI]"],
+                                                       "final val loss ± 95% CI", "Δ vs prenorm [95% CI]"],
                          tablefmt="github", disable_numparse=True), ""]
     bad = [r for r in recs if r["status"] != "ok"]
     out += [f"- {r['cell']['label']} {r['cell']['workload']} {r['cell']['shape_name']} seed {r['cell']['seed']}: "
                     f"{r['status']} — {r.get('message')}" for r in bad]
-    return "\n".join(out).rstrip() + "\n", len(table) > 1 and not bad
+    return "\n".join(out).rstrip() + "\n", (len(table) > 1 or bool(budget)) and not bad
 
 
 @register("decision")
 class Decision(Study):
     help = "loss, step time and memory vs the baseline joined: wall-clock to the baseline's loss, with intervals"
+
+    def check(self, suite):
+        if LOSS not in suite.workloads:
+            raise ConfigError(f"a kind: decision suite joins the {LOSS} workload's curves with timings and memory: "
+                              f"add workloads.{LOSS}")
 
     def analyse(self, records, suite, out):
         return render(records)

@@ -19,14 +19,14 @@ import torch
 from tabulate import tabulate
 
 from .. import variants
-from ..cells import BASELINE
+from ..cells import BASELINE, label_of
 from ..errors import UserError
 from ..model import ModelConfig, step_flops
 from ..results import newest_per_cell, newest_producer_only
 from ..stats import bootstrap_multiplier, first_reach, fit_power_law, mean_ci, welch_compare
 from .base import Study, register
 
-BASE = BASELINE  # matched by label: the baseline run without options (its label is its name)
+BASE = BASELINE  # the baseline cell's row name (cells.label_of)
 
 
 def _size_key(shape: dict) -> tuple:
@@ -41,7 +41,7 @@ def collect(records: list[dict], rederive_flops: bool = True) -> dict:
     recs = sorted(newest_per_cell(loss), key=lambda r: r["cell"]["seed"])
     for r in recs:
         if r["status"] == "ok":
-            out[_size_key(r["cell"]["shape"])][r["cell"]["label"]].append(
+            out[_size_key(r["cell"]["shape"])][label_of(r["cell"])].append(
                 {**r["metrics"], **(step_flops_of(r["cell"], r["metrics"]) if rederive_flops else {}),
                  "seed": r["cell"]["seed"]})
     if not out:
@@ -277,7 +277,7 @@ def report(records: list[dict], out: Path, rederive_flops: bool = True) -> str:
     plots = plot_curves(data, out) + plot_dynamics(data, out) if have_matplotlib() else []
     lines = ["# Short-run loss study", "", measured_by(records, rederive_flops), ""]
     lines += ["## Final validation loss (mean ± 95% CI over seeds; difference vs PreNorm, Welch)", ""]
-    lines.append(tabulate(final_loss_table(data), headers=["size", "variant", "seeds", "val loss", "params (M)",
+    lines.append(tabulate(final_loss_table(data), headers=["size", "variant", "seeds", "val loss ± 95% CI", "params (M)",
                                                            "Δ vs prenorm [95% CI]", "Welch p", "verdict"],
                           tablefmt="github", disable_numparse=True))
     ce = compute_equivalence(data)
@@ -288,6 +288,7 @@ def report(records: list[dict], out: Path, rederive_flops: bool = True) -> str:
     size, target, ttt = time_to_target(data)
     if ttt:
         lines += ["", f"## Time to PreNorm's final val loss ({target:.4f}) at d{size[0]}×{size[1]} blocks", ""]
+        lines += ["Steps, TFLOPs and seconds: mean ± 95% CI half-width over the seeds that reached it.", ""]
         lines.append(tabulate(ttt, headers=["variant", "seeds reaching", "steps", "TFLOPs", "train seconds"],
                               tablefmt="github", disable_numparse=True))
     facts = findings(data)

@@ -13,7 +13,7 @@ from collections import defaultdict
 from tabulate import tabulate
 
 from .. import workloads
-from ..cells import BASELINE
+from ..cells import BASELINE, label_of
 from ..compiling import MODES
 from ..config import check_keys, positive
 from ..results import newest_per_cell, newest_producer_only
@@ -43,8 +43,8 @@ def overhead_metrics(records: list[dict]) -> dict[str, dict[str, dict]]:
             continue
         c = r["cell"]
         mode = c.get("compile", "none")
-        by[(c["shape_name"], mode, c["label"])][c["workload"]].append(r)
-        names[(c["shape_name"], mode, c["label"])] = c["variant"]
+        by[(c["shape_name"], mode, label_of(c))][c["workload"]].append(r)
+        names[(c["shape_name"], mode, label_of(c))] = c["variant"]
     per_mode: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for (shape, mode, label), wl in by.items():
         m = {"variant": names[(shape, mode, label)]}
@@ -53,13 +53,13 @@ def overhead_metrics(records: list[dict]) -> dict[str, dict[str, dict]]:
         per_mode[(shape, mode)][label] = m
     out: dict[str, dict[str, dict]] = defaultdict(dict)
     for (shape, mode), per in sorted(per_mode.items(), key=lambda kv: (kv[0][0], MODES.index(kv[0][1]))):
-        base = next((m for m in per.values() if m["variant"] == BASELINE), None)
+        base = next((m for label, m in per.items() if label == BASELINE), None)
         for label, m in per.items():
             for w in workloads.registered():
                 m.update(w.relative_cost(m, base) if base is not None else {})
-            row = out[shape].setdefault(label, {"variant": m["variant"], "modes": []})
+            row = out[shape].setdefault(label, {"variant": m["variant"], "baseline": label == BASELINE, "modes": []})
             row["modes"].append(mode)
-            row.update((at(k, mode), v) for k, v in m.items() if k != "variant")
+            row.update((at(k, mode), v) for k, v in m.items() if k not in ("variant", "baseline"))
     return out
 
 
@@ -110,7 +110,7 @@ def render_overhead(records: list[dict], targets: dict | None = None) -> tuple[s
                 ci_key = at(f"{name}_ci", mode or "none")
                 value, ci, bound = m.get(key), m.get(ci_key), bounds.get(label, {}).get(key)
                 text = "-" if value is None else f"{value:.3f}"
-                if ci and value is not None and m["variant"] != BASELINE:
+                if ci and value is not None and not m["baseline"]:
                     text += f" [{ci[0]:.3f}–{ci[1]:.3f}]"
                 if bound is not None:
                     v = verdict(value, ci, bound, exact)
@@ -143,7 +143,7 @@ def _compiled_baseline(metrics: dict) -> list[str]:
     without an interval, not an interleaved one."""
     lines = []
     for shape, per in sorted(metrics.items()):
-        base = next((m for m in per.values() if m["variant"] == BASELINE), {})
+        base = next((m for m in per.values() if m["baseline"]), {})
         for mode in base.get("modes", []):
             parts = [f"{k} {base[at(k + '_ms', mode)]:,.1f} vs {base[k + '_ms']:,.1f} ms "
                      f"({base[at(k + '_ms', mode)] / base[k + '_ms']:.2f}×)"

@@ -12,6 +12,7 @@ A workload module defines a `Workload` subclass, decorated with `@register("name
     summary/columns   the report's row fields from a variant's ok records, and the columns showing them
     footnotes/warning lines under a report table; a reason the table's numbers cannot be trusted
     compare_metrics   metric -> (read (value, raw samples or None) from metrics, format)
+    metrics_schema    the fields and types an ok record's metrics must have (checked on read)
     cost              the overhead study's fields (`Cost`) from a variant's ok records, and with
     relative_cost     the baseline's (ratios needing both); cost_columns: the study's columns
     machine_peak      the machine's own speed as a record measured it (compare's drift warning)
@@ -26,6 +27,8 @@ from ..errors import classify
 from ..registry import Registry
 
 Outcome = tuple[str, "str | None", dict]  # (status, message, metrics)
+TIMING_SCHEMA = {"median": float, "min": float, "max": float, "samples?": list}  # measure.summarize's
+RATIO_SCHEMA = ({"median": float, "ci?": (list, None)}, None)  # a paired ratio with its interval, or none
 REGISTRY = Registry("workload")
 register = REGISTRY.register  # class decorator: one instance of the workload under `name`
 
@@ -58,6 +61,10 @@ class Workload:
     timed_calls = False  # the worker reports progress per timed call (an inner progress bar)
     columns: tuple[tuple[str, Callable[[dict], str]], ...] = ()
     compare_metrics: dict[str, tuple[Callable[[dict], tuple], str]] = {}
+    # what an ok record's metrics must hold for the readers above (results.check_value's specs:
+    # float = any number, (x, None) = nullable, "name?" = may be absent); a record that does not
+    # is skipped on read with one warning, never a traceback in a report
+    metrics_schema: dict = {}
     cost_columns: tuple[tuple[str, str], ...] = ()  # (Cost key, header) in the overhead table; bounds by key
     cost_exact = False  # its cost columns are exact counts (a bound is met by the value), not timed ratios
     distributed = False  # its cells run on several ranks (the suite's launcher; harness/parallel/launch.py)
@@ -93,7 +100,7 @@ class Workload:
         for cell in cells:
             try:
                 out[cell.key] = self.run_cell(cell)
-            except Exception as exc:  # noqa: BLE001 - recorded as the cell's status
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - recorded as the cell's status
                 out[cell.key] = classify(exc)
         return out
 

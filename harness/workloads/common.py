@@ -87,7 +87,7 @@ def build_on_every_rank(cells: list[Cell], build) -> tuple[dict, dict]:
     for cell in cells:
         try:
             built[cell.key] = build(cell)
-        except Exception as exc:  # noqa: BLE001 - recorded as the cell's status
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - recorded as the cell's status
             failed[cell.key] = classify(exc)
     agreed: dict = {}
     for f in gather(failed):

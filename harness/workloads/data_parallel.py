@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..cells import BASELINE
+from ..cells import BASELINE, is_baseline
 from ..measure import summarize
 from ..model import build_model
 from ..parallel.launch import gather, peak_memory, time_rounds, writes_result
 from ..train import TrainConfig, make_optimizer, train_step
-from .base import Workload, fmt_ms, num, register
+from .base import RATIO_SCHEMA, TIMING_SCHEMA, Workload, fmt_ms, num, register
 from .common import build_on_every_rank, fixed_batch, grouped_jobs, paired_ratio, progress_counter, rank_context
 
 
@@ -46,6 +46,8 @@ class DataParallel(Workload):
     timed_calls = True
     positive = ("batch", "warmup", "repeats")
     how = "?"
+    metrics_schema = {"ranks": int, "step_ms": TIMING_SCHEMA, "x_prenorm": RATIO_SCHEMA, "tokens_per_s": float,
+                      "rank_tokens_per_s": list, "slowest_rank": int, "memory": {"max": int, "min": int}}
 
     def jobs(self, cells, todo):
         return grouped_jobs(cells, todo, lambda c: (c.shape_name, c.precision, c.seed))
@@ -72,7 +74,7 @@ class DataParallel(Workload):
         p = cell.params
         per = [e["times"][cell.key] for e in every]
         slowest = [max(t[i] for t in per) for i in range(len(per[0]))]
-        base = next((c for c in cells if c.variant == BASELINE), None)
+        base = next((c for c in cells if is_baseline(c)), None)
         ratio = None
         if base is not None:
             b = [max(e["times"][base.key][i] for e in every) for i in range(len(slowest))]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .. import variants
-from ..cells import BASELINE, Cell
+from ..cells import BASELINE, Cell, is_baseline
 from ..compiling import cannot_run, compile_model, guarded, warm
 from ..errors import ConfigError, classify
 from ..measure import LiveBytesTracker, cuda_memory_snapshot, reset_cuda_peak, summarize, synchronize, time_once
@@ -77,7 +77,7 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
                 info[cell.key]["compile"] = {"mode": mode, "points": []}
             models[cell.key] = model.eval()
             runs[cell.key] = compile_model(model, mode)
-        except Exception as exc:  # noqa: BLE001 - one bad variant must not stop the group
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - one bad variant must not stop the group
             out[cell.key] = classify(exc)
     cfg = ModelConfig(**first.shape)
     g = torch.Generator().manual_seed(first.seed)
@@ -121,7 +121,7 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
                 try:
                     cost = warm(lambda key=key: generate(key, timed=False), at_least=1)
                     info[key]["compile"]["points"].append({"context": context, "batch": batch, **cost})
-                except Exception as exc:  # noqa: BLE001 - the variant leaves; the others finish
+                except (Exception, SystemExit) as exc:  # noqa: BLE001 - the variant leaves; the others finish
                     failed[key] = cannot_run(mode, "decode", exc)
         timed_generate = guarded("decode", generate)  # a compile in a round fails the variant
         for r in range(wl["warmup"] + wl["repeats"]):
@@ -131,7 +131,7 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
                     continue
                 try:
                     timed_generate(key, timed=r >= wl["warmup"])
-                except Exception as exc:  # noqa: BLE001 - the variant leaves; the others finish
+                except (Exception, SystemExit) as exc:  # noqa: BLE001 - the variant leaves; the others finish
                     failed[key] = exc
         for key in live:
             if key in failed:
@@ -155,7 +155,7 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
                 "step_peak_bytes": tracker.peak, **cuda,
             })
         del caches
-    base_key = next((c.key for c in cells if c.variant == BASELINE and c.key in models and c.key not in failed), None)
+    base_key = next((c.key for c in cells if is_baseline(c) and c.key in models and c.key not in failed), None)
     for cell in cells:
         if cell.key not in models:
             continue
@@ -209,6 +209,7 @@ class Decode(Workload):
     )
     compiles = True
     compare_metrics = {"decode_ms": (_itl, "{:.3f}")}
+    metrics_schema = {"points": list, "params?": int, "state_vectors?": int}
     cost_columns = (("decode", "decode ×"),)
 
     def check(self, params, variant_names):

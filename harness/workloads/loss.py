@@ -37,7 +37,7 @@ def _loss_cell(values: list[float]) -> str:
         return "-"
     if len(values) == 1:
         return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} (n={len(values)})"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} sd (n={len(values)})"
 
 
 def run_loss(cell: Cell) -> tuple[str, str | None, dict]:
@@ -74,6 +74,9 @@ class Loss(Workload):
     deterministic = True  # bit-for-bit curves; not for timing, where it may pick slower kernels
     columns = (("val loss", lambda r: _loss_cell(r["val_loss"])),)
     compare_metrics = {"final_val_loss": (lambda m: (m.get("final_val_loss"), None), "{:.4f}")}
+    metrics_schema = {"final_val_loss": float, "final_train_loss?": float, "train_loss": list, "val_loss": list,
+                      "train_flops?": int, "flops_per_step?": int, "params?": int, "state_vectors?": int,
+                      "seconds?": float, "train_seconds?": float, "val_train_seconds?": list}
     unkeyed_defaults = {"budget_s": 0.0}
 
     def preflight(self, params, shapes):

@@ -21,6 +21,9 @@ class Params:
     batch: int = 8
 
 
+PEAK_SCHEMA = {"peak_bytes": (int, None), "cuda_peak_allocated?": (int, None)}  # what primary_peak reads
+
+
 def primary_peak(view: dict | None) -> tuple[float | None, str]:
     """The primary counter for a view: torch.cuda peak allocated on GPU, else the tracker."""
     if not view:
@@ -101,6 +104,7 @@ class Memory(Workload):
         "train_peak_MiB": (lambda m: (_mib(m.get("train")), None), "{:.2f}"),
         "inference_peak_MiB": (lambda m: (_mib(m.get("inference")), None), "{:.2f}"),
     }
+    metrics_schema = {"train": PEAK_SCHEMA, "inference": PEAK_SCHEMA, "state_vectors": int, "params?": int}
 
     def run_cell(self, cell):
         return run_memory(cell)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import variants
-from ..cells import BASELINE
+from ..cells import BASELINE, is_baseline
 from ..errors import ConfigError
 from ..measure import summarize
 from ..model import build_model
@@ -21,7 +21,7 @@ from ..parallel import comm as comm_model
 from ..parallel.launch import gather, peak_memory, time_rounds, writes_result
 from ..parallel.pipeline import COMMS, MULTI_STAGE, SCHEDULES, bubble, build_pipeline, chunk_bounds
 from ..variants.base import Residual
-from .base import Workload, fmt_ms, num, register
+from .base import RATIO_SCHEMA, TIMING_SCHEMA, Workload, fmt_ms, num, register
 from .common import build_on_every_rank, fixed_batch, grouped_jobs, paired_ratio, progress_counter, rank_context
 
 
@@ -120,7 +120,7 @@ class PipelineParallel(Workload):
         p, world = cell.params, len(every)
         per = [e["cells"][cell.key] for e in every]
         slowest = [max(r["times"][i] for r in per) for i in range(len(per[0]["times"]))]
-        base = next((c for c in cells if c.variant == BASELINE and c.params["comm"] == "naive"), None)
+        base = next((c for c in cells if is_baseline(c) and c.params["comm"] == "naive"), None)
         ratio = None
         if base is not None:
             b = [max(e["cells"][base.key]["times"][i] for e in every) for i in range(len(slowest))]
@@ -171,4 +171,7 @@ class PipelineParallel(Workload):
                             f"{m['vectors_per_token']:.2f} vec/token"}
 
     columns = (("pp step", lambda r: r.get("pp") or "-"),)
+    metrics_schema = {"ranks": int, "step_ms": TIMING_SCHEMA, "x_prenorm": RATIO_SCHEMA, "tokens_per_s": float,
+                      "vectors_per_token": float, "transition_vectors": list, "bubble": list, "bubble_ideal": float,
+                      "bytes": {"fwd_send": int, "fwd_recv": int, "bwd_send": int, "bwd_recv": int}}
 

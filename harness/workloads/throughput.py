@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cells import BASELINE, Cell
+from ..cells import BASELINE, Cell, is_baseline
 from ..compiling import compile_model, steady
 from ..errors import ConfigError, classify
 from ..measure import count_flops, device_peak_flops, gemm_probe, matmul_probe, mfu, summarize, time_interleaved
@@ -17,7 +17,7 @@ from ..model import ModelConfig
 from ..precision import get as get_precision
 from ..stats import median_ci
 from ..train import TrainConfig, make_optimizer, train_step
-from .base import Workload, fmt_ms, median_present, num, register
+from .base import TIMING_SCHEMA, Workload, fmt_ms, median_present, num, register
 from .common import fixed_batch, model_of, static_info
 
 
@@ -95,7 +95,7 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
                               "prefill_flops": flops_prefill, "peak_flops_source": peak_source,
                               **({"compile": compiled} if compiled else {})}
             train_fns[cell.key], prefill_fns[cell.key] = fns["train"], fns["prefill"]
-        except Exception as exc:  # noqa: BLE001 - one bad variant must not stop the group
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - one bad variant must not stop the group
             out[cell.key] = classify(exc)
     if train_fns:
         # cell keys are hex digests: no clash with the probes' names
@@ -129,7 +129,7 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
                                                        "ms": {k: (v * 1e3 if k != "n" else v) for k, v in summarize(samples).items()}}
         if probes:
             peak = max(p["best_flops_per_s"] for p in probe_info.values())
-        base_key = next((c.key for c in cells if c.variant == BASELINE and c.key in train_fns), None)
+        base_key = next((c.key for c in cells if is_baseline(c) and c.key in train_fns), None)
         if base_key in failed:
             base_key = None  # no ratios against a baseline that did not finish
         for cell in cells:
@@ -165,7 +165,7 @@ def _timing(ms: dict | None):
 
 
 def _pairs(group: list[Cell], todo: set[str]) -> list[list[Cell]]:
-    base = [c for c in group if c.variant == BASELINE][:1]
+    base = [c for c in group if is_baseline(c)][:1]
     others = [c for c in group if c not in base]
     pairs = [base + [c] for c in others if c.key in todo]
     if base and base[0].key in todo and not pairs:  # only the baseline is missing: any partner will do
@@ -193,6 +193,14 @@ class Throughput(Workload):
     compare_metrics = {
         "train_ms": (lambda m: _timing(m.get("train_ms")), "{:.2f}"),
         "prefill_ms": (lambda m: _timing(m.get("prefill_ms")), "{:.2f}"),
+    }
+    metrics_schema = {
+        "train_ms": TIMING_SCHEMA, "prefill_ms": TIMING_SCHEMA,
+        "train_tokens_per_s": float, "prefill_tokens_per_s?": float, "peak_flops": float, "peak_flops_source": str,
+        "train_mfu": (float, None), "prefill_mfu?": (float, None), "peak_probes?": dict, "params?": int,
+        "state_vectors?": int, f"train_ratio_vs_{BASELINE}?": (float, None),
+        f"prefill_ratio_vs_{BASELINE}?": (float, None), "train_ratio_ci?": (list, None),
+        "prefill_ratio_ci?": (list, None), "compile?": (dict, None),
     }
 
     def check(self, params, variant_names):
