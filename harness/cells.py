@@ -100,4 +100,6 @@ class Record(TypedDict, total=False):
     message: str | None
     metrics: dict[str, Any]
     env: dict[str, Any]  # provenance.environment()
+    limits: dict[str, Any]  # the memory cap and timeout it ran under
+    placement: dict[str, Any]  # where and when: executor, host, devices / slurm_job, start, end
     worker_stderr: list[str]

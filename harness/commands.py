@@ -1,6 +1,7 @@
 """`resbench run` and `resbench report`: the measuring commands."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections import Counter
@@ -8,12 +9,15 @@ import warnings
 from pathlib import Path
 
 from . import studies
-from .config import expand_cells, read_yaml, resolve_suite_path
+from . import executors
+from .config import expand_cells, parse_executor, read_yaml, resolve_suite_path
 from .errors import UserError
+from .executors.shards import Appender, pending
+from .executors.slurm import gather
 from .provenance import checkout_root, environment, producer
 from .report import render, tables
-from .results import FINISHED, LOCAL_DIR, default_results_path, read_records, results_root, warn_to_stderr
-from .runner import resolve_device, run_suite
+from .results import FINISHED, LOCAL_DIR, default_results_path, exclusive, read_records, results_root, warn_to_stderr
+from .runner import parse_only, parse_shard, resolve_device, run_suite, selection
 
 
 def cmd_run(args) -> int:
@@ -25,21 +29,25 @@ def cmd_run(args) -> int:
         raise UserError(f"`resbench {args.command}` runs a `kind: {wanted}` suite; {path} is "
                         f"{'a measurement suite' if study is None else f'kind: {study.name}'} (use `resbench run`)")
     if study is not None and study.own_schema:
-        given = [f"--{n.replace('_', '-')}" for n in ("force", "resume_any", "device") if getattr(args, n, None)]
+        given = [f"--{n.replace('_', '-')}" for n in ("force", "resume_any", "device", *EXECUTOR_FLAGS, "detach",
+                                                      "shard", "only") if getattr(args, n, None)]
         if given:
             raise UserError(f"{' '.join(given)} does not apply to a {study.name} suite (its cells run in-process, "
                             "always all of them)")
         return study.run(cfg, Path(args.out) if args.out else results_root() / LOCAL_DIR / "scaling",
                          progress=not args.quiet)
-    suite = cfg
+    suite = with_executor(cfg, args)
     out = Path(args.out) if args.out else default_results_path(suite.name)
+    only, shard = parse_only(args.only or []), parse_shard(args.shard)
     _warn_other_checkout()
     records = run_suite(suite, out, force=args.force, device=args.device, progress=not args.quiet,
-                        resume_any=args.resume_any)
+                        resume_any=args.resume_any, only=only, shard=shard, detach=args.detach)
+    if args.detach:
+        return 0
     if not records:
         print(f"all cells of {suite.name!r} already finished in {out} (use --force to redo them)", file=sys.stderr)
     # this suite's cells as this code on this machine measured them (other lines of the file: `report`)
-    keys = {c.key for c in expand_cells(suite, resolve_device(args.device or suite.device))}
+    keys = selection(expand_cells(suite, resolve_device(args.device or suite.device)), only, shard)
     mine = producer(environment("cpu"))
     shown = [r for r in read_records(out) if r["key"] in keys
              and (args.resume_any or producer(r.get("env") or {}) == mine)]
@@ -57,6 +65,38 @@ def cmd_run(args) -> int:
     print(f"records: {out} — {len(keys)} cells: " + ", ".join(f"{n} {s}" for s, n in counts.most_common())
           + (f"; {len(unfinished)} not finished (rerun to retry them)" if unfinished else ""), file=sys.stderr)
     return 0 if not unfinished and met else 1
+
+
+EXECUTOR_FLAGS = ("executor", "devices", "slots", "partition", "account", "qos", "max_concurrent", "exclusive",
+                  "gpus_per_task", "time_limit_min", "sbatch_args")
+
+
+def with_executor(suite, args):
+    """The suite with the command line's executor settings on top of its own `executor:`."""
+    over = {k: getattr(args, k, None) for k in EXECUTOR_FLAGS}
+    if not any(v is not None for v in over.values()):
+        return suite
+    name, params = suite.executor
+    raw = {"type": name, **(dataclasses.asdict(params) if params is not None else {})}
+    over["type"] = over.pop("executor")
+    return dataclasses.replace(suite, executor=parse_executor(raw, over))
+
+
+def cmd_gather(args) -> int:
+    """Collect the records of earlier submissions to a cluster into their results file."""
+    out = Path(args.results)
+    subs = pending(out)
+    if not subs:
+        print(f"nothing to gather for {out}: no submission of it is waiting", file=sys.stderr)
+        return 0
+    with exclusive(out):
+        got, complete = gather(subs, Appender(out), progress=not args.quiet, block=not args.no_wait)
+    counts = Counter(r["status"] for r in got)
+    print(f"gathered {len(got)} record(s) into {out}: " + (", ".join(f"{n} {s}" for s, n in counts.most_common())
+                                                          or "none") + ("" if complete else
+                                                                        "; tasks still running (gather again later)"),
+          file=sys.stderr)
+    return 0 if complete and all(r["status"] in FINISHED for r in got) else 1
 
 
 def _warn_other_checkout() -> None:
@@ -104,7 +144,43 @@ def add_subcommands(sub) -> None:
                           "this machine and this torch count as finished)")
     run.add_argument("--device", choices=("cpu", "cuda", "auto"), help="override the suite's device")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--only", action="append", metavar="KEY=VALUE,...",
+                     help="run only these cells (keys: variant, label, shape, workload, seed, precision, compile; a "
+                          "key given twice: either value); their throughput partners run too")
+    run.add_argument("--shard", metavar="I/N", help="run shard I of N: every N-th job of the plan, whole jobs (split "
+                                                   "a suite across machines by hand, then `report` the files together)")
+    ex = run.add_argument_group("executor: where each job's worker runs (default: the suite's `executor:`, else "
+                                "local, one job at a time; docs/CLUSTER.md)")
+    ex.add_argument("--executor", choices=executors.names(), help="local (this machine) or slurm (a job array)")
+    ex.add_argument("--devices", help="local: device ids, one job per device at once, e.g. 0,1,2,3")
+    ex.add_argument("--slots", type=int, help="local, CPU: untimed jobs side by side (a timed job runs alone; "
+                                              "default 1)")
+    ex.add_argument("--partition", help="slurm: sbatch --partition")
+    ex.add_argument("--account", help="slurm: sbatch --account")
+    ex.add_argument("--qos", help="slurm: sbatch --qos")
+    ex.add_argument("--max-concurrent", type=int, help="slurm: array tasks running at once (--array=...%%K; "
+                                                       "default: no cap)")
+    ex.add_argument("--exclusive", choices=("none", "timed", "all"), help="slurm: which tasks get whole nodes "
+                                                                        "(default none)")
+    ex.add_argument("--gpus-per-task", type=int, help="slurm: --gres=gpu:K per task (default: the job's ranks on "
+                                                      "cuda, 0 on cpu)")
+    ex.add_argument("--time-limit-min", type=int, help="slurm: each task's --time in minutes (default: the job's "
+                                                       "timeout_s + 2)")
+    ex.add_argument("--sbatch-arg", dest="sbatch_args", action="append", metavar="OPT",
+                    help="slurm: one more sbatch option, verbatim (repeatable), e.g. --sbatch-arg=--constraint=h100")
+    ex.add_argument("--detach", action="store_true", help="slurm: submit and return; collect with `resbench gather`")
     run.set_defaults(func=cmd_run)
+
+    ga = sub.add_parser("gather", help="collect the records of Slurm submissions (a --detach run, or one whose "
+                        "submitting process died) into their results file",
+                        description="Waits for the tasks of every submission of RESULTS not yet gathered, then "
+                        "appends their records (each once) under the file's lock. Exit 0 when every gathered cell "
+                        "finished, 1 otherwise.")
+    ga.add_argument("results", metavar="RESULTS", help="the results JSONL the submission was for")
+    ga.add_argument("--no-wait", action="store_true", help="gather what is finished and return, tasks still running "
+                                                           "stay for a later gather (exit 1)")
+    ga.add_argument("--quiet", action="store_true", help="no progress bar")
+    ga.set_defaults(func=cmd_gather)
 
     rep = sub.add_parser("report", help="re-render the tables of results files, or a study's report (--suite)")
     rep.add_argument("results", nargs="+", help="results JSONL file(s) (a scaling or projection study: its .jsonl)")

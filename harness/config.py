@@ -17,7 +17,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from . import compiling, precision, variants, workloads
+from . import compiling, executors, precision, variants, workloads
 from .cells import BASELINE, Cell, VariantSpec  # noqa: F401 - re-exported: the suite's vocabulary
 from .errors import ConfigError
 from .model import ModelConfig
@@ -45,7 +45,9 @@ class Suite:
     shape_overrides: dict = field(default_factory=dict)  # shape -> {batch|warmup|repeats: value}
     kind: str = ""  # the study on top of the records ("" = none); see studies/
     study: dict = field(default_factory=dict)  # that study's own keys, validated by it (overhead: targets)
-    launch: Launch = Launch()  # where distributed workloads' cells run (harness/harness/parallel/launch.py)
+    launch: Launch = Launch()  # where distributed workloads' cells run (harness/parallel/launch.py)
+    # where each job's worker runs (executors/): (name, its Params); not part of any cell
+    executor: tuple = ("local", None)
 
 
 # -- validation helpers ---------------------------------------------------------------------
@@ -176,7 +178,7 @@ def model_config(where: str, fields_: dict) -> ModelConfig:
 # -- the suite ------------------------------------------------------------------------------
 
 SUITE_KEYS = ("name", "variants", "shapes", "workloads", "device", "precision", "compile", "seeds", "threads", "timeout_s",
-              "memory_cap_gb", "launcher")  # a study adds its own keys (overhead: targets)
+              "memory_cap_gb", "launcher", "executor")  # a study adds its own keys (overhead: targets)
 
 
 def suites_dir() -> Path:
@@ -235,6 +237,7 @@ def parse_suite(raw: Any, default_name: str = "suite", extra_keys: tuple[str, ..
             check_builds(spec, cfg, f"shape {short(shape_name)}")
     workloads_ = _parse_workloads(raw["workloads"])
     launch = parse_launch(raw.get("launcher"))
+    executor = parse_executor(raw.get("executor"))
     for kind, params in workloads_.items():
         workloads.get(kind).check(params, [s.name for s in specs])
         if workloads.get(kind).distributed and launch.launcher == "local":
@@ -245,7 +248,40 @@ def parse_suite(raw: Any, default_name: str = "suite", extra_keys: tuple[str, ..
                               f"{', '.join(compiles)}; add none to compile or drop {kind}")
     return Suite(name=name, variants=specs, shapes=shapes, workloads=workloads_, device=device, precisions=precs,
                  compiles=compiles, seeds=tuple(seeds), threads=threads, timeout_s=timeout, memory_cap_gb=cap,
-                 shape_overrides=shape_overrides, launch=launch)
+                 shape_overrides=shape_overrides, launch=launch, executor=executor)
+
+
+def parse_executor(raw, over: dict | None = None) -> tuple[str, Any]:
+    """`executor:` local (the default), slurm, or a mapping {type: NAME, its keys...}; `over`: the
+    command line's values on top (another type than the suite's starts from that type's
+    defaults). Lists (devices, sbatch_args) become tuples of strings."""
+    raw = {"type": raw} if isinstance(raw, str) else dict(raw or {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"executor must be a name or a mapping with type:, got {short(raw)}")
+    over = {k: v for k, v in (over or {}).items() if v is not None}
+    if over.get("type", raw.get("type", "local")) != raw.get("type", "local"):
+        raw = {}
+    raw.update(over)
+    name = raw.pop("type", "local")
+    if name not in executors.names():
+        raise ConfigError(f"executor.type must be one of {', '.join(executors.names())}; got {short(name)}")
+    cls = executors.get(name).Params
+    for f in fields(cls):
+        if isinstance(f.default, tuple) and f.name in raw:
+            v = raw[f.name]
+            v = [x.strip() for x in v.split(",") if x.strip()] if isinstance(v, str) else v
+            v = list(v) if isinstance(v, tuple) else v
+            if not isinstance(v, list) or not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v):
+                raise ConfigError(f"executor.{f.name} must be a list of names or numbers, got {short(raw[f.name])}")
+            raw[f.name] = tuple(str(x) for x in v)
+    params = _dataclass_from("executor", cls, raw)
+    for f in fields(params):
+        v = getattr(params, f.name)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            positive(f"executor.{f.name}", v, type(v), minimum=-1 if f.name == "gpus_per_task" else 0)
+    if name == "local" and params.slots < 1:
+        raise ConfigError("executor.slots must be >= 1")
+    return name, params
 
 
 def _seed_list(where: str, seeds) -> list[int]:

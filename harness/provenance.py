@@ -103,9 +103,12 @@ def cpu_model() -> str:
 
 @functools.lru_cache(maxsize=1)
 def machine() -> dict:
-    """The hardware, with an id over everything that tells two machines apart. The CPU signature
-    (family, model, stepping, cache, flags) separates two CPUs that print the same model name
-    ("AMD EPYC" on two generations)."""
+    """The hardware, with an id over its class: what tells two kinds of machine apart, not two
+    nodes of one kind. The CPU signature (family, model, stepping, cache, flags) separates two CPUs
+    that print the same model name ("AMD EPYC" on two generations); GPUs by model, count, memory
+    and driver. The host name is recorded beside it, not in it, so identical nodes of a cluster
+    produce records of one producer (and memory counts in whole GiB: kernels reserve a little
+    differently)."""
     info = _cpuinfo()
     sig = ",".join(info.get(k, "") for k in ("vendor_id", "cpu family", "model", "stepping", "cache size"))
     flags = hashlib.sha256(info.get("flags", "").encode()).hexdigest()[:8]
@@ -117,7 +120,9 @@ def machine() -> dict:
         m["gpu_memory"] = int(props.total_memory)
         m["gpu_capability"] = f"{props.major}.{props.minor}"
         m["nvidia_driver"] = _nvidia_driver()
-    m["machine_id"] = hashlib.sha256(repr(sorted(m.items())).encode()).hexdigest()[:12]
+    ident = {**m, "mem_total": round((m["mem_total"] or 0) / 2**30)}
+    ident.pop("hostname")
+    m["machine_id"] = hashlib.sha256(repr(sorted(ident.items())).encode()).hexdigest()[:12]
     return m
 
 

@@ -37,6 +37,7 @@ def tables(records: list[dict]) -> list[dict]:
         env = next((e for e in envs if e), {})
         commits = sorted({str(e.get("commit") or "no git")[:10] + (" (dirty)" if e.get("dirty") else "") for e in envs if e})
         runs = sorted({r.get("run") or "?" for r in rs})
+        hosts = {(e.get("machine") or {}).get("hostname") for e in envs if e} - {None}
         rows, notes = summary_rows(rs)
         out.append({
             "heading": f"{shape_name}: d_model={shape['d_model']}, {shape['n_blocks']} blocks (L={2 * shape['n_blocks']}), "
@@ -45,13 +46,19 @@ def tables(records: list[dict]) -> list[dict]:
                        f"{env.get('gpu') or env.get('cpu', '?')}, {env.get('threads', '?')} threads, "
                        f"torch {env.get('torch', '?')}",
             "measured_by": f"commit {', '.join(commits) or '?'} · code {env.get('code_hash', '?')} · "
-                           f"machine {env.get('machine_id', '?')} ({(env.get('machine') or {}).get('hostname', '?')}) · "
+                           f"machine {env.get('machine_id', '?')} ({_hosts(hosts)}) · "
                            f"{len(runs)} run{'s' if len(runs) != 1 else ''} ({', '.join(runs)})",
             "shape": {"name": shape_name, **shape}, "device": device, "precision": precision, "compile": mode,
-            "commits": commits, "runs": runs, "code_hash": env.get("code_hash"), "machine_id": env.get("machine_id"),
+            "commits": commits, "runs": runs, "hosts": sorted(hosts), "code_hash": env.get("code_hash"),
+            "machine_id": env.get("machine_id"),
             "rows": rows, "notes": notes, "unstable": unstable(rs), "records": rs,
         })
     return out
+
+
+def _hosts(hosts: set[str]) -> str:
+    """The host that measured a table, or how many nodes of its class did."""
+    return next(iter(hosts)) if len(hosts) == 1 else f"{len(hosts)} nodes" if hosts else "?"
 
 
 def render(records: list[dict]) -> str:

@@ -19,7 +19,9 @@ from resbench.cli import main
 from resbench.config import ConfigError, expand_cells, parse_suite
 from resbench.errors import UserError
 from resbench.results import append_record, read_records
-from resbench.runner import _append, _run_job, run_suite
+from resbench.executors.process import run_job
+from resbench.results import make_record
+from resbench.runner import run_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPE = [{"name": "t", "d_model": 16, "n_blocks": 1, "n_heads": 2, "seq_len": 8}]
@@ -162,7 +164,7 @@ def test_a_worker_never_runs_another_class_under_a_cells_key():
     assert cell.variant_source.startswith("resbench.variants.prenorm:PreNorm@")
     other = type(cell)(**{**cell.to_dict(), "variant_source": "rb_imposter:PreNorm@000000000000"})
     assert other.key != cell.key  # the variant's source is part of what a key names
-    (res,) = _run_job([other], 120).values()
+    (res,) = run_job([other], 120).values()
     assert res["status"] == "error" and "two modules register this name" in res["message"]
 
 
@@ -225,9 +227,9 @@ def test_nan_through_yaml_is_refused_from_the_cli(tmp_path, capsys):
 def test_a_record_that_cannot_be_json_becomes_an_error_record(tmp_path):
     out = tmp_path / "r.jsonl"
     (cell,) = expand_cells(suite(), "cpu")
-    bad = {"key": cell.key, "cell": cell.to_dict(), "status": "ok", "metrics": {"loss": float("nan")}, "env": {}}
-    rec = _append(out, bad)
+    rec = make_record(cell, {"status": "ok", "metrics": {"loss": float("nan")}, "env": {}}, "t", "r", {})
     assert rec["status"] == "error" and "JSON" in rec["message"]
+    append_record(out, rec)
     (back,) = read_records(out)
     assert back["status"] == "error" and back["metrics"] == {}
 

@@ -12,7 +12,8 @@ from resbench.config import parse_suite
 from resbench.report import render
 from resbench.results import append_record, read_records
 from resbench.config import expand_cells
-from resbench.runner import _run_job, plan_jobs, run_suite
+from resbench.executors.process import run_job
+from resbench.runner import plan_jobs, run_suite
 
 BOMBS = textwrap.dedent('''
     import os
@@ -184,7 +185,7 @@ def test_pair_run_writes_one_record_per_cell(tmp_path):
 def test_throughput_worker_streams_progress_to_the_parent():
     cells = expand_cells(_tp_suite("shape"), "cpu")
     seen = []
-    outcome = _run_job(cells, 300, lambda done, total: seen.append((done, total)))
+    outcome = run_job(cells, 300, lambda done, total: seen.append((done, total)))
     assert all(outcome[c.key]["status"] == "ok" for c in cells)
     # (3 variants + 8 GEMM probes) x 2 train calls + 3 variants x 2 prefill calls, one line each
     assert [d for d, _ in seen] == list(range(1, 29)) and {t for _, t in seen} == {28}

@@ -11,7 +11,8 @@ import pytest
 from resbench import variants, workloads
 from resbench.config import expand_cells, parse_suite
 from resbench.errors import classify
-from resbench.runner import _read_progress, _run_job, run_suite
+from resbench.executors.process import read_progress, run_job
+from resbench.runner import run_suite
 
 SHAPE = [{"name": "t", "d_model": 16, "n_blocks": 1, "n_heads": 2, "seq_len": 8}]
 
@@ -107,7 +108,7 @@ def test_a_worker_failure_is_its_cause_never_killed(faults, tmp_path):
 def test_threads_torch_refuses_are_an_error_naming_it():
     (cell,) = expand_cells(suite(), "cpu")
     bad = type(cell)(**{**cell.to_dict(), "threads": 100000000000000000000})
-    (res,) = _run_job([bad], 120).values()
+    (res,) = run_job([bad], 120).values()
     assert res["status"] == "error" and "Overflow" in res["message"], res
 
 
@@ -115,7 +116,7 @@ def test_plugin_prints_never_reach_the_progress_bar(faults):
     cells = expand_cells(suite(variants=["prenorm", "chatty"],
                                workloads={"throughput": {"batch": 2, "warmup": 1, "repeats": 2}}), "cpu")
     seen = []
-    result = _run_job(cells, 120, on_progress=lambda done, total: seen.append((done, total)))
+    result = run_job(cells, 120, on_progress=lambda done, total: seen.append((done, total)))
     assert {r["status"] for r in result.values()} == {"ok"}, result
     assert seen and all(0 < d <= t for d, t in seen) and len({t for _, t in seen}) == 1
     assert seen[-1][0] == seen[-1][1]  # the bar reached its end
@@ -132,9 +133,9 @@ def test_the_progress_reader_skips_what_it_cannot_read(tmp_path):
                      b"resbench-progress 2 4\nresbench-progress 3")  # the last line still being written
     seen, done = [], threading.Event()
     done.set()
-    _read_progress(str(path), lambda d, t: seen.append((d, t)), done)
+    read_progress(str(path), lambda d, t: seen.append((d, t)), done)
     assert seen == [(1, 4), (2, 4)]
-    _read_progress(str(tmp_path / "none"), lambda d, t: seen.append((d, t)), done)  # never written: nothing
+    read_progress(str(tmp_path / "none"), lambda d, t: seen.append((d, t)), done)  # never written: nothing
     assert seen == [(1, 4), (2, 4)]
 
 

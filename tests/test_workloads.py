@@ -114,7 +114,9 @@ def _imports(path: Path) -> set[str]:
     ("measure", ("resbench.studies", "resbench.workloads", "resbench.config", "resbench.runner", "resbench.report")),
     ("parallel", ("resbench.studies", "resbench.workloads", "resbench.config", "resbench.runner", "resbench.report")),
     ("workloads", ("resbench.config", "resbench.runner", "resbench.worker", "resbench.report", "resbench.compare",
-                   "resbench.studies", "resbench.commands", "resbench.cli")),
+                   "resbench.studies", "resbench.commands", "resbench.cli", "resbench.executors")),
+    ("executors", ("resbench.config", "resbench.runner", "resbench.report", "resbench.compare", "resbench.studies",
+                   "resbench.commands", "resbench.cli")),
 ])
 def test_no_module_imports_upward(layer, forbidden):
     for path in sorted((ROOT / "harness" / layer).glob("*.py")):

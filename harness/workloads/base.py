@@ -6,6 +6,7 @@ A workload module defines a `Workload` subclass, decorated with `@register("name
     Params            a frozen dataclass: the YAML keys of `workloads.<name>`, typed, with defaults
     positive/choices  fields that must be > 0 (other numbers must be >= 0), fields with a fixed set
     compiles          whether it honours the suite's compile axis (cell.compile; harness/compiling.py)
+    timed/times       whether its jobs time things (executors never run one beside another job)
     check/preflight   checks against the rest of the suite (config time) and its data (before any cell)
     jobs              how its cells group into worker processes (default: one cell per process)
     run / run_cell    what the worker process does: {cell key: (status, message, metrics)}
@@ -59,6 +60,8 @@ class Workload:
     deterministic = False  # the worker asks torch for deterministic algorithms (bit-for-bit curves)
     compiles = False  # it runs cells under torch.compile (a suite's compile axis); else eager cells only
     timed_calls = False  # the worker reports progress per timed call (an inner progress bar)
+    # it times things: its job never shares its device (on a CPU, the machine) with another job
+    timed = False
     columns: tuple[tuple[str, Callable[[dict], str]], ...] = ()
     compare_metrics: dict[str, tuple[Callable[[dict], tuple], str]] = {}
     # what an ok record's metrics must hold for the readers above (results.check_value's specs:
@@ -87,6 +90,10 @@ class Workload:
     def skips(self, params: dict, variant: str) -> bool:
         """Whether a (params, variant) combination measures nothing new and makes no cell."""
         return False
+
+    def times(self, params: dict) -> bool:
+        """Whether a job of these params is a timing (executors keep it alone on its device)."""
+        return self.timed
 
     def preflight(self, params, shapes) -> None:
         """Raise ConfigError for a user-fixable problem with the data, once, before any cell."""

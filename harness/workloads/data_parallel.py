@@ -44,6 +44,7 @@ class DataParallel(Workload):
     order = 60
     distributed = True
     timed_calls = True
+    timed = True
     positive = ("batch", "warmup", "repeats")
     how = "?"
     metrics_schema = {"ranks": int, "step_ms": TIMING_SCHEMA, "x_prenorm": RATIO_SCHEMA, "tokens_per_s": float,

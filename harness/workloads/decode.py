@@ -202,6 +202,7 @@ class Decode(Workload):
     order = 3
     positive = ("new_tokens", "repeats")
     timed_calls = True
+    timed = True
     columns = (
         ("decode ms/token", lambda r: num(r["decode_ms"], ".2f")),
         ("× prenorm", lambda r: num(r["decode_ratio"], ".3f")),

@@ -93,6 +93,11 @@ class Loss(Workload):
                     raise ConfigError(f"{where}: its {split} split has {tokens.numel()} "
                                       f"tokens, fewer than shapes[{name}].seq_len + 1 = {cfg.seq_len + 1}")
 
+    def times(self, params):
+        """A wall-clock budget (budget_s) makes a loss run a timing: how far it gets depends on the
+        machine's speed while it runs."""
+        return bool(params.get("budget_s"))
+
     def run_cell(self, cell):
         return run_loss(cell)
 

@@ -42,6 +42,7 @@ class PipelineParallel(Workload):
     order = 70
     distributed = True
     timed_calls = True
+    timed = True
     axes = ("schedule", "virtual", "comm")
     positive = ("batch", "microbatches", "virtual", "warmup", "repeats")
     choices = {"schedule": tuple(SCHEDULES), "comm": COMMS}

@@ -180,6 +180,7 @@ class Throughput(Workload):
     positive = ("batch", "repeats")
     choices = {"group": GROUPS}
     timed_calls = True
+    timed = True
     columns = (
         ("train ms [min–max]", lambda r: fmt_ms(r["train_ms"])),
         ("train tok/s", lambda r: num(r["train_tokens_per_s"], ",.0f")),
