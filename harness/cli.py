@@ -130,10 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="import MOD (dotted path, on PYTHONPATH) to register variants living outside resbench")
     sub = p.add_subparsers(dest="command", required=True)
 
-    ls = sub.add_parser("list", help="registered variants, their options and analytic costs at a shape")
-    ls.add_argument("--d-model", type=int, default=1024)
-    ls.add_argument("--blocks", type=int, default=16, help="transformer blocks (L = 2 x blocks sublayers)")
-    ls.add_argument("--heads", type=int, default=8)
+    ls = sub.add_parser("list", help="registered variants, their options and analytic costs at a shape",
+                        description="Every registered variant (built in, --variants-module, RESBENCH_VARIANTS, entry "
+                        "points) with its options and defaults and what it declares at the given shape: extra "
+                        "parameters, residual-state d-vectors per token, mixing FLOPs per token, its module.")
+    ls.add_argument("--d-model", type=int, default=1024, help="model width for the costs (default 1024)")
+    ls.add_argument("--blocks", type=int, default=16, help="transformer blocks (L = 2 x blocks sublayers; default 16)")
+    ls.add_argument("--heads", type=int, default=8, help="attention heads (default 8; must divide --d-model)")
     ls.add_argument("--json", action="store_true", help="print the rows as JSON")
     ls.set_defaults(func=cmd_list)
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from . import studies
 from . import executors
-from .config import expand_cells, parse_executor, read_yaml, resolve_suite_path
+from .catalog import cmd_suites
+from .config import apply_overrides, expand_cells, parse_executor, read_yaml, resolve_suite_path
 from .errors import UserError
 from .executors.shards import Appender, pending
 from .executors.slurm import gather
@@ -23,7 +24,8 @@ from .runner import parse_only, parse_shard, resolve_device, run_suite, selectio
 def cmd_run(args) -> int:
     """Any suite: its `kind:` picks the study (none: a plain measurement suite)."""
     path = resolve_suite_path(args.suite)
-    study, cfg = studies.parse(read_yaml(path), default_name=path.stem)
+    study, cfg = studies.parse(apply_overrides(read_yaml(path), getattr(args, "set", None) or []),
+                               default_name=path.stem)
     wanted = getattr(args, "kind", None)  # a shortcut subcommand (scale, project) runs one kind
     if wanted and (study is None or study.name != wanted):
         raise UserError(f"`resbench {args.command}` runs a `kind: {wanted}` suite; {path} is "
@@ -111,7 +113,9 @@ def cmd_report(args) -> int:
     """The tables of any records; with --suite, that suite's study report (exit 1 if its checks fail)."""
     if args.suite and args.json:
         raise UserError("--json gives the plain tables; a study's report (--suite) is Markdown: drop one of them")
-    study, cfg = studies.load(args.suite) if args.suite else (None, None)
+    if args.set and not args.suite:
+        raise UserError("--set changes a suite: it goes with --suite")
+    study, cfg = studies.load(args.suite, args.set or []) if args.suite else (None, None)
     out = Path(args.out) if args.out else results_root() / LOCAL_DIR / (cfg.name if cfg else "report")
     if study is not None and study.own_schema:
         return study.report(args.results, cfg, out)
@@ -133,7 +137,11 @@ def cmd_report(args) -> int:
 def add_subcommands(sub) -> None:
     warnings.showwarning = warn_to_stderr
     run = sub.add_parser("run", help="run any suite (default: the shipped quick suite) and print its tables and, "
-                         "for a suite with a `kind:`, its study's report")
+                         "for a suite with a `kind:`, its study's report",
+                         description="Expand the suite into cells, run every cell not finished yet (by this code on "
+                         "this machine) in fresh worker processes, append one record per cell to the results file, "
+                         "and print the tables (and the study's report for a suite with a `kind:`). Exit 0 when every "
+                         "cell finished (and every target was met), 1 otherwise, 2 on a user error.")
     run.add_argument("suite", nargs="?", default="quick", help="suite YAML path or shipped suite name (default: quick)")
     run.add_argument("--out", help="results JSONL (default: results/local/<suite name>.jsonl under the resbench "
                      "checkout you are in, else under the working directory); for a scaling or projection "
@@ -144,6 +152,9 @@ def add_subcommands(sub) -> None:
                           "this machine and this torch count as finished)")
     run.add_argument("--device", choices=("cpu", "cuda", "auto"), help="override the suite's device")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="change one value of the suite before it is checked, e.g. workloads.loss.steps=10 or "
+                          "shapes[0].d_model=256 (VALUE is YAML; repeatable; docs/SUITES.md)")
     run.add_argument("--only", action="append", metavar="KEY=VALUE,...",
                      help="run only these cells (keys: variant, label, shape, workload, seed, precision, compile; a "
                           "key given twice: either value); their throughput partners run too")
@@ -171,6 +182,14 @@ def add_subcommands(sub) -> None:
     ex.add_argument("--detach", action="store_true", help="slurm: submit and return; collect with `resbench gather`")
     run.set_defaults(func=cmd_run)
 
+    su = sub.add_parser("suites", help="the shipped suites: kind, cells, purpose and how long a reference run took",
+                        description="Lists every shipped suite (benchmarks/suites/) with its study kind, device, the "
+                        "number of cells it expands to, what it is for, and the wall time of its committed reference "
+                        "run (a checkout only). --show NAME prints a suite's file, to copy and edit.")
+    su.add_argument("--json", action="store_true", help="the rows as JSON")
+    su.add_argument("--show", metavar="NAME", help="print this shipped suite's YAML")
+    su.set_defaults(func=cmd_suites)
+
     ga = sub.add_parser("gather", help="collect the records of Slurm submissions (a --detach run, or one whose "
                         "submitting process died) into their results file",
                         description="Waits for the tasks of every submission of RESULTS not yet gathered, then "
@@ -182,7 +201,10 @@ def add_subcommands(sub) -> None:
     ga.add_argument("--quiet", action="store_true", help="no progress bar")
     ga.set_defaults(func=cmd_gather)
 
-    rep = sub.add_parser("report", help="re-render the tables of results files, or a study's report (--suite)")
+    rep = sub.add_parser("report", help="re-render the tables of results files, or a study's report (--suite)",
+                         description="The tables of any results files (one per shape, precision, compile mode and "
+                         "producer; the newest record per cell), or with --suite the report of that suite's study "
+                         "(overhead: exit 1 if a target is missed; loss: report.md and plots in --out).")
     rep.add_argument("results", nargs="+", help="results JSONL file(s) (a scaling or projection study: its .jsonl)")
     rep.add_argument("--suite", metavar="SUITE", help="render the report of this suite's study (its `kind:`): "
                      "overhead checks the targets (exit 1 if one is missed), loss writes report.md + PNG plots, "
@@ -191,13 +213,19 @@ def add_subcommands(sub) -> None:
                      "results/local/<suite name>)")
     rep.add_argument("--json", action="store_true", help="the tables as JSON (raw numbers: ms, bytes, ratios); "
                      "not with --suite")
+    rep.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="with --suite: the same changes the run was given (repeatable)")
     rep.set_defaults(func=cmd_report)
 
     for study in studies.registered():  # shortcuts: `resbench scale` = `resbench run scaling`
         if study.command:
-            sc = sub.add_parser(study.command, help=f"{study.help} (= resbench run on a kind: {study.name} suite)")
+            sc = sub.add_parser(study.command, help=f"{study.help} (= resbench run on a kind: {study.name} suite)",
+                                description=f"{study.help[0].upper()}{study.help[1:]}: `resbench run` on a "
+                                f"kind: {study.name} suite (default: the shipped {study.default_suite}).")
             sc.add_argument("suite", nargs="?", default=study.default_suite,
                             help=f"{study.name} YAML path or shipped name (default: {study.default_suite})")
             sc.add_argument("--out", help="output directory (default: results/local/scaling)")
             sc.add_argument("--quiet", action="store_true", help="no per-cell progress lines")
+            sc.add_argument("--set", action="append", metavar="KEY=VALUE",
+                            help="change one value of the suite before it is checked (VALUE is YAML; repeatable)")
             sc.set_defaults(func=cmd_run, kind=study.name)

@@ -104,6 +104,35 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: YAML nested too deeply") from None
 
 
+def apply_overrides(raw: Any, sets: list[str]) -> Any:
+    """A suite's YAML with `KEY=VALUE` overrides merged in (`--set workloads.loss.steps=10`,
+    `--set shapes[0].d_model=256`): KEY a dotted path, VALUE YAML; each replaces what is there.
+    OmegaConf does the path walk; the result is validated like any suite file."""
+    if not sets:
+        return raw
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--set needs a suite that is a mapping, got {type(raw).__name__}")
+    try:
+        cfg = OmegaConf.create(raw)
+    except (OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(f"--set: this suite cannot be edited key by key ({str(exc).splitlines()[0][:200]})") from None
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {short(item)}: give KEY=VALUE, e.g. workloads.loss.steps=10")
+        try:
+            value = yaml.load(text, Loader=_Loader) if text.strip() else ""  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {short(item)}: the value is not YAML") from None
+        try:
+            OmegaConf.update(cfg, key.strip(), value, merge=False)
+        except (OmegaConfBaseException, ValueError, IndexError, KeyError) as exc:
+            raise ConfigError(f"--set {key.strip()[:80]}: {str(exc).splitlines()[0][:200]}") from None
+    return OmegaConf.to_container(cfg, resolve=False)
+
 def _type_name(t) -> str:
     return getattr(t, "__name__", str(t))
 
@@ -377,9 +406,15 @@ def _shape_overrides(raw) -> tuple[Any, dict[str, dict[str, int]]]:
 
 
 def parse_variants(raw) -> tuple[VariantSpec, ...]:
+    """The suite's variants: names, {name, options, label}, or `all` (every registered variant
+    not named elsewhere in the list, with default options, in its place)."""
     if not isinstance(raw, list) or not raw:
-        raise ConfigError("variants must be a non-empty list of names or {name, options, label}")
+        raise ConfigError("variants must be a non-empty list of names or {name, options, label}, or all")
     registered = variants.names()
+    if "all" in raw:
+        named = {x if isinstance(x, str) else x.get("name") for x in raw if x != "all" and isinstance(x, (str, dict))}
+        at = raw.index("all")
+        raw = raw[:at] + [n for n in registered if n not in named] + [x for x in raw[at + 1:] if x != "all"]
     specs = []
     for n, item in enumerate(raw):
         if isinstance(item, str):

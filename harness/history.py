@@ -199,7 +199,10 @@ def cmd_compare(args) -> int:
 
 
 def add_subcommands(sub) -> None:
-    cmp = sub.add_parser("compare", help="regression gate: HEAD's records against BASE's; exit 1 on a regression")
+    cmp = sub.add_parser("compare", help="regression gate: HEAD's records against BASE's; exit 1 on a regression",
+                         description="Compare HEAD's results with BASE's, metric by metric: two resbench JSONL files "
+                         "(cells paired by key, timings tested with a one-sided Mann-Whitney U) or two asv results "
+                         "files (a threshold per kind of series). Exit 1 on a regression, 2 on a user error.")
     cmp.add_argument("base", metavar="BASE", help="results JSONL, or JSONL@COMMIT for one commit's records, or an "
                                                   "asv results file (one per commit, e.g. "
                                                   "results/asv/xeon-2core/f8fd65b0-virtualenv-py3.11-torch2.13.0.json)")
@@ -219,7 +222,9 @@ def add_subcommands(sub) -> None:
     cmp.add_argument("--json", action="store_true", help="the comparison as JSON (exit status as without it)")
     cmp.set_defaults(func=cmd_compare)
 
-    dash = sub.add_parser("dashboard", help="asv publish, then serve the site (the history dashboard)")
+    dash = sub.add_parser("dashboard", help="asv publish, then serve the site (the history dashboard)",
+                          description="Publish the asv history (this checkout's, or --results DIR of your own) into a "
+                          "static site and serve it on 127.0.0.1 (--host to open it to a network) until Ctrl-C.")
     dash.add_argument("--no-serve", action="store_true", help="publish only and print the index.html path")
     dash.add_argument("--port", type=int, default=8080, help="port to serve on, 1..65535 (default 8080)")
     dash.add_argument("--host", default="127.0.0.1",

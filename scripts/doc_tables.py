@@ -39,7 +39,7 @@ OVERHEAD = command("report", f"{REF}/overhead.jsonl", "--suite", "overhead")
 COMPILED = command("report", f"{REF}/overhead-compiled.jsonl", "--suite", "overhead-compiled")
 INFERENCE_TARGETS = command("report", f"{REF}/inference.jsonl", "--suite", "inference")
 INFERENCE = command("report", f"{REF}/inference.jsonl")
-FIELD = "results/reference/epyc-zen4-2core"  # the field's schemes (another session's machine)
+FIELD = "results/reference/epyc-zen4-2core"  # the field's schemes (another machine)
 FIELD_OVERHEAD = command("report", f"{FIELD}/overhead-field.jsonl", "--suite", "overhead-field")
 DECISION = command("report", f"{FIELD}/decision/decision.jsonl", "--suite", "decision")
 DECISION_BUDGET = command("report", f"{FIELD}/decision/decision-budget.jsonl", "--suite", "decision-budget")
@@ -49,14 +49,27 @@ GATE = written(f"{REF}/history-gate/summary.md", "python scripts/history_gate_ch
 BLOCKS = {
     "README.md": {
         "quick-table": command("report", f"{REF}/quick.jsonl"),
+        "suites-table": command("suites"),
+    },
+    "docs/FINDINGS.md": {
         "overhead-readme": OVERHEAD,
         "field-overhead-readme": FIELD_OVERHEAD,
         "compiled-readme": COMPILED,
-        "list-table": command("list", "--d-model", "1024", "--blocks", "16"),
         "inference-readme": INFERENCE_TARGETS,
         "gate-readme": GATE,
         "distributed-readme": DISTRIBUTED,
         "decision-readme": DECISION,
+    },
+    "docs/VARIANTS.md": {
+        "list-table": command("list", "--d-model", "1024", "--blocks", "16"),
+    },
+    "docs/CLUSTER.md": {
+        "executors-pool": written("results/reference/epyc-2core/executors/summary-pool.md",
+                                  "python scripts/executor_check.py --parts pool", fenced=False),
+        "executors-slurm": written("results/reference/epyc-2core/executors/summary-slurm.md",
+                                   "python scripts/executor_check.py --parts slurm", fenced=False),
+        "executors-decision": written("results/reference/epyc-2core/executors/summary-decision.md",
+                                      "python scripts/executor_check.py --parts decision", fenced=False),
     },
     "docs/DECISION.md": {
         "decision-doc": DECISION,

@@ -59,7 +59,7 @@ def part_pool(out: Path, only: list[str]) -> list[str]:
     seq, rc1, l1 = run(["decision", *sel, "--out", str(fresh(out / "pool-1.jsonl"))])
     two, rc2, l2 = run(["decision", *sel, "--slots", "2", "--out", str(fresh(out / "pool-2.jsonl"))])
     keys, bits, n = same_records(records(out / "pool-1.jsonl"), records(out / "pool-2.jsonl"))
-    return ["## Local pool: decision.yaml's untimed cells (loss, memory)" + (f", {' '.join(only)}" if only else ""),
+    return ["### Local pool: decision.yaml's untimed cells (loss, memory)" + (f", {' '.join(only)}" if only else ""),
             "", "| executor | wall s | exit | last line |", "|---|---|---|---|",
             f"| local, one at a time | {seq:.0f} | {rc1} | {l1} |", f"| local, --slots 2 | {two:.0f} | {rc2} | {l2} |", "",
             f"Speed-up {seq / two:.2f}x; same keys and statuses: {keys}; loss curves bit for bit: {bits} ({n} loss "
@@ -72,7 +72,7 @@ def part_slurm(out: Path) -> list[str]:
     a, b = records(out / "quick-local.jsonl"), records(out / "quick-slurm.jsonl")
     keys, bits, n = same_records(a, b)
     jobs = len(json.loads(next((out / "quick-slurm.jsonl.slurm").glob("*/manifest.json")).read_text())["jobs"])
-    return ["## The quick suite through Slurm and locally", "", "| executor | wall s | exit | last line |",
+    return ["### The quick suite through Slurm and locally", "", "| executor | wall s | exit | last line |",
             "|---|---|---|---|", f"| local | {loc:.0f} | {rc1} | {l1} |", f"| slurm (local one-node cluster) | {slu:.0f} | "
             f"{rc2} | {l2} |", "", f"{jobs} jobs; same keys and statuses: {keys}; loss curves bit for bit: {bits} "
             f"({n} loss cells); submitting, queueing and gathering cost {(slu - loc) / jobs:+.1f} s per job "
@@ -91,7 +91,7 @@ def part_decision(out: Path, only: list[str]) -> list[str]:
     untimed = [r for r in b.values() if r["cell"]["workload"] != "throughput"]
     alone = all(not _overlap(t, o) for t in timed for o in b.values() if o["placement"] != t["placement"])
     side = sum(_overlap(x, y) for x in untimed for y in untimed if x["key"] < y["key"])
-    return ["## decision.yaml through Slurm (timed jobs --exclusive) and locally" + (f", {' '.join(only)}" if only
+    return ["### decision.yaml through Slurm (timed jobs --exclusive) and locally" + (f", {' '.join(only)}" if only
                                                                                    else ""),
             "", "| executor | wall s | exit | last line |", "|---|---|---|---|", f"| local | {loc:.0f} | {rc1} | {l1} |",
             f"| slurm --exclusive timed | {slu:.0f} | {rc2} | {l2} |", "",
@@ -111,7 +111,7 @@ def _overlap(a: dict, b: dict) -> bool:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, help="folder for the records and summary.md")
+    ap.add_argument("--out", required=True, help="folder for the records and summary-PARTS.md")
     ap.add_argument("--only", action="append", default=[], help="cells of decision.yaml to run (resbench --only)")
     ap.add_argument("--parts", default="pool,slurm,decision", help="which comparisons (default: all three)")
     args = ap.parse_args()
@@ -120,8 +120,8 @@ def main() -> int:
     from resbench.provenance import environment
 
     env = environment("cpu")
-    lines = [f"# Executors on {env['cpu']} ({env['cpu_count']} cores, machine {env['machine_id']}), commit "
-             f"{str(env.get('commit'))[:10]}{' (dirty)' if env.get('dirty') else ''}", "",
+    lines = [f"**Executors on {env['cpu']} ({env['cpu_count']} cores, machine {env['machine_id']}), commit "
+             f"{str(env.get('commit'))[:10]}{' (dirty)' if env.get('dirty') else ''}**", "",
              f"Command: `.venv/bin/python scripts/executor_check.py --out {args.out}"
              + "".join(f" --only {o}" for o in args.only) + f" --parts {args.parts}`", ""]
     parts = args.parts.split(",")
@@ -131,7 +131,7 @@ def main() -> int:
         lines += part_slurm(out)
     if "decision" in parts:
         lines += part_decision(out, args.only)
-    (out / "summary.md").write_text("\n".join(lines))
+    (out / f"summary-{'-'.join(parts)}.md").write_text("\n".join(lines).rstrip() + "\n")
     print("\n".join(lines))
     return 0
 

@@ -1,15 +1,14 @@
-"""The README's "Add a variant" walkthrough works as printed, and .ci/run runs the README's test command."""
+"""The README's "Add a variant" walkthrough passes when followed literally, its tables are command
+output, and .ci/run runs the README's test command."""
+import os
 import re
-import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-import yaml
-
 from resbench import variants
-from resbench.cli import build_parser, main
-from resbench.config import check_builds, parse_variants
 from resbench.variant_template import module_name
-from test_new_variant import scratch_registry  # noqa: F401 - a fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -19,66 +18,58 @@ def add_a_variant_section() -> str:
     return README.split("## Add a variant\n", 1)[1].split("\n## ", 1)[0]
 
 
-def commands(section: str) -> list[str]:
-    """The shell commands of a section: lines of its bash blocks and inline `resbench ...` /
-    `pytest ...` spans."""
-    lines = [line.split("#")[0].strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)
-             for line in block.splitlines()]
-    return [c for c in lines + re.findall(r"`((?:resbench|pytest) [^`]*)`", section) if c]
-
-
-def test_add_a_variant_walkthrough_runs(scratch_registry, capsys, monkeypatch):
-    """Each step of the walkthrough, as printed: new-variant writes a file that registers, the
-    shown excerpt is the generated code, `resbench list` shows it, the pytest command selects it,
-    the naive reference matches it, and the suite entries build."""
-    import test_equations
-    from conftest import TINY, make_model, tokens
-
-    tmp = scratch_registry
+def test_add_a_variant_walkthrough_passes_when_followed_literally(tmp_path):
+    """The README's steps, done as written in a copy of this checkout: new-variant, the
+    reference and its CASES entry, doc_tables; then the tests a new variant touches pass there
+    (conformance, FLOPs and equations for it; the asv grid, the scaling suite, the variant table
+    and `resbench list` for the registry)."""
     section = add_a_variant_section()
-    cmds = commands(section)
-    writes = [shlex.split(c) for c in cmds if c.startswith("resbench new-variant ")]
-    assert writes, "the walkthrough has no `resbench new-variant` command"
-    for argv in writes:
-        build_parser().parse_args(argv[1:])  # the subcommand and its flags exist
-    name = writes[0][2]
+    name = re.search(r"`resbench new-variant ([a-z0-9-]+)`", section).group(1)
     assert name not in variants.names(), f"the README's example {name!r} is a registered variant"
-    assert main(writes[0][1:] + ["--out", str(tmp)]) == 0
-    module = module_name(name)
-    monkeypatch.chdir(tmp)
-    for argv in writes[1:]:  # e.g. --out mypkg/my_variant.py: relative to where it runs
-        out = Path(argv[argv.index("--out") + 1])
-        out.parent.mkdir(parents=True, exist_ok=True)
-        assert main(argv[1:]) == 0 and out.is_file()
-    capsys.readouterr()
+    copy = tmp_path / "copy"
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard"], capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file() and not rel.startswith(("results/asv/", "docs/dashboard")):
+            (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, copy / rel)
+    pkg = tmp_path / "pkg"  # the copy laid out as installed: harness/ is resbench, variants/ resbench.variants
+    pkg.mkdir()
+    (pkg / "resbench").symlink_to(copy / "harness")
+    (copy / "harness" / "variants").symlink_to(copy / "variants")
+    (copy / "harness" / "suites").symlink_to(copy / "benchmarks" / "suites")
+    env = {**os.environ, "PYTHONPATH": f"{pkg}{os.pathsep}{copy / 'tests'}", "RESBENCH_VARIANTS": ""}
 
-    listing = [shlex.split(c) for c in cmds if c.startswith("resbench list")]
-    assert listing
-    for argv in listing:  # from tmp/: registered the way a module outside variants/ is
-        assert main(["--variants-module", module, *argv[1:]]) == 0
-        assert re.search(rf"^{re.escape(name)}\s", capsys.readouterr().out, re.M)
-    assert variants.get(name).__module__ == module
+    def run(*argv, check=True):
+        done = subprocess.run([sys.executable, *argv], cwd=copy, env=env, capture_output=True, text=True,
+                              timeout=1200)
+        assert not check or done.returncode == 0, f"{argv}: {done.stdout[-3000:]}{done.stderr[-3000:]}"
+        return done
 
-    (pytest_cmd,) = [shlex.split(c) for c in cmds if c.startswith("pytest ")]
-    assert (ROOT / pytest_cmd[1]).is_file() and pytest_cmd[pytest_cmd.index("-k") + 1] == name
-
-    excerpt, reference = re.findall(r"```python\n(.*?)```", section, re.S)
-    generated = iter(line.strip() for line in (tmp / f"{module}.py").read_text().splitlines())
-    for line in excerpt.splitlines():  # the excerpt's lines, in order, are the file's
-        if line.strip() not in ("", "..."):
-            assert line.strip() in generated, f"README excerpt line not in the generated file: {line.strip()}"
-
-    scope = vars(test_equations).copy()  # the reference runs where step 5 puts it
-    exec(reference, scope)
-    ref = next(v for k, v in scope.items() if k.startswith("ref_") and k not in vars(test_equations))
-    model = make_model(test_equations.CFG, name, seed=2, perturb=True)
-    test_equations.assert_matches(model, ref, tokens(test_equations.CFG, seed=4))
-
-    (suite,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
-    specs = parse_variants(yaml.safe_load(suite)["variants"])
-    assert name in [s.name for s in specs]
-    for spec in specs:
-        check_builds(spec, TINY, "README")
+    run("-m", "resbench", "new-variant", name)  # step 1
+    assert (copy / "variants" / f"{module_name(name)}.py").is_file()
+    excerpt, reference = re.findall(r"```python\n(.*?)```", section, re.S)  # step 2: the skeleton is the excerpt
+    generated = [ln.strip() for ln in (copy / "variants" / f"{module_name(name)}.py").read_text().splitlines()]
+    for line in excerpt.splitlines():
+        assert not line.strip() or line.strip() in generated, f"README excerpt line not in the file: {line}"
+    eq = copy / "tests" / "test_equations.py"  # step 3: the reference and its CASES entry
+    ref_name = re.search(r"def (ref_\w+)", reference).group(1)
+    case = re.search(r'`\((".*?", \{\}, ref_\w+)\)`', section.replace("\n   ", " ")).group(1)
+    text = eq.read_text().replace("CASES = [\n", f"CASES = [\n    ({case}),\n", 1)
+    eq.write_text(text.replace("\n\nCASES = [", f"\n\n{reference}\n\nCASES = [", 1))
+    assert ref_name in eq.read_text()
+    run("scripts/doc_tables.py")  # step 4
+    listed = run("-m", "resbench", "list").stdout
+    assert re.search(rf"^{re.escape(name)}\s", listed, re.M)
+    done = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", "tests/test_conformance.py",
+               "tests/test_equations.py", "tests/test_measure_flops.py", "tests/test_asv_suite.py",
+               "-k", f"{name} or grid or registered", check=False)
+    assert done.returncode == 0, done.stdout[-4000:]
+    done = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+               "tests/test_readme.py::test_doc_tables_are_the_output_of_their_sources",
+               "tests/test_scaling.py::test_shipped_suites_parse_and_cover_every_variant",
+               "tests/test_cli_list.py", check=False)
+    assert done.returncode == 0, done.stdout[-4000:]
 
 
 def test_ci_runs_the_readme_test_command():

@@ -8,7 +8,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ..config import Suite, parse_suite, read_yaml, resolve_suite_path, short
+from ..config import Suite, apply_overrides, parse_suite, read_yaml, resolve_suite_path, short
 from ..errors import ConfigError
 from ..registry import discover
 from .base import REGISTRY, Study, register
@@ -66,7 +66,7 @@ def parse(raw: Any, default_name: str = "suite") -> tuple[Study | None, Any]:
     return study, suite
 
 
-def load(spec: str) -> tuple[Study | None, Any]:
-    """A suite path or shipped name → (study or None, config)."""
+def load(spec: str, sets: list[str] | None = None) -> tuple[Study | None, Any]:
+    """A suite path or shipped name (with `--set` changes) → (study or None, config)."""
     path = resolve_suite_path(spec)
-    return parse(read_yaml(path), default_name=Path(path).stem)
+    return parse(apply_overrides(read_yaml(path), sets or []), default_name=Path(path).stem)

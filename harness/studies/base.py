@@ -49,3 +49,7 @@ class Study:
 
     def report(self, paths: list[str], study, out: Path) -> int:
         raise NotImplementedError
+
+    def count_cells(self, study) -> int:
+        """How many cells its config runs (`resbench suites`)."""
+        raise NotImplementedError

@@ -23,6 +23,7 @@ from ..cells import BASELINE, label_of
 from ..errors import UserError
 from ..model import ModelConfig, step_flops
 from ..results import newest_per_cell, newest_producer_only
+from ..palette import colour, dashes, legend_outside, plain_ticks
 from ..stats import bootstrap_multiplier, first_reach, fit_power_law, mean_ci, welch_compare
 from .base import Study, register
 
@@ -156,39 +157,47 @@ def _plt():
 
 
 def plot_curves(data: dict, out: Path) -> list[str]:
+    """loss_curves.png (mean over seeds, band: min–max over them) and loss_vs_compute.png (each
+    seed's final loss and the power-law fit), one colour per variant (palette.py) in both."""
     plt = _plt()
     files = []
     sizes = sorted(data)
-    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
+    labels = sorted({lab for s in data for lab in data[s]})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.6 * len(sizes) + 2.2, 4), squeeze=False)
+    seeds = sorted({m.get("seed") for s in sizes for runs in data[s].values() for m in runs} - {None})
     for ax, size in zip(axes[0], sizes):
-        for label, runs in data[size].items():
+        for label in labels:
+            runs = data[size].get(label)
+            if not runs:
+                continue
             steps = [s for s, _ in runs[0]["val_loss"]]
             curves = np.array([[v for _, v in m["val_loss"]] for m in runs])
-            mean = curves.mean(0)
-            ax.plot(steps, mean, label=label)
+            ax.plot(steps, curves.mean(0), label=label, color=colour(label), ls=dashes(label, labels), lw=1.4)
             if len(runs) > 1:
-                ax.fill_between(steps, curves.min(0), curves.max(0), alpha=0.15)
-        ax.set(title=f"d{size[0]}, {size[1]} blocks", xlabel="step", ylabel="val loss (nats/byte)")
+                ax.fill_between(steps, curves.min(0), curves.max(0), color=colour(label), alpha=0.12, lw=0)
+        ax.set(title=f"d{size[0]}, {size[1]} blocks", xlabel="training step",
+               ylabel="validation loss (nats/byte)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    legend_outside(axes[0][-1], title=f"mean of {len(seeds)} seeds;\nband: min–max")
     fig.tight_layout()
     fig.savefig(out / "loss_curves.png", dpi=110)
     plt.close(fig)
     files.append("loss_curves.png")
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    labels = sorted({lab for s in data for lab in data[s]})
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for label in labels:
         pts = [(m["train_flops"], m["final_val_loss"]) for s in sizes for m in data[s].get(label, [])]
         c, y = np.array(pts).T
-        line = ax.scatter(c, y, s=12, label=label)
+        ax.scatter(c, y, s=12, color=colour(label), label=label)
         if len({s for s in sizes if label in data[s]}) >= 2:
             fit = fit_power_law(c, y)
             grid = np.geomspace(c.min(), c.max(), 50)
-            ax.plot(grid, fit.loss_at(grid), color=line.get_facecolor()[0], lw=1)
-    ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel="final val loss", title="loss vs compute")
+            ax.plot(grid, fit.loss_at(grid), color=colour(label), ls=dashes(label, labels), lw=1)
+    ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel="final validation loss (nats/byte)",
+           title="loss vs compute: one point per seed and size; line: loss = a·C^−b")
+    plain_ticks(ax, "y")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     fig.tight_layout()
     fig.savefig(out / "loss_vs_compute.png", dpi=110)
     plt.close(fig)
@@ -197,36 +206,48 @@ def plot_curves(data: dict, out: Path) -> list[str]:
 
 
 def plot_dynamics(data: dict, out: Path) -> list[str]:
+    """dynamics_depth.png and depth_weights.png: the first seed of the largest size (the one the
+    dynamics probe ran on), named in the titles."""
     size = max(data)
-    dyn = {lab: runs[0]["dynamics"] for lab, runs in data[size].items() if runs and "dynamics" in runs[0]}
+    dyn = {lab: runs[0] for lab, runs in data[size].items() if runs and "dynamics" in runs[0]}
     if not dyn:
         return []
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for label, d in dyn.items():
-        axes[0].plot(d["input_rms"], label=label)
-        axes[1].plot(d["output_rms"], label=label)
-        axes[2].plot(d["grad_norm"], label=label)
-    for ax, title in zip(axes, ["RMS of sublayer input h_i", "RMS of sublayer output f_i(h_i)",
-                                "gradient norm per sublayer"]):
-        ax.set(title=title, xlabel="sublayer i", yscale="log")
+    labels = list(dyn)
+    seed = next(iter(dyn.values())).get("seed", 0)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    for label, m in dyn.items():
+        d = m["dynamics"]
+        for ax, key in zip(axes, ("input_rms", "output_rms", "grad_norm")):
+            ax.plot(d[key], label=label, color=colour(label), ls=dashes(label, labels), marker=".")
+    for ax, title, ylabel in zip(axes, ["sublayer input h_i", "sublayer output f_i(h_i)", "gradient per sublayer"],
+                                 ["RMS of h_i", "RMS of f_i(h_i)", "gradient norm"]):
+        ax.set(title=title, xlabel="sublayer i", ylabel=ylabel, yscale="log")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        plain_ticks(ax, "y")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    legend_outside(axes[-1])
+    fig.suptitle(f"Training dynamics at d{size[0]}, {size[1]} blocks, after training: seed {seed} only")
     fig.tight_layout()
     fig.savefig(out / "dynamics_depth.png", dpi=110)
     plt.close(fig)
     files = ["dynamics_depth.png"]
-    mixers = {lab: d["depth_weights"] for lab, d in dyn.items() if d.get("depth_weights")}
+    mixers = {lab: m["dynamics"]["depth_weights"] for lab, m in dyn.items() if m["dynamics"].get("depth_weights")}
     if mixers:
-        fig, axes = plt.subplots(1, len(mixers), figsize=(4.5 * len(mixers), 4), squeeze=False)
+        from matplotlib.ticker import MaxNLocator
+
+        fig, axes = plt.subplots(1, len(mixers), figsize=(4.8 * len(mixers), 4), squeeze=False)
         for ax, (label, rows) in zip(axes[0], mixers.items()):
             width = max(len(r) for r in rows)
             mat = np.full((len(rows), width), np.nan)
             for i, r in enumerate(rows):
                 mat[i, : len(r)] = r
-            im = ax.imshow(mat, aspect="auto", cmap="viridis", interpolation="nearest")
-            ax.set(title=label, xlabel="source", ylabel="reader")
-            fig.colorbar(im, ax=ax, fraction=0.046)
+            im = ax.imshow(mat, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=1)
+            ax.set(title=label, xlabel="source (0: embedding)", ylabel="reading sublayer")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            fig.colorbar(im, ax=ax, fraction=0.046, label="softmax weight on the source")
+        fig.suptitle(f"Depth-attention weights at d{size[0]}, {size[1]} blocks (seed {seed}; blank: not a source)")
         fig.tight_layout()
         fig.savefig(out / "depth_weights.png", dpi=110)
         plt.close(fig)

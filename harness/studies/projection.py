@@ -55,6 +55,9 @@ class Projection(Study):
         print(f"records: {out / f'{study.name}.jsonl'}", file=sys.stderr)
         return self.report_records(records, study, out)
 
+    def count_cells(self, study):
+        return len(study.shapes) * len(study.variants)
+
     def report(self, paths, study, out):
         return self.report_records(read_jsonl(paths), study, out_dir(out))
 

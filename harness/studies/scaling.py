@@ -261,6 +261,9 @@ class Scaling(Study):
               file=sys.stderr)
         return code
 
+    def count_cells(self, study):
+        return len(cells(study))
+
     def report(self, paths, study, out):
         return self._render(read_jsonl(paths), study, out_dir(out))
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .scaling_fit import declared_depth_class, declared_n_class, depth_class, fit_line, n_class
 from ..measure.memory_views import VIEWS
+from ..palette import colour, dashes, legend_outside
+from .scaling_fit import declared_depth_class, declared_n_class, depth_class, fit_line, n_class
 
 VIEW_TITLES = {
     "inference": "inference prefill (no grad)",
@@ -116,15 +117,15 @@ def _plot(records, rows, path: Path, sweep: str, xkey: str, xlabel: str) -> Path
     views = [v for v in VIEWS if any(v in r["bytes"] for r in recs)]
     labels = list(dict.fromkeys(r["label"] for r in recs))
     fits = {(r["variant"], r["view"]): r for r in rows if r["sweep"] == sweep}
-    fig, axes = plt.subplots(2, 2, figsize=(12, 9), squeeze=False)
+    fig, axes = plt.subplots(2, 2, figsize=(17, 9), squeeze=False)
     for ax, view in zip(axes.flat, views):
         for n, label in enumerate(labels):
             pts = sorted((r[xkey], per_token(r, view) / 1024) for r in recs if r["label"] == label)
             xs, ys = zip(*pts)
             f = fits[(label, view)]
             # distinct markers, shrinking: coinciding series (prenorm, highway) stay visible
-            line, = ax.plot(xs, ys, marker="osD^v*"[n % 6], markersize=9 - n, linestyle="-",
-                            label=f"{label}: {f['class']}", color=f"C{n}")
+            line, = ax.plot(xs, ys, marker="osD^v*"[n % 6], markersize=max(9 - n, 3), linestyle=dashes(label, labels),
+                            label=f"{label}: {f['class']}", color=colour(label))
             ax.plot(xs, [(f["slope_bytes_per_token"] * x + f["intercept_bytes_per_token"]) / 1024 for x in xs],
                     "--", color=line.get_color(), alpha=0.5, linewidth=1)
         k = recs[0]["checkpoint_every"]
@@ -132,7 +133,7 @@ def _plot(records, rows, path: Path, sweep: str, xkey: str, xlabel: str) -> Path
         ax.set_xlabel(xlabel)
         ax.set_ylabel("KiB per token (peak live, excl. weights)" if view != "pipeline" else "KiB per token crossing")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        legend_outside(ax, fontsize=7)
     for ax in list(axes.flat)[len(views):]:
         ax.set_visible(False)
     r0 = recs[0]
