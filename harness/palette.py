@@ -44,8 +44,8 @@ def plain_ticks(ax, axis: str = "y") -> None:
     from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     target = ax.yaxis if axis == "y" else ax.xaxis
-    target.set_major_formatter(FormatStrFormatter("%.3g"))
-    target.set_minor_formatter(FormatStrFormatter("%.3g") if len(target.get_majorticklocs()) < 3 else NullFormatter())
+    target.set_major_formatter(FormatStrFormatter("%.4g"))
+    target.set_minor_formatter(FormatStrFormatter("%.4g") if len(target.get_majorticklocs()) < 3 else NullFormatter())
 
 
 def legend_outside(ax, title: str | None = None, fontsize: int = 8) -> None:

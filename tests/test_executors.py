@@ -80,9 +80,9 @@ def overlap(a, b) -> bool:
     return s1 < e2 and s2 < e1
 
 
-def test_untimed_jobs_share_the_slots_and_a_timed_job_runs_alone(tmp_path):
-    s = suite(seeds=[0, 1], executor={"type": "local", "slots": 2},
-              workloads={"memory": {"batch": 2}, "loss": LOSS, "throughput": {"batch": 2, "warmup": 0, "repeats": 2}})
+def test_untimed_jobs_share_the_slots_a_timed_job_runs_alone_and_the_numbers_are_the_same(tmp_path):
+    tp = {"throughput": {"batch": 2, "warmup": 0, "repeats": 2}}
+    s = suite(seeds=[0, 1], executor={"type": "local", "slots": 2}, workloads={"memory": {"batch": 2}, "loss": LOSS, **tp})
     recs = run_suite(s, tmp_path / "r.jsonl", progress=False)
     assert {r["status"] for r in recs} == {"ok"}
     untimed = [r for r in recs if r["cell"]["workload"] != "throughput"]
@@ -91,6 +91,14 @@ def test_untimed_jobs_share_the_slots_and_a_timed_job_runs_alone(tmp_path):
     for t in timed:  # a timed job takes every slot: nothing else ran while it did
         assert t["placement"]["slots"] == "2/2"
         assert not any(overlap(t, o) for o in recs if o["placement"]["start"] != t["placement"]["start"])
+    # the loss cells one at a time: the same curves, bit for bit
+    one = {r["key"]: r for r in run_suite(suite(seeds=[0, 1], workloads={"loss": LOSS}), tmp_path / "one.jsonl",
+                                          progress=False)}
+    two = {r["key"]: r for r in untimed if r["cell"]["workload"] == "loss"}
+    assert one.keys() == two.keys() and len(one) == 4
+    for k in one:
+        assert one[k]["metrics"]["val_loss"] == two[k]["metrics"]["val_loss"]
+        assert one[k]["metrics"]["train_loss"] == two[k]["metrics"]["train_loss"]
 
 
 def test_a_device_pool_gives_each_job_its_own_devices(spy):
@@ -105,18 +113,6 @@ def test_a_device_pool_gives_each_job_its_own_devices(spy):
                 assert a["placement"]["devices"] != b["placement"]["devices"]
     seen = {line.split()[1] for line in (spy / "spy.log").read_text().splitlines()}
     assert seen == {"0", "1"}  # the workers themselves saw the devices they were given
-
-
-def test_records_are_identical_one_at_a_time_and_side_by_side(tmp_path):
-    one = {r["key"]: r for r in run_suite(suite(), tmp_path / "a.jsonl", progress=False)}
-    two = {r["key"]: r for r in run_suite(suite(executor={"type": "local", "slots": 2}), tmp_path / "b.jsonl",
-                                          progress=False)}
-    assert one.keys() == two.keys()
-    for k in one:
-        assert one[k]["status"] == two[k]["status"] == "ok"
-        if one[k]["cell"]["workload"] == "loss":  # bit for bit
-            assert one[k]["metrics"]["val_loss"] == two[k]["metrics"]["val_loss"]
-            assert one[k]["metrics"]["train_loss"] == two[k]["metrics"]["train_loss"]
 
 
 def test_pool_settings_are_checked_before_anything_runs(tmp_path):

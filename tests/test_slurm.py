@@ -141,22 +141,6 @@ def test_scancel_of_one_task_is_its_status_and_the_others_finish(plugin, capsys)
     assert by["prenorm"]["status"] == by["densenet"]["status"] == "ok"
 
 
-def test_a_requeued_task_is_recorded_once(plugin, monkeypatch):
-    monkeypatch.setenv("NAP_S", "8")
-    out = plugin / "r.jsonl"
-    s = suite(variants=["napper"], workloads={"memory": {"batch": 2}})
-    run_suite(s, out, progress=False, detach=True)
-    task = tasks(out)["napper"]
-    wait_state(task, ("RUNNING",))
-    time.sleep(1)
-    subprocess.run(["scontrol", "requeue", task], check=True)
-    time.sleep(1)  # Slurm holds a requeued task back a while (its begin time): let it start now
-    subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], capture_output=True)
-    assert main(["gather", str(out), "--quiet"]) == 0
-    (rec,) = read_records(out)
-    assert rec["status"] == "ok" and rec["placement"]["restarts"] == 1
-
-
 def test_concurrent_timed_tasks_never_share_a_fake_gpu(plugin):
     s = suite(executor={"gpus_per_task": 1, "max_concurrent": 3}, seeds=[0, 1, 2, 3], variants=["prenorm"],
               workloads={"throughput": {"batch": 2, "warmup": 0, "repeats": 2}})
@@ -172,23 +156,29 @@ def test_concurrent_timed_tasks_never_share_a_fake_gpu(plugin):
                 assert a[0] != b[0]
 
 
-def test_killing_the_submitter_loses_nothing_a_task_finished(plugin):
+def test_a_killed_submitter_loses_nothing_and_a_requeued_task_is_recorded_once(plugin):
     out = plugin / "r.jsonl"
     path = plugin / "s.yaml"
     path.write_text(json.dumps({"name": "t", "variants": ["napper", "prenorm"], "shapes": SHAPE, "threads": 1,
                                 "workloads": {"memory": {"batch": 2}}, "executor": {"type": "slurm", "poll_s": 0.5}}))
-    env = {**os.environ, "NAP_S": "4"}
+    env = {**os.environ, "NAP_S": "8"}
     proc = subprocess.Popen([sys.executable, "-m", "resbench", "--variants-module", "rb_slurm", "run", str(path),
                              "--out", str(out), "--quiet"], env=env, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and not (submissions_dir(out).is_dir() and any(submissions_dir(out).iterdir())):
         time.sleep(0.2)
-    wait_state(tasks(out)["napper"], ("RUNNING",))
-    proc.send_signal(signal.SIGKILL)
+    task = tasks(out)["napper"]
+    wait_state(task, ("RUNNING",))
+    proc.send_signal(signal.SIGKILL)  # the submitter dies; its tasks go on
     proc.wait()
+    time.sleep(1)
+    subprocess.run(["scontrol", "requeue", task], check=True)  # as a preemption would
+    time.sleep(1)  # Slurm holds a requeued task back a while (its begin time): let it start now
+    subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], capture_output=True)
     assert not out.exists() or not read_records(out)  # nothing gathered yet
     assert main(["gather", str(out), "--quiet"]) == 0
     recs = read_records(out)
-    assert sorted(r["cell"]["variant"] for r in recs) == ["napper", "prenorm"]
+    assert sorted(r["cell"]["variant"] for r in recs) == ["napper", "prenorm"]  # each once
     assert {r["status"] for r in recs} == {"ok"}
+    assert next(r for r in recs if r["cell"]["variant"] == "napper")["placement"]["restarts"] == 1
     assert main(["gather", str(out), "--quiet"]) == 0 and len(read_records(out)) == 2  # gathered once

@@ -3,7 +3,7 @@ with torch.distributed.pipelining (harness/parallel/pipeline.py). Every variant 
 shares the job, steps interleaved as in throughput, so its ratio to PreNorm is per round. Per
 cell: the slowest rank's step time, the bytes every stage transition sent (forward activations,
 backward gradients; receives counted as a check), in d-vectors per token beside what the layout
-predicts (harness/harness/parallel/comm.py: exact, and the paper's Eq. 7/8), and the bubble each rank saw."""
+predicts (harness/parallel/comm.py: exact, and the paper's Eq. 7/8), and the bubble each rank saw."""
 from __future__ import annotations
 
 import statistics
