@@ -2,12 +2,14 @@
 
 asv owns history: `dashboard` runs `asv publish`, with this interpreter so the venv's asv is the
 one used, on the asv.conf.json of the resbench checkout you stand in, or, for a results folder of
-your own (`--results`), on a config written for it in a temporary folder; then serves the site
-itself, on loopback unless --host says otherwise (`asv preview` binds every interface).
+your own (`--results`), on a config written for it in a temporary folder; dashboard.py makes the
+site work offline in resbench's colours; then it serves the site itself, on loopback unless
+--host says otherwise (`asv preview` binds every interface).
 """
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -19,6 +21,7 @@ import tempfile
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from . import dashboard
 from .errors import UserError
 from .provenance import checkout_root
 from .results import results_root
@@ -150,6 +153,12 @@ def _serve(server: ThreadingHTTPServer) -> None:
 
 def cmd_dashboard(args) -> int:
     check_flags(args)
+    if importlib.util.find_spec("asv") is None:
+        raise UserError("resbench dashboard needs asv: pip install 'resbench[history]' (or asv itself)")
+    if args.online and args.js_dir:
+        raise UserError("--online and --js-dir exclude each other (CDN tags kept, or local copies)")
+    if args.js_dir:
+        dashboard.js_folder(args.js_dir)  # refused before asv deletes the old site
     with tempfile.TemporaryDirectory(prefix="resbench-dashboard-") as tmp:
         if args.results:
             conf = results_config(args.results, args.repo, args.html, Path(tmp))
@@ -162,17 +171,20 @@ def cmd_dashboard(args) -> int:
         # bound before publishing: a port in use or a bad host is refused before asv deletes the old site
         server = None if args.no_serve else make_server(html, args.host, args.port)
         try:
-            return _publish_and_serve(conf, html, server)
+            return _publish_and_serve(conf, html, server, args)
         finally:
             if server is not None:
                 server.server_close()
 
 
-def _publish_and_serve(conf: Path, html: Path, server: ThreadingHTTPServer | None) -> int:
+def _publish_and_serve(conf: Path, html: Path, server: ThreadingHTTPServer | None, args) -> int:
     rc = _asv(conf, "publish")
     if rc != 0:
         print(f"resbench: asv publish failed (exit {rc}); see asv's message above", file=sys.stderr)
         return rc
+    note = dashboard.finish(html, args.js_dir, args.online)
+    if note:
+        print(f"resbench: {note}", file=sys.stderr)
     if server is None:
         print(html / "index.html")
         return 0
@@ -237,4 +249,9 @@ def add_subcommands(sub) -> None:
                                                      "(default: the checkout resbench runs from)")
     dash.add_argument("--html", metavar="DIR", help="with --results: where the site goes (default: asv-html "
                                                     "beside the results folder)")
+    dash.add_argument("--js-dir", metavar="DIR",
+                      help="where the page's jQuery, flot, bootstrap, stupidtable and md5 come from, laid out as "
+                           "Debian's /usr/share/javascript (default: that folder when it holds them all)")
+    dash.add_argument("--online", action="store_true",
+                      help="keep asv's CDN tags: the page then needs the internet to show anything")
     dash.set_defaults(func=cmd_dashboard)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import resbench.dashboard as dashboard
 import resbench.history as history
 from resbench.cli import build_parser, main
 
@@ -186,3 +187,64 @@ def test_host_flag_defaults_to_loopback(capsys):
     with pytest.raises(SystemExit):
         main(["dashboard", "--help"])
     assert "default 127.0.0.1" in " ".join(capsys.readouterr().out.split())
+
+
+# -- the page a person sees: offline, every variant drawn, in the palette's colours -----------------
+
+CHROMIUM = shutil.which("chromium")
+
+
+def render_dom(site: Path, fragment: str, tmp: Path) -> str:
+    """The page's DOM after its JavaScript ran, in headless Chromium, served on loopback with no
+    other network (the flags keep Chromium from reaching out; a CDN would simply fail)."""
+    import subprocess
+
+    server = history.make_server(site, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.socket.getsockname()[1]
+        done = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp / 'profile'}", "--window-size=1400,1000", "--virtual-time-budget=20000",
+             "--dump-dom", f"http://127.0.0.1:{port}/#{fragment}"],
+            capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run does)")
+@pytest.mark.skipif(dashboard.js_folder(None) is None,
+                    reason=f"needs the page's JavaScript from Debian: apt-get install {dashboard.PACKAGES}")
+def test_the_published_dashboard_draws_every_variant_offline(own_results, tmp_path, capsys):
+    """The committed history, published and opened in a real browser with no internet: the page's
+    scripts load from local copies, and every registered variant has a series with points, in
+    its palette colour, with the legend in its own column."""
+    import html as htmlmod
+    import re
+
+    from resbench import variants
+    from resbench.palette import colour
+
+    assert main(["dashboard", "--results", str(own_results), "--no-serve"]) == 0
+    site = Path(capsys.readouterr().out.strip().splitlines()[-1]).parent
+    for page in site.glob("*.html"):
+        assert not dashboard.CDN_TAG.search(page.read_text()), f"{page.name}: a script or style from a CDN is left"
+    assert f'"full-attnres": "{colour("full-attnres")}"' in (site / "resbench.js").read_text()
+    drawn: dict[str, int] = {}
+    for bench in ("bench_speed.SpeedVsPreNorm.track_train_ratio", "bench_speed.CpuTime.track_train_ms"):
+        dom = render_dom(site, bench, tmp_path)
+        found = re.search(r'id="main-graph"[^>]*data-series="([^"]*)"', dom) or \
+            re.search(r'data-series="([^"]*)"[^>]*id="main-graph"', dom)
+        assert found, f"{bench}: no graph drawn (did the page's scripts load?)"
+        assert 'id="resbench-legend"' in dom
+        for label, points in json.loads(htmlmod.unescape(found.group(1))).items():
+            name = re.search(r"(?:^|; )variant-([^;]+)", label).group(1)
+            drawn[name] = max(drawn.get(name, 0), points)
+    missing = sorted(v for v in variants.names() if drawn.get(v, 0) == 0)
+    assert not missing, f"variants without a point in the history: {missing}"

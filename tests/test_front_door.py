@@ -65,3 +65,22 @@ def test_one_colour_per_variant_everywhere():
     assert variant_of("prenorm [highway]") == "highway"  # a label posing as the baseline keeps its colour
     assert len(set(FIXED.values())) == len(FIXED)  # no two variants share a colour
     assert colour("my-own") == colour("my-own(x=1)")  # any other name: one stable colour
+
+
+def test_every_package_folder_is_shipped_by_pip_install():
+    """`pip install .` installs only the packages pyproject.toml lists: every folder with an
+    __init__.py under harness/ and variants/ must be one of them (a missing one imports in a
+    checkout and fails once installed)."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    setup = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setup["packages"])
+    dirs = {pkg: root / path for pkg, path in setup["package-dir"].items()}
+    found = set()
+    for pkg, base in dirs.items():
+        for init in base.rglob("__init__.py"):
+            rel = init.parent.relative_to(base).parts
+            found.add(".".join((pkg, *rel)))
+    assert found - listed == set(), f"packages not listed in pyproject.toml: {sorted(found - listed)}"
