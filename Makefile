@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 PY      = $(VENV)/bin/python
+# the test files spread over this many processes (pytest-xdist; one file stays on one worker)
+WORKERS ?= 2
 
 .PHONY: run test install clean
 
@@ -19,7 +21,7 @@ run: install
 	$(VENV)/bin/resbench run
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) .asv results/asv-html .pytest_cache .benchmarks

@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
 
 BASELINE = "prenorm"  # the variant every ratio (× prenorm, overhead, targets) is taken against
 # a launch's connection details: how ranks find each other, not what is measured (not in keys)
@@ -42,7 +41,7 @@ class VariantSpec:
             object.__setattr__(self, "label", f"{self.name}({opts})" if opts else self.name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Cell:
     """Everything that defines one measurement; its hash is the record key."""
 
@@ -86,20 +85,3 @@ def cell_key(cell: dict) -> str:
 
 # Cell fields a record written before them may lack (they are then unknown, not wrong)
 OPTIONAL_CELL_FIELDS = ("threads", "variant_source", "compile", "launch")
-
-
-class Record(TypedDict, total=False):
-    """One line of a results file (results.py reads and validates it): the cell, what became of
-    it, its metrics (each workload's own names, declared in its module) and who measured it."""
-    key: str           # Cell.key
-    suite: str
-    run: str           # one id per `resbench run`
-    time: str
-    cell: dict         # Cell.to_dict()
-    status: str        # ok | oom | diverged | timeout | killed | crashed | error
-    message: str | None
-    metrics: dict[str, Any]
-    env: dict[str, Any]  # provenance.environment()
-    limits: dict[str, Any]  # the memory cap and timeout it ran under
-    placement: dict[str, Any]  # where and when: executor, host, devices / slurm_job, start, end
-    worker_stderr: list[str]

@@ -176,7 +176,7 @@ def render(rows: list[Row]) -> str:
                     disable_numparse=True, tablefmt="github")
 
 
-def cmd_compare(args) -> int:
+def compare_records(args) -> int:
     base_name, base = load_side(args.base)
     head_name, head = load_side(args.head)
     rows = compare(base, head, args.threshold, args.alpha)

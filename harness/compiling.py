@@ -4,7 +4,7 @@ torch.compile (`default`, `max-autotune`), the same way for every variant, PreNo
 Compiled cells use fullgraph=True and static shapes: a graph break or a hit of the recompile
 limit is an error recorded as the cell's status, never a silent fall-back to eager. Compilation
 happens in the warm-up, timed on its own (`warm`); a compile during the timed calls is counted
-(`Watch`) and makes the cell an error, since its times would include compiling.
+(`CompileCounter`) and makes the cell an error, since its times would include compiling.
 """
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ def cache_hits() -> dict[str, int]:
     return {"hit": int(c["fxgraph_cache_hit"]), "miss": int(c["fxgraph_cache_miss"])}
 
 
-class Watch:
-    """Graphs compiled while the block runs (`with Watch() as w: ...; w.graphs`)."""
+class CompileCounter:
+    """Graphs compiled while the block runs (`with CompileCounter() as w: ...; w.graphs`)."""
 
     def __enter__(self):
         self._start = graphs_compiled()
@@ -67,7 +67,7 @@ def warm(fn: Callable[[], object], at_least: int, most: int = 8) -> dict:
     compile_s, graphs, calls = 0.0, 0, 0
     while calls < most:
         t0 = time.perf_counter()
-        with Watch() as w:
+        with CompileCounter() as w:
             fn()
         calls += 1
         if w.graphs:
@@ -119,7 +119,7 @@ def why(exc: BaseException) -> str:
 def guarded(name: str, fn: Callable[..., object]) -> Callable[..., object]:
     """fn, raising CompileError if a call compiles anything: for calls that are timed."""
     def call(*args, **kwargs):
-        with Watch() as w:
+        with CompileCounter() as w:
             out = fn(*args, **kwargs)
         if w.graphs:
             raise CompileError(f"torch.compile recompiled {name} during a timed call ({w.graphs} graph(s)): "

@@ -526,9 +526,10 @@ def expand_cells(suite: Suite, device: str) -> list[Cell]:
                             for spec in suite.variants:
                                 if wl.skips(params, spec.name):
                                     continue
-                                cell = Cell(spec.name, spec.options, spec.label, shape_name, cfg.to_dict(),
-                                                  kind, params, device, prec, seed, suite.threads, sources[spec.name],
-                                                  mode, launched)
+                                cell = Cell(variant=spec.name, options=spec.options, label=spec.label,
+                                            shape_name=shape_name, shape=cfg.to_dict(), workload=kind, params=params,
+                                            device=device, precision=prec, seed=seed, threads=suite.threads,
+                                            variant_source=sources[spec.name], compile=mode, launch=launched)
                                 if cell.key not in seen:  # axes a value makes moot repeat a cell
                                     seen.add(cell.key)
                                     cells.append(cell)

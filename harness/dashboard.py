@@ -1,7 +1,8 @@
 """What `resbench dashboard` adds to asv's published site: the page's JavaScript from local
 files (asv's page loads jQuery, flot, bootstrap, stupidtable and md5 from CDNs, so offline it
-shows nothing), each variant's colour from the palette every resbench plot uses, and the legend
-in a column of its own beside the graph instead of over the data.
+shows nothing), each variant's colour from the palette every resbench plot uses, the legend in a
+column of its own beside the graph instead of over the data, and every variant drawn at first
+(asv's default is 8 curves).
 
 Local copies come from a folder laid out as Debian's /usr/share/javascript (packages
 libjs-jquery, libjs-jquery-flot, libjs-bootstrap, libjs-jquery-stupidtable, node-blueimp-md5).
@@ -35,6 +36,7 @@ LOCAL = {
 }
 CDN_TAG = re.compile(r'<(script|link)\b[^>]*?(?:src|href)="(https?://[^"]+)"[^>]*>(?:</script>)?')
 AXISLABELS = re.compile(r'<script[^>]*src="jquery\.flot\.axislabels\.js"[^>]*>\s*</script>')
+MAX_CURVES = re.compile(r"var max_curves = \d+;")
 OWN = '<link rel="stylesheet" href="resbench.css">\n<script src="resbench.js"></script>\n'
 
 # The palette's colours by variant, and the legend moved to its own column. $.plot is wrapped,
@@ -48,6 +50,15 @@ SCRIPT = """// resbench: palette colours per variant, the legend beside the grap
     var m = /(?:^|; )variant-([^;]+)/.exec(label || "");
     return m ? m[1] : null;
   }
+  function short(label) {  // "blocks-2; machine-m; variant-v" -> "v · m · blocks 2"
+    var v = variant(label), rest = [];
+    $.each((label || "").split("; "), function (i, part) {
+      var kv = /^([^-]+)-(.*)$/.exec(part);
+      if (!kv || kv[1] === "variant") { return; }
+      rest.push(kv[1] === "machine" ? kv[2] : kv[1] + " " + kv[2]);
+    });
+    return $("<span>").text([v || label].concat(rest).join(" · ")).html();
+  }
   $.plot = function (el, series, options) {
     var seen = {}, counts = {};
     $.each(series, function (i, s) {
@@ -60,6 +71,7 @@ SCRIPT = """// resbench: palette colours per variant, the legend beside the grap
       }
       if (s.label) {
         counts[s.label] = $.grep(s.data || [], function (p) { return p && p[1] !== null; }).length;
+        if (!counts[s.label]) { s.label = null; }  // nothing measured: no legend entry
       }
     });
     var graph = $(el);
@@ -71,6 +83,7 @@ SCRIPT = """// resbench: palette colours per variant, the legend beside the grap
       }
       if (options && options.legend && options.legend.show) {
         options.legend.container = legend[0];  // flot 4 sets its size through .style
+        options.legend.labelFormatter = short;
         $("#graph").addClass("resbench-with-legend");
       } else {
         legend.empty();
@@ -83,8 +96,8 @@ SCRIPT = """// resbench: palette colours per variant, the legend beside the grap
 })();
 """
 STYLE = """/* resbench: the legend in a column right of the graph, never over the data */
-#graph.resbench-with-legend > div:first-child { right: 260px !important; }
-#resbench-legend { position: absolute; top: 48px; left: calc(100% - 250px); min-width: 240px; bottom: 100px; overflow: auto; }
+#graph.resbench-with-legend > div:first-child { right: 290px !important; }
+#resbench-legend { position: absolute; top: 48px; left: calc(100% - 280px); min-width: 270px; bottom: 100px; overflow: auto; }
 #resbench-legend svg { overflow: visible; }
 .legendLayer .background { fill: #fff !important; stroke: #ccc; }
 """
@@ -149,6 +162,14 @@ def finish(site: Path, js_dir: str | None, online: bool) -> str | None:
         else:
             localize(site, folder)
     colours = {v: colour(v) for v in variants_of(site)}
+    # asv draws the first 8 values of a graph's first parameter by default (the variants): make
+    # that every variant, at the first depth
+    graphs = site / "graphdisplay.js"
+    text = graphs.read_text()
+    if MAX_CURVES.search(text):
+        graphs.write_text(MAX_CURVES.sub(f"var max_curves = {max(8, len(colours))};", text, count=1))
+    else:
+        note = (note + "; " if note else "") + "asv's graph page changed: it may show only 8 variants at first"
     (site / "resbench.js").write_text(SCRIPT % json.dumps(colours, sort_keys=True))
     (site / "resbench.css").write_text(STYLE)
     for page in site.glob("*.html"):

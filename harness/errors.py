@@ -12,13 +12,19 @@ class ConfigError(UserError, ValueError):
     which config.check_builds turns into this)."""
 
 
+class Diverged(Exception):
+    """Training produced a non-finite loss: a result to record for the variant, not a crash."""
+
+    def __init__(self, step: int, value: float, where: str = "train"):
+        super().__init__(f"{where} loss diverged at step {step}: {value}")
+        self.step, self.value, self.where = step, value, where
+
+
 def classify(exc: BaseException) -> tuple[str, str, dict]:
     """(status, one-line message, {}) for an exception raised by a cell: `diverged` for a
     non-finite loss, `oom` only on evidence (an allocator's out-of-memory error, MemoryError),
     `error` otherwise (SystemExit too: a variant that exits fails its cell only)."""
     import torch
-
-    from .train import Diverged
 
     if isinstance(exc, SystemExit):  # a variant's sys.exit: the cell fails, its process goes on
         return "error", f"SystemExit: the cell's code called sys.exit({repr(exc.code)[:100]}); a variant must " \

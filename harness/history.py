@@ -202,12 +202,12 @@ def cmd_compare(args) -> int:
     check_flags(args)
     asv_sides = [history_gate.is_asv_result(p) for p in (args.base, args.head)]
     if all(asv_sides):
-        return history_gate.cmd_compare(args)
+        return history_gate.compare_asv(args)
     if any(asv_sides):
         raise UserError("BASE and HEAD must both be resbench JSONL or both asv results files (results/asv/MACHINE/*.json)")
-    from .compare import cmd_compare as run
+    from .compare import compare_records
 
-    return run(args)
+    return compare_records(args)
 
 
 def add_subcommands(sub) -> None:

@@ -195,7 +195,7 @@ def render(rows: list[SeriesRow], show_all: bool) -> str:
                     disable_numparse=True, tablefmt="github")
 
 
-def cmd_compare(args) -> int:
+def compare_asv(args) -> int:
     import sys
 
     (base, units_b, mb), (head, units_h, mh) = load(args.base), load(args.head)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import Corpus, batch_at, val_batches
-from .errors import UserError
+from .errors import Diverged, UserError
 from .precision import FP32, Precision
 
 SCHEDULES = ("cosine", "wsd", "constant")
@@ -72,14 +72,6 @@ class TrainConfig:
         d = asdict(self)
         d["betas"] = list(self.betas)
         return d
-
-
-class Diverged(Exception):
-    """Training produced a non-finite loss: a result to record for the variant, not a crash."""
-
-    def __init__(self, step: int, value: float, where: str = "train"):
-        super().__init__(f"{where} loss diverged at step {step}: {value}")
-        self.step, self.value, self.where = step, value, where
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

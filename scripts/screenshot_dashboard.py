@@ -70,7 +70,7 @@ def main() -> int:
             ], check=True, capture_output=True, timeout=120)
         finally:
             server.shutdown()
-            server.wait(timeout=10)
+            server.server_close()
     print(args.out)
     return 0
 

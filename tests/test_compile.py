@@ -15,7 +15,7 @@ import torch
 import torch._dynamo
 
 from resbench import variants
-from resbench.compiling import CompileError, Watch, compile_model, steady
+from resbench.compiling import CompileCounter, CompileError, compile_model, steady
 from resbench.model import KVCache, ModelConfig, build_model
 
 from conftest import TINY, perturb_variant, tokens
@@ -78,9 +78,9 @@ def test_every_variant_compiles_once_per_mode_and_never_recompiles(name, options
     expected = {"train": 1, "prefill": 1, "decode": 2}
     calls = {"train": lambda: _fwd_bwd(run, model, idx), "prefill": lambda: torch.no_grad()(run)(idx), "decode": decode}
     for what, fn in calls.items():
-        with Watch() as first:
+        with CompileCounter() as first:
             fn()
-        with Watch() as again:
+        with CompileCounter() as again:
             fn()
             if what == "train":
                 _fwd_bwd(run, model, tokens(TINY, seed=5))  # other tokens, same shapes

@@ -46,7 +46,7 @@ def test_exact_count_is_eq7_eq8_plus_embeddings_when_blocks_align(ranks, virtual
     layers = 2 * n_blocks * 2  # two transformer blocks per AttnRes block
     starts = list(range(0, layers, 4))
     cuts = [s for s, _ in chunk_bounds(layers // 2, chunks)]
-    for how, embeddings in (("naive", chunks - 1), ("cached", ranks - 1)):
+    for how, embeddings in (("naive", chunks - 1), ("cached", ranks - 1), ("cached-all", ranks - 1)):
         ex = comm.exact(starts, layers, cuts, ranks, how)
         assert ex["partial"] == 0
         assert ex["blocks"] == comm.paper(ranks, virtual, len(starts), how)
@@ -70,6 +70,21 @@ def test_figure3_of_the_paper():
     # ... while the first stage's whole blocks (0, 1, 1) are fewer than the averaged P(P-1)/2·N_p = 3
     assert cached["blocks"] == 10 and comm.eq8_cached(ranks, virtual, 0.5) == 11
     assert naive["blocks"] == 12 and comm.eq7_naive(8, 0.5) == 14
+
+
+def test_cached_all_sends_only_what_the_receiving_rank_never_held():
+    """The distributed suite's layout (8 transformer blocks, P 2 × V 2): Block AttnRes (N 4)
+    carries 9 d-vectors per token naive, 6 under the paper's caching, 4 when a rank also keeps
+    what its own chunk made; Full AttnRes 27, 21, 13. The blocks alone follow the closed form,
+    (V-1)·P·N_p below Eq. 8."""
+    ranks, virtual, layers = 2, 2, 16
+    cuts = [s for s, _ in chunk_bounds(8, ranks * virtual)]
+    block = {h: comm.exact([0, 4, 8, 12], layers, cuts, ranks, h) for h in ("naive", "cached", "cached-all")}
+    full = {h: comm.exact(list(range(layers)), layers, cuts, ranks, h) for h in ("naive", "cached", "cached-all")}
+    assert [block[h]["total"] for h in block] == [9, 6, 4]
+    assert [full[h]["total"] for h in full] == [27, 21, 13]
+    assert block["cached-all"]["blocks"] == comm.cached_all(ranks, virtual, 1) == 3
+    assert comm.eq8_cached(ranks, virtual, 1) - comm.cached_all(ranks, virtual, 1) == (virtual - 1) * ranks * 1
 
 
 def test_launcher_parsing_and_keys():

@@ -317,9 +317,9 @@ def test_study_names_are_plain_names():
 
     raw = yaml.safe_load((ROOT / "benchmarks" / "suites" / "scaling.yaml").read_text())
     with pytest.raises(ConfigError, match="plain name"):
-        parse_study({**raw, "name": "../../etc/x"}, "scaling")
+        parse_study({**raw, "name": "../../etc/x"})
     with pytest.raises(ConfigError, match="threads must be >= 0"):
-        parse_study({**raw, "threads": -1}, "scaling")
+        parse_study({**raw, "threads": -1})
 
 
 def test_out_pointing_at_a_directory_fails_before_any_work(tmp_path, capsys):

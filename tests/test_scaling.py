@@ -16,7 +16,7 @@ from resbench.config import ConfigError
 from resbench.measure.projection import project
 from resbench.model import ModelConfig, build_model
 from resbench.measure import memory_views as V
-from resbench.studies.scaling import load_study, parse_study, run_study
+from resbench.studies.scaling import parse_study, run_study
 from resbench.studies.scaling_fit import (
     declared_depth_class,
     declared_n_class,
@@ -250,7 +250,7 @@ MINI = {
 
 
 def test_mini_sweep_classes():
-    rows = analyse(run_study(parse_study(MINI, "scaling"), progress=False))
+    rows = analyse(run_study(parse_study(MINI), progress=False))
     got = {(r["sweep"], r["variant"], r["view"]): r["class"] for r in rows}
     for view in ("inference", "pipeline", "checkpointed"):
         assert got[("depth", "prenorm", view)] == "O(d)"
@@ -267,11 +267,20 @@ def test_mini_sweep_classes():
 
 # -- schema and CLI ---------------------------------------------------------------------------
 
+def load_study(spec: str):
+    """A shipped suite through the one validator (studies.parse), as `resbench run` reads it."""
+    from resbench.config import read_yaml, resolve_suite_path
+    from resbench.studies import parse
+
+    path = resolve_suite_path(spec)
+    return parse(read_yaml(path), path.stem)[1]
+
+
 def test_shipped_suites_parse_and_cover_every_variant():
-    scaling = load_study("scaling", "scaling")
+    scaling = load_study("scaling")
     assert {s.name for s in scaling.variants} == set(variants.names())
     assert scaling.n_sweep.variant.name == "block-attnres"
-    proj = load_study("projection", "projection")
+    proj = load_study("projection")
     (_, cfg), = proj.shapes
     assert (cfg.d_model, cfg.n_blocks, cfg.seq_len, proj.precision, proj.batch) == (7168, 27, 131072, "bf16-pure", 1)
 
@@ -289,7 +298,7 @@ def test_shipped_suites_parse_and_cover_every_variant():
 ])
 def test_bad_scaling_yaml_is_one_line_error(patch, match):
     with pytest.raises(ConfigError, match=match) as exc:
-        parse_study({**MINI, **patch}, "scaling")
+        parse_study({**MINI, **patch})
     assert "\n" not in str(exc.value)
 
 
@@ -327,7 +336,7 @@ def test_n_sweep_must_vary_n(monkeypatch):
 
     monkeypatch.setattr(variants, "_REGISTRY", {**variants._REGISTRY, "stuck": Stuck})
     with pytest.raises(ConfigError, match="with n_blocks=2 builds N=1 AttnRes blocks, so N would not vary"):
-        parse_study({**MINI, "n_sweep": {"variant": "stuck", "blocks": 4, "values": [1, 2]}}, "scaling")
+        parse_study({**MINI, "n_sweep": {"variant": "stuck", "blocks": 4, "values": [1, 2]}})
 
 
 def test_run_runs_a_study_suite_as_its_own_command_would(tmp_path, capsys):

@@ -8,7 +8,8 @@ from resbench import train as train_mod
 from resbench.data import batch_at, load_corpus
 from resbench.errors import UserError
 from resbench.model import ModelConfig, build_model
-from resbench.train import Diverged, TrainConfig, lr_at, make_optimizer, train, train_step
+from resbench.errors import Diverged
+from resbench.train import TrainConfig, lr_at, make_optimizer, train, train_step
 
 CFG = ModelConfig(d_model=32, n_blocks=2, n_heads=2, seq_len=32)
 

@@ -97,33 +97,6 @@ def test_unknown_workload_lists_the_registered_ones():
         parse_suite({**SUITE, "workloads": {"speed": {}}})
 
 
-def _imports(path: Path) -> set[str]:
-    """Absolute names of the package modules a harness file imports (relative imports resolved)."""
-    rel = path.relative_to(ROOT / "harness")
-    pkg = ["resbench", *rel.parent.parts]
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level:
-            base = pkg[: len(pkg) - node.level + 1]
-            mod = ".".join(base + ([node.module] if node.module else []))
-            out |= {mod} | ({f"{mod}.{a.name}" for a in node.names} if not node.module else set())
-    return out
-
-
-@pytest.mark.parametrize("layer,forbidden", [
-    ("measure", ("resbench.studies", "resbench.workloads", "resbench.config", "resbench.runner", "resbench.report")),
-    ("parallel", ("resbench.studies", "resbench.workloads", "resbench.config", "resbench.runner", "resbench.report")),
-    ("workloads", ("resbench.config", "resbench.runner", "resbench.worker", "resbench.report", "resbench.compare",
-                   "resbench.studies", "resbench.commands", "resbench.cli", "resbench.executors")),
-    ("executors", ("resbench.config", "resbench.runner", "resbench.report", "resbench.compare", "resbench.studies",
-                   "resbench.commands", "resbench.cli")),
-])
-def test_no_module_imports_upward(layer, forbidden):
-    for path in sorted((ROOT / "harness" / layer).glob("*.py")):
-        bad = [m for m in _imports(path) if m.startswith(forbidden)]
-        assert not bad, f"harness/{layer}/{path.name} imports {bad}"
-
-
 def test_variants_import_only_torch_and_their_own_package():
     for path in sorted((ROOT / "variants").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):

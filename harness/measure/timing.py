@@ -56,6 +56,7 @@ def time_interleaved(
     repeats: int,
     progress: Callable[[int], object] | None = None,
     on_error: Callable[[str, Exception], object] | None = None,
+    stop: Callable[[int, dict[str, list[float]]], bool] | None = None,
 ) -> dict[str, list[float]]:
     """Time each fn ``repeats`` times, interleaved: round r calls every fn once, starting at
     fn ``r % len(fns)`` (A B C, B C A, C A B, ...) so slow drift and order effects (caches,
@@ -67,6 +68,9 @@ def time_interleaved(
     With ``on_error``, a fn that raises is reported as ``on_error(name, exc)`` and leaves the
     rotation; the others go on (one failing variant must not take its group down). Without it,
     the exception propagates.
+
+    With ``stop``, ``stop(rounds_done, samples)`` is asked after every timed round and ends the
+    rounds early when it says so (adaptive rounds: ``repeats`` is then the most there may be).
     """
     if warmup < 0 or repeats < 0:
         raise ValueError(f"warmup and repeats must be >= 0, got {warmup}, {repeats}")
@@ -98,6 +102,8 @@ def time_interleaved(
         k = r % len(live)
         for name in live[k:] + live[:k]:
             call(name, timed=True)
+        if stop is not None and stop(r + 1, samples):
+            break
     return samples
 
 

@@ -7,9 +7,13 @@ Paper (§4.1), P ranks, V virtual stages each, C = P·V chunks, N_p blocks per c
     Eq. 8  Comm_cached = P(P-1)/2 · N_p + (V-1)·P²·N_p
                                                    a rank keeps what its previous chunk started from,
                                                    so later transitions carry the P·N_p new blocks
+resbench's `cached-all` also keeps what a rank's chunk produced, so a transition into chunk
+c >= P carries only the blocks of the P-1 chunks since the receiver's previous one:
+    Comm_cached_all = P(P-1)/2 · N_p + (V-1)·P(P-1)·N_p      (V-1)·P·N_p fewer than Eq. 8
 Exact, per transition into chunk c (cut at sublayer s_c): the embedding b_0 (a source of every
 reader), the blocks completed before s_c, and the current block's partial sum when s_c falls
-inside a block; under caching, less the sources the receiving rank started chunk c-P from.
+inside a block; under caching, less the sources the receiving rank started chunk c-P from
+(`cached`) or held when chunk c-P ended (`cached-all`).
 """
 from __future__ import annotations
 
@@ -22,11 +26,16 @@ def eq8_cached(ranks: int, virtual: int, n_p: float) -> float:
     return ranks * (ranks - 1) / 2 * n_p + (virtual - 1) * ranks ** 2 * n_p
 
 
+def cached_all(ranks: int, virtual: int, n_p: float) -> float:
+    return ranks * (ranks - 1) / 2 * n_p + (virtual - 1) * ranks * (ranks - 1) * n_p
+
+
 def paper(ranks: int, virtual: int, n_blocks: int, comm: str) -> float:
-    """Eq. 7 or 8 with N_p = N / C (the paper's 'on average')."""
+    """Eq. 7, Eq. 8, or cached-all's closed form, with N_p = N / C (the paper's 'on average')."""
     chunks = ranks * virtual
     n_p = n_blocks / chunks
-    return eq7_naive(chunks, n_p) if comm == "naive" else eq8_cached(ranks, virtual, n_p)
+    return {"naive": lambda: eq7_naive(chunks, n_p), "cached": lambda: eq8_cached(ranks, virtual, n_p),
+            "cached-all": lambda: cached_all(ranks, virtual, n_p)}[comm]()
 
 
 def exact(block_starts: list[int], n_layers: int, cuts: list[int], ranks: int, comm: str) -> dict:
@@ -43,8 +52,8 @@ def exact(block_starts: list[int], n_layers: int, cuts: list[int], ranks: int, c
     for c in range(1, len(cuts)):
         s = cuts[c]
         b, e, p = completed(s), 1, int(s not in block_starts and s < n_layers)
-        if comm == "cached" and c >= ranks:  # kept: the sources chunk c-P started from
-            b -= completed(cuts[c - ranks])
+        if comm != "naive" and c >= ranks:  # kept: the sources chunk c-P started from, or ended with
+            b -= completed(cuts[c - ranks + (comm == "cached-all")])
             e = 0
         per.append(b + e + p)
         blocks, emb, partial = blocks + b, emb + e, partial + p

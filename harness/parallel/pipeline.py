@@ -31,7 +31,7 @@ from ..errors import ConfigError
 # (_Keep). Zero-bubble schedules split backward with autograd.grad, which would drop it.
 SCHEDULES = {"gpipe": S.ScheduleGPipe, "1f1b": S.Schedule1F1B, "interleaved-1f1b": S.ScheduleInterleaved1F1B}
 MULTI_STAGE = ("interleaved-1f1b",)  # schedules running V >= 2 chunks per rank
-COMMS = ("naive", "cached")
+COMMS = ("naive", "cached", "cached-all")
 
 
 def chunk_bounds(n_blocks: int, chunks: int) -> list[tuple[int, int]]:
@@ -93,8 +93,10 @@ def _plain_spec(spec) -> bool:
 
 def known_history(boundaries: list[Boundary], c: int, ranks: int, comm: str) -> int:
     """History tensors the rank of chunk c already holds when chunk c starts: those its previous
-    chunk (c - P) started from, under caching; none otherwise."""
-    return len(boundaries[c - ranks].history) if comm == "cached" and c >= ranks else 0
+    chunk (c - P) started from (`cached`), or ended with (`cached-all`); none otherwise."""
+    if comm == "naive" or c < ranks:
+        return 0
+    return len(boundaries[c - ranks + (comm == "cached-all")].history)
 
 
 def sent_leaves(boundaries: list[Boundary], c: int, ranks: int, comm: str) -> list[int]:
@@ -153,8 +155,10 @@ class Chunk(nn.Module):
         self.received = [] if self.first else sent_leaves(boundaries, c, ranks, comm)
         self.send = [] if self.last else sent_leaves(boundaries, c + 1, ranks, comm)
         self.kept = kept  # {microbatch: [_Slot per history index]}, shared by the rank's chunks
-        # what this chunk starts from is kept only if a later chunk of this rank will read it
-        self.keeps = comm == "cached" and c + ranks < self.chunks
+        # what this chunk starts from is kept only if a later chunk of this rank will read it;
+        # under cached-all, what it produces too (it leaves as a sent tensor: see _keep)
+        self.keeps = comm != "naive" and c + ranks < self.chunks
+        self.exit = None if self.last or comm != "cached-all" else boundaries[c + 1]
         self.microbatch = None  # set by CountingStage around each forward
 
     def forward(self, *args):
@@ -170,13 +174,15 @@ class Chunk(nn.Module):
             leaves, _ = tree_flatten(state)
         else:
             leaves = self._rebuild(args)
-        leaves = self._keep(leaves)
+        leaves = self._keep(leaves, self.entry.history, self.known)
         state = tree_unflatten(leaves, self.entry.spec)
         for i in range(self.start, self.stop):  # the residual, as in Transformer.run_sublayers
             state = res.write(state, i, self.sublayers[str(i)]([res.read(state, i)]))
         if self.last:
             return self.head(self.norm_f(res.end(state)))
         leaves, _ = tree_flatten(state)
+        if self.exit is not None:
+            leaves = self._keep(leaves, self.exit.history, len(self.entry.history))
         return tuple(leaves[k] for k in self.send)
 
     def _rebuild(self, received):
@@ -197,13 +203,17 @@ class Chunk(nn.Module):
             leaves[pos] = t
         return [leaves[k] for k in range(len(leaves))]
 
-    def _keep(self, leaves):
-        """History this chunk starts from and the rank does not hold yet becomes the rank's to keep."""
-        hist = self.entry.history
-        if self.microbatch is None or not self.keeps or len(hist) <= self.known:
+    def _keep(self, leaves, hist: list[int], held_before: int):
+        """History sources `hist[held_before:]` (leaf positions in `leaves`) become the rank's to
+        keep: at entry, what it did not hold yet; under cached-all, at exit, what the chunk made.
+        A kept tensor goes on through _Keep, whose backward adds what later chunks' copies got;
+        one made here must be sent on (it is, for P >= 2: the next rank never held it), or that
+        backward would never run."""
+        if self.microbatch is None or not self.keeps or len(hist) <= held_before:
             return leaves
         held = self.kept.setdefault(self.microbatch, [])
-        for k in range(self.known, len(hist)):
+        assert len(held) == held_before, (self.c, len(held), held_before)
+        for k in range(held_before, len(hist)):
             slot = _Slot(leaves[hist[k]])
             if leaves[hist[k]].requires_grad:
                 leaves[hist[k]] = _Keep.apply(leaves[hist[k]], slot)

@@ -45,6 +45,19 @@ def pp_rows(rs):
     return rows
 
 
+def comm_side_by_side(rs) -> list[list[str]]:
+    """Headers, then one row per (variant, schedule, P×V) measured under more than one comm form
+    (none: an empty list)."""
+    from ..parallel.pipeline import COMMS  # torch's pipelining: only when there is a table to show
+
+    by: dict[tuple, dict[str, float]] = {}
+    for r in rs:
+        m, c, p = r["metrics"], r["cell"], r["cell"]["params"]
+        by.setdefault((c["label"], p["schedule"], f"{m['ranks']}×{p['virtual']}"), {})[p["comm"]] = m["vectors_per_token"]
+    rows = [[*k, *(num(v.get(h), "g") for h in COMMS)] for k, v in by.items() if len(v) > 1]
+    return [["variant", "schedule", "P×V", *COMMS], *rows] if rows else []
+
+
 def comm_rows(rs):
     """(rows, every cell's traffic as predicted)."""
     rows, ok = [], True
@@ -97,10 +110,16 @@ def render(records: list[dict]) -> tuple[str, bool]:
             passed &= ok
             out += ["", "Stage-transition traffic, d-vectors per token per step, counted at the posted sends "
                         "(forward; backward as a multiple of forward). Predicted = completed blocks + embeddings + "
-                        "partial sums (harness/parallel/comm.py); Eq. 7/8 = the paper's count of blocks, N_p = N/C:", "",
+                        "partial sums (harness/parallel/comm.py); Eq. 7/8 = the paper's count of blocks, N_p = N/C "
+                        "(cached-all: resbench's closed form in the same terms, docs/DISTRIBUTED.md):", "",
                     tabulate(rows, headers=["variant", "schedule", "P×V", "comm", "per transition", "forward",
                                             "backward ×", "predicted", "Eq. 7/8", "match"],
                              tablefmt="github", disable_numparse=True)]
+            side = comm_side_by_side(pp)
+            if side:
+                out += ["", "Forward traffic by state transfer, d-vectors per token per step, measured (the "
+                            "paper's cross-stage caching, and cached-all keeping what a rank made too):", "",
+                        tabulate(side[1:], headers=side[0], tablefmt="github", disable_numparse=True)]
         out.append("")
     bad = [r for r in recs if r["status"] != "ok"]
     out += [f"- {r['cell']['label']} {r['cell']['workload']} {r['cell']['params'].get('schedule', '')} "

@@ -22,7 +22,7 @@ import torch
 
 from ..config import (ConfigError, VariantSpec, check_builds, check_keys, check_name, coerce, int_list,
                       model_config, parse_precision, parse_seed, parse_threads, parse_variants,
-                      positive, read_yaml, resolve_suite_path, short)
+                      positive, short)
 from ..errors import classify
 from ..provenance import environment
 from ..model import ModelConfig, build_model
@@ -67,11 +67,6 @@ class MemorySuite:
 
 # -- the YAML schema --------------------------------------------------------------------------
 
-def load_study(spec: str, kind: str) -> MemorySuite:
-    path = resolve_suite_path(spec)
-    return parse_study(read_yaml(path), kind, default_name=path.stem)
-
-
 def parse_common(raw: Any, kind: str, keys: tuple[str, ...], required: tuple[str, ...], default_name: str,
                  allowed_views: tuple[str, ...] = V.VIEWS) -> dict:
     """The keys scaling and projection share: name, precision, batch, variants, views, checkpointing."""
@@ -98,13 +93,9 @@ def parse_common(raw: Any, kind: str, keys: tuple[str, ...], required: tuple[str
     )
 
 
-def parse_study(raw: Any, kind: str, default_name: str = "study") -> MemorySuite:
-    """A scaling or projection suite (each study module owns its kind's schema)."""
-    if kind == "projection":
-        from .projection import parse_projection
-
-        return parse_projection(raw, default_name)
-    common = parse_common(raw, kind, SCALING_KEYS, ("shape", "depths", "variants"), default_name)
+def parse_study(raw: Any, default_name: str = "study") -> MemorySuite:
+    """A scaling suite (each study module owns its kind's schema)."""
+    common = parse_common(raw, "scaling", SCALING_KEYS, ("shape", "depths", "variants"), default_name)
     check_keys("shape", raw["shape"], SHAPE_KEYS)
     shape = {k: coerce(f"shape.{k}", v, float if k == "mlp_ratio" else int) for k, v in raw["shape"].items()}
     depths = int_list("depths", raw["depths"], at_least=2)
@@ -250,7 +241,7 @@ class Scaling(Study):
     command, default_suite = "scale", "scaling"
 
     def parse(self, raw, default_name):
-        return parse_study(raw, "scaling", default_name)
+        return parse_study(raw, default_name)
 
     def run(self, study, out, progress):
         t0, out = time.perf_counter(), out_dir(out)  # an unwritable directory fails before the run

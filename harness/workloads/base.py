@@ -153,3 +153,36 @@ def fmt_ms(ms: dict | None) -> str:
     if not ms:
         return "-"
     return f"{ms['median']:.1f} [{ms['min']:.1f}–{ms['max']:.1f}]"
+
+
+# -- adaptive rounds (measure/rounds.py), for every timed workload alike ----------------------
+
+def check_rounds(workload: str, params) -> None:
+    """`precision` a relative half-width in [0, 0.5) (0: fixed rounds), `budget_s` >= 0."""
+    import math
+
+    from ..errors import ConfigError
+
+    p, b = getattr(params, "precision", 0.0), getattr(params, "budget_s", 0.0)
+    if not (isinstance(p, (int, float)) and math.isfinite(p) and 0 <= p < 0.5):
+        raise ConfigError(f"workloads.{workload}.precision must be a relative half-width in [0, 0.5) "
+                          f"(0.02 = stop at ±2%; 0 = fixed rounds), got {p!r}")
+    if not (isinstance(b, (int, float)) and math.isfinite(b) and b >= 0):
+        raise ConfigError(f"workloads.{workload}.budget_s must be a finite number of seconds >= 0, got {b!r}")
+
+
+def rounds_notes(metrics: list[dict], views: tuple[str, ...]) -> list[str]:
+    """One footnote line on adaptive rounds: how many ran per view and why they ended."""
+    parts, looks, precision = [], 0, None
+    for view in views:
+        recs = [m.get(f"{view}_rounds") for m in metrics if m.get(f"{view}_rounds")]
+        adaptive = [r for r in recs if r.get("precision")]
+        if not adaptive:
+            continue
+        looks, precision = max(r["looks"] for r in adaptive), adaptive[0]["precision"]
+        seen = sorted({(r["rounds"], r["stopped"]) for r in adaptive})
+        parts.append(f"{view} " + ", ".join(f"{n} ({why})" for n, why in seen))
+    if not parts:
+        return []
+    return [f"Adaptive rounds to ±{precision:.1%}: " + "; ".join(parts) + f" rounds ran (why they stopped); "
+            f"each interval is 95% jointly over the {looks} planned looks, so stopping on the data keeps it valid."]

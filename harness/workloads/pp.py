@@ -31,7 +31,7 @@ class Params:
     microbatches: int = 4
     schedule: str = "1f1b"    # gpipe | 1f1b | interleaved-1f1b; a list: one cell per schedule
     virtual: int = 2          # V chunks per rank, interleaved schedules only (the others run 1); a list too
-    comm: str = "naive"       # naive | cached (AttnRes's cross-stage caching); a list: both
+    comm: str = "naive"       # naive | cached (the paper's cross-stage caching) | cached-all (keeps what it made too)
     warmup: int = 1           # >= 1: the first step infers the stages' shapes
     repeats: int = 5
 
@@ -77,7 +77,7 @@ class PipelineParallel(Workload):
     def skips(self, params, variant):
         """Caching needs a declared history (Residual.history) and a rank that runs a later chunk
         (V >= 2); without them it is the naive form."""
-        if params["comm"] != "cached":
+        if params["comm"] == "naive":
             return False
         return params["virtual"] == 1 or variants.get(variant).history is Residual.history
 

@@ -15,9 +15,9 @@ from ..errors import ConfigError, classify
 from ..measure import count_flops, device_peak_flops, gemm_probe, matmul_probe, mfu, summarize, time_interleaved
 from ..model import ModelConfig
 from ..precision import get as get_precision
-from ..stats import median_ci
+from ..measure.rounds import Rounds
 from ..train import TrainConfig, make_optimizer, train_step
-from .base import TIMING_SCHEMA, Workload, fmt_ms, median_present, num, register
+from .base import TIMING_SCHEMA, Workload, check_rounds, fmt_ms, median_present, num, register, rounds_notes
 from .common import fixed_batch, model_of, static_info
 
 
@@ -30,6 +30,10 @@ class Params:
     # in its own process with the baseline only, for shapes where all models (with gradients and
     # AdamW state) do not fit in memory at once; ratios are then per pair.
     group: str = "shape"
+    # adaptive rounds (measure/rounds.py): with precision > 0, `repeats` is the most rounds, and
+    # they stop once every ratio's 95% interval is within ±precision (relative), or at budget_s
+    precision: float = 0.0
+    budget_s: float = 0.0
 
 
 GROUPS = ("shape", "pair")
@@ -69,6 +73,8 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
         probes["probe square"] = ((fn, flops), None)
         peak_source = (f"best {prec.compute_dtype} GEMM rate over {len(probes)} probes (the model's shapes and a "
                        "square one), fastest call of each in the train rounds")
+    rounds = {view: Rounds(wl["repeats"], wl.get("precision", 0.0), wl.get("budget_s", 0.0))
+              for view in ("train", "prefill")}
     train_fns, prefill_fns, info = {}, {}, {}
     for cell in cells:
         try:
@@ -114,9 +120,15 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
         def drop(name, exc):
             failed.setdefault(name, exc)
 
-        times = {"train": time_interleaved(timed_train, device, wl["warmup"], wl["repeats"], tick, drop),
-                 "prefill": time_interleaved({k: f for k, f in prefill_fns.items() if k not in failed}, device,
-                                             wl["warmup"], wl["repeats"], tick, drop)}
+        base_key = next((c.key for c in cells if is_baseline(c) and c.key in train_fns), None)
+        others = [k for k in train_fns if k != base_key]
+
+        def rule(view):  # adaptive rounds need the baseline's ratios to look at
+            return rounds[view].rule(base_key, others) if base_key is not None else None
+
+        times = {"train": time_interleaved(timed_train, device, wl["warmup"], wl["repeats"], tick, drop, rule("train"))}
+        times["prefill"] = time_interleaved({k: f for k, f in prefill_fns.items() if k not in failed}, device,
+                                            wl["warmup"], wl["repeats"], tick, drop, rule("prefill"))
         for key, exc in failed.items():
             if key in train_fns:
                 out[key] = classify(exc)
@@ -129,7 +141,6 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
                                                        "ms": {k: (v * 1e3 if k != "n" else v) for k, v in summarize(samples).items()}}
         if probes:
             peak = max(p["best_flops_per_s"] for p in probe_info.values())
-        base_key = next((c.key for c in cells if is_baseline(c) and c.key in train_fns), None)
         if base_key in failed:
             base_key = None  # no ratios against a baseline that did not finish
         for cell in cells:
@@ -146,11 +157,13 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
                 m[f"{view}_ms"]["samples"] = [t * 1e3 for t in samples]  # raw, for compare's test
                 m[f"{view}_tokens_per_s"] = m["tokens_per_step"] / s["median"]
                 m[f"{view}_mfu"] = mfu(m[f"{view}_flops"], s["median"], peak)
+                m[f"{view}_rounds"] = rounds[view].record()
                 if base_key is not None:
                     # median of per-round ratios (each pair ran back to back, so slow drift
-                    # cancels) and its distribution-free 95% interval
+                    # cancels) and its distribution-free 95% interval, valid at whichever
+                    # planned look adaptive rounds stopped at
                     ratios = [a / b for a, b in zip(samples, times[view][base_key])]
-                    med, lo, hi = median_ci(ratios)
+                    med, lo, hi = rounds[view].interval(ratios)
                     m[f"{view}_ratio_vs_{BASELINE}"] = med
                     m[f"{view}_ratio_ci"] = [lo, hi] if math.isfinite(lo) else None
             out[cell.key] = ("ok", None, m)
@@ -179,6 +192,7 @@ class Throughput(Workload):
     order = 0
     positive = ("batch", "repeats")
     choices = {"group": GROUPS}
+    unkeyed_defaults = {"precision": 0.0, "budget_s": 0.0}
     timed_calls = True
     timed = True
     columns = (
@@ -201,10 +215,12 @@ class Throughput(Workload):
         "train_mfu": (float, None), "prefill_mfu?": (float, None), "peak_probes?": dict, "params?": int,
         "state_vectors?": int, f"train_ratio_vs_{BASELINE}?": (float, None),
         f"prefill_ratio_vs_{BASELINE}?": (float, None), "train_ratio_ci?": (list, None),
-        "prefill_ratio_ci?": (list, None), "compile?": (dict, None),
+        "prefill_ratio_ci?": (list, None), "compile?": (dict, None), "train_rounds?": dict,
+        "prefill_rounds?": dict,
     }
 
     def check(self, params, variant_names):
+        check_rounds(self.name, params)
         if params.group == "pair" and BASELINE not in variant_names:
             raise ConfigError(f"workloads.{self.name}.group 'pair' times every variant against {BASELINE!r}; "
                               f"add {BASELINE!r} to variants")
@@ -245,6 +261,7 @@ class Throughput(Workload):
         against = f"{lo:,.1f} GFLOP/s" if hi - lo < 0.05 else f"{lo:,.1f}–{hi:,.1f} GFLOP/s (per timing process)"
         notes = [f"MFU against {against} ({metrics[0]['peak_flops_source']}); "
                  f"× {BASELINE} = median of per-round ratios, repeats interleaved in one process."]
+        notes += rounds_notes(metrics, ("train", "prefill"))
         compiled = [(r["variant"], r["compile"]) for r in rows if r.get("compile")]
         if compiled:
             notes.append(f"torch.compile ({compiled[0][1]['mode']}, fullgraph; AdamW and the loss stay eager), "
