@@ -43,7 +43,7 @@ FIELD = "results/reference/epyc-zen4-2core"  # the field's schemes (another mach
 FIELD_OVERHEAD = command("report", f"{FIELD}/overhead-field.jsonl", "--suite", "overhead-field")
 DECISION = command("report", f"{FIELD}/decision/decision.jsonl", "--suite", "decision")
 DECISION_BUDGET = command("report", f"{FIELD}/decision/decision-budget.jsonl", "--suite", "decision-budget")
-DISTRIBUTED = command("report", f"{FIELD}/distributed/distributed.jsonl", "--suite", "distributed")
+DISTRIBUTED = command("report", "results/reference/epyc-2core/distributed/distributed.jsonl", "--suite", "distributed")
 PROJECTION = written(f"{REF}/scaling/projection.md", "resbench project", fenced=False)
 GATE = written(f"{REF}/history-gate/summary.md", "python scripts/history_gate_check.py", fenced=False)
 BLOCKS = {
