@@ -165,10 +165,10 @@ def finish(site: Path, js_dir: str | None, online: bool) -> str | None:
     # asv draws the first 8 values of a graph's first parameter by default (the variants): make
     # that every variant, at the first depth
     graphs = site / "graphdisplay.js"
-    text = graphs.read_text()
+    text = graphs.read_text() if graphs.is_file() else ""
     if MAX_CURVES.search(text):
         graphs.write_text(MAX_CURVES.sub(f"var max_curves = {max(8, len(colours))};", text, count=1))
-    else:
+    elif graphs.is_file():
         note = (note + "; " if note else "") + "asv's graph page changed: it may show only 8 variants at first"
     (site / "resbench.js").write_text(SCRIPT % json.dumps(colours, sort_keys=True))
     (site / "resbench.css").write_text(STYLE)

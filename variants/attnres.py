@@ -24,8 +24,9 @@ This module is the equations, run as written with `impl: reference`. The default
 computes the same thing without re-stacking or re-normalising a source per reader: in eager
 PyTorch with hand-written autograd nodes (variants/_attnres_fast.py); under torch.compile, which
 cannot trace those, in the functional form (variants/_attnres_functional.py, also selectable as
-`impl: functional`), which the compiler fuses. The tests hold all of them equal, forward and
-gradients, eager and compiled.
+`impl: functional`), which the compiler fuses. `impl: fla` keeps the equations' state and reads
+it with flash-linear-attention's fused Triton kernel (variants/_attnres_fla.py; CUDA). The tests
+hold all of them equal, forward and gradients, eager and compiled.
 """
 from __future__ import annotations
 
@@ -35,11 +36,12 @@ import torch
 from torch import nn
 
 from . import _attnres_fast as fast
+from . import _attnres_fla as fla
 from . import _attnres_functional as functional
 from . import register
 from .base import Residual, VariantError, check_choice, check_positive, inv_rms, mix_dtype, no_autocast
 
-IMPLS = ("fast", "functional", "reference")
+IMPLS = ("fast", "functional", "reference", "fla")
 # The paper's Table 4 ablations, as options (the defaults are AttnRes as published).
 ABLATIONS = {"input_query": False, "static_mixing": False, "sigmoid": False, "key_norm": True,
              "window": None, "heads": 1}
@@ -82,6 +84,8 @@ class DepthAttention(Residual):
     def __init__(self, d_model: int, n_layers: int, impl: str = "fast", ablation: dict | None = None):
         super().__init__(d_model, n_layers)
         check_choice("impl", impl, IMPLS)
+        if impl == "fla" and fla.available():
+            raise VariantError(fla.available())
         self.impl = impl
         ab = {**ABLATIONS, **(ablation or {})}
         for k in ("input_query", "static_mixing", "sigmoid", "key_norm"):
@@ -129,7 +133,7 @@ class DepthAttention(Residual):
         """The module running the protocol, or None for the equations below. `fast` under
         torch.compile is the functional form: the compiler cannot trace the fast form's shared
         backward store, and does itself what the hand-written nodes do for eager."""
-        if self.impl == "reference":
+        if self.impl in ("reference", "fla"):  # fla: the equations' state, the kernel's read (_mix)
             return None
         if self.impl == "functional" or torch.compiler.is_compiling():
             if self.two_phase:
@@ -179,7 +183,8 @@ class DepthAttention(Residual):
             h, alpha = ablated_depth_attention(sources, lambda v: self._ablated_logits(v, i),
                                                "sigmoid" if self.sigmoid else "softmax", self.heads)
         else:
-            h, alpha = depth_attention(sources, self.query[i], self.key_gain[i])
+            read = fla.depth_attention if self.impl == "fla" else depth_attention
+            h, alpha = read(sources, self.query[i], self.key_gain[i])
         self._note_weights(alpha)
         return h
 
@@ -246,8 +251,8 @@ class DepthAttention(Residual):
 
 @register("full-attnres")
 class FullAttnRes(DepthAttention):
-    """Option `impl`: "fast" (default), "functional" or "reference" (the equations above, run as
-    written)."""
+    """Option `impl`: "fast" (default), "functional", "reference" (the equations above, run as
+    written) or "fla" (flash-linear-attention's fused kernel reads the equations' state)."""
 
     def __init__(self, d_model: int, n_layers: int, *, impl: str = "fast", input_query: bool = False,
                  static_mixing: bool = False, sigmoid: bool = False, key_norm: bool = True,
@@ -274,7 +279,7 @@ class BlockAttnRes(DepthAttention):
     S = ceil(L / N) sublayers; an N that this cannot make (L = 10, N = 8 gives 5 blocks) is an
     error, never a silently smaller N.
 
-    `impl`: "fast" (default), "functional" or "reference" (the equations, run as written).
+    `impl`: "fast" (default), "functional", "reference" (the equations, run as written) or "fla".
 
     `two_phase` (fast form only): at the start of each block, attend over the completed blocks for all of the
     block's sublayers at once, then merge each sublayer's partial-sum term by online softmax.
