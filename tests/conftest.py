@@ -1,6 +1,8 @@
-"""Shared fixtures: a tiny model shape, a near-zero RMSNorm eps, and helpers for random inputs and
-non-trivial variant parameters."""
+"""Shared fixtures: a tiny model shape, a near-zero RMSNorm eps, helpers for random inputs and
+non-trivial variant parameters, and variants of a test's own registered for its duration."""
 from __future__ import annotations
+
+import sys
 
 import pytest
 import torch
@@ -62,3 +64,29 @@ def planted_metrics(workload: str, **values) -> dict:
         return {float: 1.0, int: 1, str: "planted", list: [], dict: {}}[spec]
 
     return {**fill(workloads.get(workload).metrics_schema), **values}
+
+
+@pytest.fixture
+def plugin_variants(tmp_path, monkeypatch):
+    """`load(module, source)`: write `source` as tmp_path/<module>.py and register its variants in
+    a copy of the registry that this test alone sees; worker processes import it too (PYTHONPATH,
+    and the runner hands loaded modules on). Returns the folder."""
+    from resbench import variants
+
+    loaded = []
+
+    def load(module: str, source: str):
+        (tmp_path / f"{module}.py").write_text(source)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+        variants.names()  # the package's own first, so the copy is complete
+        monkeypatch.setattr(variants, "_REGISTRY", dict(variants._REGISTRY))
+        monkeypatch.setattr(variants, "loaded_modules", list(variants.loaded_modules))
+        monkeypatch.delitem(sys.modules, module, raising=False)  # register afresh into this registry
+        variants.load_module(module)
+        loaded.append(module)
+        return tmp_path
+
+    yield load
+    for module in loaded:
+        sys.modules.pop(module, None)

@@ -1,8 +1,6 @@
 """The executor seam on one machine: the local pool runs untimed jobs side by side and timed ones
 alone, gives each job its own devices, records the same numbers as one job at a time, and stops
 every worker with the run; shards and --only split a suite; identical nodes are one producer."""
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from resbench import provenance, variants
+from resbench import provenance
 from resbench.cli import main
 from resbench.config import ConfigError, expand_cells, parse_suite
 from resbench.errors import UserError
@@ -49,18 +47,9 @@ SPY = textwrap.dedent('''
 
 
 @pytest.fixture
-def spy(tmp_path, monkeypatch):
-    (tmp_path / "rb_spy.py").write_text(SPY)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+def spy(plugin_variants, tmp_path, monkeypatch):
     monkeypatch.setenv("SPY_LOG", str(tmp_path / "spy.log"))
-    variants.names()
-    monkeypatch.setattr(variants, "_REGISTRY", dict(variants._REGISTRY))
-    monkeypatch.setattr(variants, "loaded_modules", list(variants.loaded_modules))
-    monkeypatch.delitem(sys.modules, "rb_spy", raising=False)
-    variants.load_module("rb_spy")
-    yield tmp_path
-    sys.modules.pop("rb_spy", None)
+    return plugin_variants("rb_spy", SPY)
 
 
 def suite(**over):

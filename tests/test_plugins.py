@@ -94,7 +94,7 @@ def test_a_lone_module_counts_the_lone_modules_it_imports_beside_it(registry, mo
 def test_a_variant_of_the_package_counts_its_helpers_but_not_the_registry():
     folder = Path(variants.__file__).resolve().parent
     assert variants.source_files("full-attnres") == [
-        folder / f for f in ("attnres.py", "_attnres_fast.py", "_attnres_functional.py", "base.py")]
+        folder / f for f in ("attnres.py", "_attnres_fast.py", "_attnres_fla.py", "_attnres_functional.py", "base.py")]
     assert variants.source_files("prenorm") == [folder / "prenorm.py", folder / "base.py"]
     assert variants.source_of("full-attnres").startswith("resbench.variants.attnres:FullAttnRes@")
 

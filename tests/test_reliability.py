@@ -75,17 +75,8 @@ FAULTS = textwrap.dedent('''
 
 
 @pytest.fixture
-def faults(tmp_path, monkeypatch):
-    (tmp_path / "rb_faults.py").write_text(FAULTS)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    variants.names()
-    monkeypatch.setattr(variants, "_REGISTRY", dict(variants._REGISTRY))
-    monkeypatch.setattr(variants, "loaded_modules", list(variants.loaded_modules))
-    monkeypatch.delitem(sys.modules, "rb_faults", raising=False)  # register afresh into this registry
-    variants.load_module("rb_faults")
-    yield tmp_path
-    sys.modules.pop("rb_faults", None)
+def faults(plugin_variants):
+    return plugin_variants("rb_faults", FAULTS)
 
 
 def suite(**over):

@@ -6,7 +6,6 @@ import warnings
 import pytest
 import yaml
 
-from resbench import variants
 from resbench.cli import main
 from resbench.config import parse_suite
 from resbench.report import render
@@ -38,14 +37,8 @@ SHAPE = [{"name": "t", "d_model": 16, "n_blocks": 1, "n_heads": 2, "seq_len": 8}
 
 
 @pytest.fixture
-def bombs(tmp_path, monkeypatch):
-    (tmp_path / "rb_bombs.py").write_text(BOMBS)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    variants.names()  # discover the package's own first, so the restored registry is complete
-    monkeypatch.setattr(variants, "_REGISTRY", dict(variants._REGISTRY))
-    monkeypatch.setattr(variants, "loaded_modules", list(variants.loaded_modules))
-    variants.load_module("rb_bombs")  # the runner hands loaded modules on to its workers
+def bombs(plugin_variants):
+    return plugin_variants("rb_bombs", BOMBS)
 
 
 def suite(**over):

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from resbench import variants
 from resbench.cli import main
 from resbench.config import parse_suite
 from resbench.executors.shards import submissions_dir
@@ -60,17 +59,8 @@ PLUGIN = textwrap.dedent('''
 
 
 @pytest.fixture
-def plugin(tmp_path, monkeypatch):
-    (tmp_path / "rb_slurm.py").write_text(PLUGIN)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    variants.names()
-    monkeypatch.setattr(variants, "_REGISTRY", dict(variants._REGISTRY))
-    monkeypatch.setattr(variants, "loaded_modules", list(variants.loaded_modules))
-    monkeypatch.delitem(sys.modules, "rb_slurm", raising=False)
-    variants.load_module("rb_slurm")
-    yield tmp_path
-    sys.modules.pop("rb_slurm", None)
+def plugin(plugin_variants):
+    yield plugin_variants("rb_slurm", PLUGIN)
     subprocess.run(["scancel", "--name", "resbench-t"], capture_output=True)
 
 

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from resbench import variants, workloads
+from resbench import workloads
 from resbench.config import expand_cells, parse_suite
 from resbench.errors import classify
 from resbench.executors.process import read_progress, run_job
@@ -59,17 +59,8 @@ FAULTS = textwrap.dedent('''
 
 
 @pytest.fixture
-def faults(tmp_path, monkeypatch):
-    (tmp_path / "rb_worker_faults.py").write_text(FAULTS)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    variants.names()
-    monkeypatch.setattr(variants, "_REGISTRY", dict(variants._REGISTRY))
-    monkeypatch.setattr(variants, "loaded_modules", list(variants.loaded_modules))
-    monkeypatch.delitem(sys.modules, "rb_worker_faults", raising=False)  # register afresh into this registry
-    variants.load_module("rb_worker_faults")
-    yield tmp_path
-    sys.modules.pop("rb_worker_faults", None)
+def faults(plugin_variants):
+    return plugin_variants("rb_worker_faults", FAULTS)
 
 
 def suite(**over):
