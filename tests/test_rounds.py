@@ -161,3 +161,15 @@ def test_a_bad_precision_is_one_line(value):
 
     with pytest.raises(ConfigError, match="workloads.throughput.precision"):
         _cells(precision=value)
+
+
+def test_the_table_footnote_says_how_many_rounds_and_why():
+    from resbench.workloads.base import rounds_notes
+
+    m = [{"train_rounds": {"rounds": 27, "stopped": "precision", "looks": 9, "precision": 0.02},
+          "prefill_rounds": {"rounds": 240, "stopped": "rounds", "looks": 9, "precision": 0.02}}]
+    (note,) = rounds_notes(m, ("train", "prefill"))
+    assert "±2.0%" in note and "train 27 rounds (precise enough)" in note
+    assert "prefill 240 rounds (the most allowed)" in note and "9 planned looks" in note
+    assert rounds_notes([{"train_rounds": {"rounds": 7, "stopped": "fixed", "looks": 1, "precision": None}}],
+                        ("train",)) == []

@@ -173,6 +173,7 @@ def check_rounds(workload: str, params) -> None:
 
 def rounds_notes(metrics: list[dict], views: tuple[str, ...]) -> list[str]:
     """One footnote line on adaptive rounds: how many ran per view and why they ended."""
+    why = {"precision": "precise enough", "rounds": "the most allowed", "budget": "budget spent"}
     parts, looks, precision = [], 0, None
     for view in views:
         recs = [m.get(f"{view}_rounds") for m in metrics if m.get(f"{view}_rounds")]
@@ -181,8 +182,9 @@ def rounds_notes(metrics: list[dict], views: tuple[str, ...]) -> list[str]:
             continue
         looks, precision = max(r["looks"] for r in adaptive), adaptive[0]["precision"]
         seen = sorted({(r["rounds"], r["stopped"]) for r in adaptive})
-        parts.append(f"{view} " + ", ".join(f"{n} ({why})" for n, why in seen))
+        parts.append(f"{view} " + ", ".join(f"{n} rounds ({why.get(w, w)})" for n, w in seen))
     if not parts:
         return []
-    return [f"Adaptive rounds to ±{precision:.1%}: " + "; ".join(parts) + f" rounds ran (why they stopped); "
-            f"each interval is 95% jointly over the {looks} planned looks, so stopping on the data keeps it valid."]
+    plan = (f"each interval is 95% jointly over the {looks} planned looks, so stopping on the data keeps it valid"
+            if looks > 1 else "repeats below the first look (8): one look, as fixed rounds")
+    return [f"Adaptive rounds to ±{precision:.1%}: " + "; ".join(parts) + f"; {plan}."]
