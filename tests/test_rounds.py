@@ -173,3 +173,20 @@ def test_the_table_footnote_says_how_many_rounds_and_why():
     assert "prefill 240 rounds (the most allowed)" in note and "9 planned looks" in note
     assert rounds_notes([{"train_rounds": {"rounds": 7, "stopped": "fixed", "looks": 1, "precision": None}}],
                         ("train",)) == []
+
+
+def test_decode_points_say_their_rounds_and_adaptive_ones_stop_at_a_look():
+    from resbench import studies
+    from resbench.config import expand_cells
+    from resbench.workloads.decode import run_decode
+
+    raw = {**GOOD, "workloads": {"decode": {"contexts": [4], "batches": [1], "new_tokens": 2, "warmup": 1,
+                                            "repeats": 12, "precision": 0.45}}}
+    _, suite = studies.parse(raw)
+    out = run_decode(expand_cells(suite, "cpu"))
+    for status, msg, m in out.values():
+        assert status == "ok", msg
+        (p,) = m["points"]
+        r = p["rounds"]
+        assert r["looks"] == len(planned_looks(12)) and r["rounds"] in planned_looks(12)
+        assert len(p["ttft_ms"]["samples"]) == r["rounds"] and len(p["itl_ms"]["samples"]) == 2 * r["rounds"]

@@ -63,26 +63,34 @@ class Rounds:
     def interval(self, ratios: list[float]) -> tuple[float, float, float]:
         return ratio_interval(ratios, len(self.looks()))
 
+    def start(self) -> None:
+        """Before the first round: the clock of budget_s, and nothing ran yet."""
+        self.stopped, self.rounds = ("rounds" if self.adaptive else "fixed"), 0
+        self._looks, self._t0 = set(self.looks()), time.perf_counter()
+
+    def check(self, done: int, ratios: list[list[float]]) -> bool:
+        """After round `done`, given every comparison's per-round ratios so far: stop now? Only at
+        a planned look: every interval within ±precision, or budget_s spent."""
+        self.rounds = done
+        if not self.adaptive or done not in self._looks or done == self.most:
+            return False
+        if ratios and all(half_width(*self.interval(r)) <= self.precision for r in ratios):
+            self.stopped = "precision"
+            return True
+        if self.budget_s and time.perf_counter() - self._t0 >= self.budget_s:
+            self.stopped = "budget"
+            return True
+        return False
+
     def rule(self, baseline: str, others: list[str]):
         """The `stop` callback of measure.timing.time_interleaved for ratios of `others` over
-        `baseline`; it also keeps how many rounds ran and why they ended."""
-        looks, start = set(self.looks()), time.perf_counter()
-        self.stopped, self.rounds = ("rounds" if self.adaptive else "fixed"), 0
+        `baseline` (a variant that left the rotation no longer counts)."""
+        self.start()
 
         def stop(done: int, samples: dict[str, list[float]]) -> bool:
-            self.rounds = done
-            if not self.adaptive or done not in looks or done == self.most:
-                return False
             base = samples[baseline]
             live = [o for o in others if len(samples.get(o, ())) == len(base)]
-            if live and all(half_width(*self.interval([a / b for a, b in zip(samples[o], base)])) <= self.precision
-                            for o in live):
-                self.stopped = "precision"
-                return True
-            if self.budget_s and time.perf_counter() - start >= self.budget_s:
-                self.stopped = "budget"
-                return True
-            return False
+            return self.check(done, [[a / b for a, b in zip(samples[o], base)] for o in live])
 
         return stop
 

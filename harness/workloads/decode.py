@@ -27,8 +27,8 @@ from ..errors import ConfigError, classify
 from ..measure import LiveBytesTracker, cuda_memory_snapshot, reset_cuda_peak, summarize, synchronize, time_once
 from ..model import KVCache, ModelConfig
 from ..precision import get as get_precision
-from ..stats import median_ci
-from .base import Workload, num, register
+from ..measure.rounds import Rounds
+from .base import Workload, check_rounds, num, register, rounds_notes
 from .common import model_of, static_info
 
 
@@ -40,6 +40,10 @@ class Params:
     warmup: int = 1
     repeats: int = 7  # rounds: each runs every variant once per (context, batch), rotated
     chunk: int = 0  # prefill chunk in tokens (0: the whole prompt in one forward)
+    # adaptive rounds per (context, batch) point (measure/rounds.py): with precision > 0, repeats
+    # is the most, and a point's rounds stop once its TTFT and per-token ratios are that precise
+    precision: float = 0.0
+    budget_s: float = 0.0
 
 
 def _ms(samples: list[float]) -> dict:
@@ -50,14 +54,19 @@ def _ms(samples: list[float]) -> dict:
     return s
 
 
-def _ratio(samples: list[float], base: list[float], per_round: int) -> tuple[float | None, list | None]:
-    """Median of per-round ratios of the rounds' medians (a round = `per_round` samples), and its
-    distribution-free 95% interval."""
-    rounds = [(float(np.median(samples[i:i + per_round])), float(np.median(base[i:i + per_round])))
-              for i in range(0, min(len(samples), len(base)), per_round)]
-    if not rounds:
+def _per_round(samples: list[float], per_round: int) -> list[float]:
+    """A round's median of its `per_round` samples (a round times `new_tokens` decode steps)."""
+    return [float(np.median(samples[i:i + per_round])) for i in range(0, len(samples) - per_round + 1, per_round)]
+
+
+def _ratio(samples: list[float], base: list[float], per_round: int,
+           rounds: Rounds | None = None) -> tuple[float | None, list | None]:
+    """Median of per-round ratios of the rounds' medians, and its distribution-free 95% interval
+    (valid at whichever planned look adaptive `rounds` stopped at)."""
+    pairs = list(zip(_per_round(samples, per_round), _per_round(base, per_round)))
+    if not pairs:
         return None, None
-    med, lo, hi = median_ci([a / b for a, b in rounds])
+    med, lo, hi = (rounds or Rounds(len(pairs))).interval([a / b for a, b in pairs])
     return med, ([lo, hi] if math.isfinite(lo) else None)
 
 
@@ -124,6 +133,9 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
                 except (Exception, SystemExit) as exc:  # noqa: BLE001 - the variant leaves; the others finish
                     failed[key] = cannot_run(mode, "decode", exc)
         timed_generate = guarded("decode", generate)  # a compile in a round fails the variant
+        plan = Rounds(wl["repeats"], wl.get("precision", 0.0), wl.get("budget_s", 0.0))
+        plan.start()
+        base = next((c.key for c in cells if is_baseline(c) and c.key in live), None)
         for r in range(wl["warmup"] + wl["repeats"]):
             k0 = r % max(len(live), 1)
             for key in live[k0:] + live[:k0]:
@@ -133,6 +145,13 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
                     timed_generate(key, timed=r >= wl["warmup"])
                 except (Exception, SystemExit) as exc:  # noqa: BLE001 - the variant leaves; the others finish
                     failed[key] = exc
+            if r >= wl["warmup"] and base is not None and base not in failed:
+                # per round: each variant's TTFT and median decode step over the baseline's
+                ratios = [[a / b for a, b in zip(_per_round(series[k], n), _per_round(series[base], n))]
+                          for series, n in ((ttft, 1), (itl, wl["new_tokens"]))
+                          for k in live if k != base and k not in failed]
+                if plan.check(r + 1 - wl["warmup"], ratios):
+                    break
         for key in live:
             if key in failed:
                 continue
@@ -152,7 +171,7 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
                 "tokens_per_s": batch / (float(np.median(itl[key]))),
                 "kv_cache_bytes": cache.nbytes(context + wl["new_tokens"]),
                 "depth_state_bytes": state_vectors * batch * cfg.d_model * itemsize,
-                "step_peak_bytes": tracker.peak, **cuda,
+                "step_peak_bytes": tracker.peak, **cuda, "rounds": plan.record(),
             })
         del caches
     base_key = next((c.key for c in cells if is_baseline(c) and c.key in models and c.key not in failed), None)
@@ -166,10 +185,11 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
         for p, bp in zip(m["points"], info[base_key]["points"] if base_key else [None] * len(m["points"])):
             if bp is None:
                 continue
+            plan = Rounds(wl["repeats"], wl.get("precision", 0.0))
             p[f"itl_ratio_vs_{BASELINE}"], p["itl_ratio_ci"] = _ratio(p["itl_ms"]["samples"], bp["itl_ms"]["samples"],
-                                                                      wl["new_tokens"])
+                                                                      wl["new_tokens"], plan)
             p[f"ttft_ratio_vs_{BASELINE}"], p["ttft_ratio_ci"] = _ratio(p["ttft_ms"]["samples"],
-                                                                        bp["ttft_ms"]["samples"], 1)
+                                                                        bp["ttft_ms"]["samples"], 1, plan)
             p["step_extra_bytes"] = p["step_peak_bytes"] - bp["step_peak_bytes"]
         out[cell.key] = ("ok", None, m)
     return out
@@ -211,9 +231,11 @@ class Decode(Workload):
     compiles = True
     compare_metrics = {"decode_ms": (_itl, "{:.3f}")}
     metrics_schema = {"points": list, "params?": int, "state_vectors?": int}
+    unkeyed_defaults = {"precision": 0.0, "budget_s": 0.0}
     cost_columns = (("decode", "decode ×"),)
 
     def check(self, params, variant_names):
+        check_rounds(self.name, params)
         for key in ("contexts", "batches"):
             v = getattr(params, key)
             if not isinstance(v, (list, tuple)) or not v or not all(
@@ -273,4 +295,10 @@ class Decode(Workload):
                     f"{p['itl_ms']['median']:.2f} | {p['itl_ms']['p90']:.2f} | {p['itl_ms']['p99']:.2f} | "
                     f"{_ratio_text(p)} | {p['tokens_per_s']:,.0f} | {p['kv_cache_bytes'] / 2**20:.2f} | "
                     f"{p['depth_state_bytes'] / 1024:.1f} | {'-' if extra is None else f'{extra / 1024:.1f}'} |")
-        return lines
+        # adaptive rounds, per (context, batch) point: one view each
+        points = [{f"{p['context']}x{p['batch']}_rounds": p["rounds"]} for m in metrics for p in m.get("points", [])
+                  if p.get("rounds")]
+        views = tuple(dict.fromkeys(k.removesuffix("_rounds") for pt in points for k in pt))
+        notes = rounds_notes(points, views)
+        return lines + ([""] + [n.replace("Adaptive rounds", "Decode: adaptive rounds (per context x batch)")
+                                for n in notes] if notes else [])
