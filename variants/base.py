@@ -167,3 +167,17 @@ def leafless_pytree_node(cls):
     pytree.register_pytree_node(cls, lambda s: ([], s), lambda _, s: s,
                                 serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")
     return cls
+
+
+class SingleStream(Residual):
+    """A scheme whose state is one stream x (PreNorm and its kin): begin, read and end are the
+    identity, and a subclass writes only its update, x_{i+1} = write(x_i, i, f_i(x_i))."""
+
+    def begin(self, e: torch.Tensor) -> torch.Tensor:
+        return e
+
+    def read(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        return x
+
+    def end(self, x: torch.Tensor) -> torch.Tensor:
+        return x

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from . import register
-from .base import Residual, VariantError, check_choice, inv_rms
+from .base import SingleStream, VariantError, check_choice, inv_rms
 
 
 @register("highway")
-class Highway(Residual):
+class Highway(SingleStream):
     def __init__(self, d_model: int, n_layers: int, *, gate: str = "vector", gate_bias: float = -2.0):
         super().__init__(d_model, n_layers)
         check_choice("gate", gate, ("vector", "scalar"))
@@ -32,19 +32,10 @@ class Highway(Residual):
             nn.init.zeros_(g.weight)
             nn.init.constant_(g.bias, self.gate_bias)
 
-    def begin(self, e):
-        return e
-
-    def read(self, x, i):
-        return x
-
     def write(self, x, i, y):
         u = x * inv_rms(x).to(x.dtype)
         g = torch.sigmoid(self.gates[i](u))
         return torch.lerp(x, y.to(x.dtype), g.to(x.dtype))  # (1 - g) * x + g * y; autocast: y, g in bf16
-
-    def end(self, x):
-        return x
 
     def mixing_flops(self) -> int:
         return self.n_layers * 2 * self.d_model * (self.d_model if self.gate == "vector" else 1)

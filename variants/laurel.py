@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from . import register
-from .base import Residual, VariantError, check_positive
+from .base import SingleStream, VariantError, check_positive
 
 
 @register("laurel")
-class LAuReL(Residual):
+class LAuReL(SingleStream):
     def __init__(self, d_model: int, n_layers: int, *, rank: int = 16):
         super().__init__(d_model, n_layers)
         check_positive("rank", rank)
@@ -25,18 +25,9 @@ class LAuReL(Residual):
         self.down = nn.Parameter(torch.randn(n_layers, rank, d_model) * d_model ** -0.5)  # A_i
         self.up = nn.Parameter(torch.zeros(n_layers, d_model, rank))                      # B_i
 
-    def begin(self, e):
-        return e
-
-    def read(self, x, i):
-        return x
-
     def write(self, x, i, y):
         low = (x @ self.down[i].to(x.dtype).t()) @ self.up[i].to(x.dtype).t()
         return x + y + low
-
-    def end(self, x):
-        return x
 
     def declared_extra_params(self) -> int:
         return 2 * self.n_layers * self.rank * self.d_model

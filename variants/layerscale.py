@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from . import register
-from .base import Residual, VariantError
+from .base import SingleStream, VariantError
 
 
 def cait_init(n_blocks: int) -> float:
@@ -19,7 +19,7 @@ def cait_init(n_blocks: int) -> float:
 
 
 @register("layerscale")
-class LayerScale(Residual):
+class LayerScale(SingleStream):
     def __init__(self, d_model: int, n_layers: int, *, init: float | None = None):
         super().__init__(d_model, n_layers)
         if init is None:
@@ -29,17 +29,8 @@ class LayerScale(Residual):
         self.init = float(init)
         self.gamma = nn.Parameter(torch.full((n_layers, d_model), self.init))
 
-    def begin(self, e):
-        return e
-
-    def read(self, x, i):
-        return x
-
     def write(self, x, i, y):
         return x + self.gamma[i].to(y.dtype) * y
-
-    def end(self, x):
-        return x
 
     def declared_extra_params(self) -> int:
         return self.n_layers * self.d_model

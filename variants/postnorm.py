@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import base, register
-from .base import Residual, VariantError
+from .base import SingleStream, VariantError
 
 
 def deepnet_constants(n_blocks: int) -> tuple[float, float]:
@@ -37,24 +37,15 @@ def _number(name, v):
     return float(v)
 
 
-class _PostNorm(Residual):
+class _PostNorm(SingleStream):
     def __init__(self, d_model: int, n_layers: int, alpha: float, beta: float):
         super().__init__(d_model, n_layers)
         self.alpha, self.beta = alpha, beta
         self.gain = nn.Parameter(torch.ones(n_layers, d_model))
 
-    def begin(self, e):
-        return e
-
-    def read(self, x, i):
-        return x
-
     def write(self, x, i, y):
         s = self.alpha * x + y if self.alpha != 1.0 else x + y
         return F.rms_norm(s, (s.shape[-1],), self.gain[i].to(s.dtype), base.RMS_EPS)  # read at call time
-
-    def end(self, x):
-        return x
 
     def declared_extra_params(self) -> int:
         return self.n_layers * self.d_model

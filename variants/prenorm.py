@@ -4,19 +4,10 @@ from __future__ import annotations
 import torch
 
 from . import register
-from .base import Residual
+from .base import SingleStream
 
 
 @register("prenorm")
-class PreNorm(Residual):
-    def begin(self, e: torch.Tensor) -> torch.Tensor:
-        return e
-
-    def read(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        return x
-
+class PreNorm(SingleStream):
     def write(self, x: torch.Tensor, i: int, y: torch.Tensor) -> torch.Tensor:
         return x + y
-
-    def end(self, x: torch.Tensor) -> torch.Tensor:
-        return x

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from . import register
-from .base import Residual, VariantError
+from .base import SingleStream, VariantError
 
 
 @register("rezero")
-class ReZero(Residual):
+class ReZero(SingleStream):
     def __init__(self, d_model: int, n_layers: int, *, init: float = 0.0):
         super().__init__(d_model, n_layers)
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
@@ -24,17 +24,8 @@ class ReZero(Residual):
         self.init = float(init)
         self.alpha = nn.Parameter(torch.full((n_layers,), self.init))
 
-    def begin(self, e):
-        return e
-
-    def read(self, x, i):
-        return x
-
     def write(self, x, i, y):
         return x + self.alpha[i].to(y.dtype) * y
-
-    def end(self, x):
-        return x
 
     def declared_extra_params(self) -> int:
         return self.n_layers
