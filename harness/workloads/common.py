@@ -51,11 +51,13 @@ def progress_counter(progress, calls: int, params: dict):
 
 
 def paired_ratio(times: list[float], base: list[float]) -> dict:
-    """The median of per-round ratios and its 95% interval (None with too few rounds)."""
+    """The median of per-round ratios and its 95% interval (None with too few rounds): fixed
+    rounds, so one look (measure/rounds.py)."""
     import math
 
-    from ..stats import median_ci
-    med, lo, hi = median_ci([t / b for t, b in zip(times, base)])
+    from ..measure.rounds import ratio_interval
+
+    med, lo, hi = ratio_interval([t / b for t, b in zip(times, base)], looks=1)
     return {"median": med, "ci": [lo, hi] if math.isfinite(lo) else None}
 
 
