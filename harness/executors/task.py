@@ -2,7 +2,7 @@
 
     python -m resbench.executors.task FOLDER GROUP     (SLURM_ARRAY_TASK_ID picks the job)
 
-The job runs as a local job does (executors/process.py: a fresh worker, its timeout, the memory
+The job runs as a local job does (harness/executors/process.py: a fresh worker, its timeout, the memory
 cap, torchrun's ranks); its records say where it ran (`placement`: node, Slurm job, the GPUs
 Slurm gave it, start and end). A requeued task runs the job again and replaces the shard whole.
 """

@@ -68,12 +68,18 @@ class Rounds:
         self.stopped, self.rounds = ("rounds" if self.adaptive else "fixed"), 0
         self._looks, self._t0 = set(self.looks()), time.perf_counter()
 
-    def check(self, done: int, ratios: list[list[float]]) -> bool:
-        """After round `done`, given every comparison's per-round ratios so far: stop now? Only at
-        a planned look: every interval within ±precision, or budget_s spent."""
+    def __post_init__(self):
+        self.start()
+
+    def check(self, done: int, ratios) -> bool:
+        """After round `done`, given every comparison's per-round ratios so far (a list of lists,
+        or a function giving it: only called at a look): stop now? Only at a planned look: every
+        interval within ±precision, or budget_s spent."""
         self.rounds = done
         if not self.adaptive or done not in self._looks or done == self.most:
             return False
+        if callable(ratios):
+            ratios = ratios()
         if ratios and all(half_width(*self.interval(r)) <= self.precision for r in ratios):
             self.stopped = "precision"
             return True

@@ -155,7 +155,7 @@ def fmt_ms(ms: dict | None) -> str:
     return f"{ms['median']:.1f} [{ms['min']:.1f}–{ms['max']:.1f}]"
 
 
-# -- adaptive rounds (measure/rounds.py), for every timed workload alike ----------------------
+# -- adaptive rounds (harness/measure/rounds.py), for every timed workload alike ----------------------
 
 def check_rounds(workload: str, params) -> None:
     """`precision` a relative half-width in [0, 0.5) (0: fixed rounds), `budget_s` >= 0."""

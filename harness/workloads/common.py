@@ -52,7 +52,7 @@ def progress_counter(progress, calls: int, params: dict):
 
 def paired_ratio(times: list[float], base: list[float]) -> dict:
     """The median of per-round ratios and its 95% interval (None with too few rounds): fixed
-    rounds, so one look (measure/rounds.py)."""
+    rounds, so one look (harness/measure/rounds.py)."""
     import math
 
     from ..measure.rounds import ratio_interval

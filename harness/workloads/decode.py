@@ -40,7 +40,7 @@ class Params:
     warmup: int = 1
     repeats: int = 7  # rounds: each runs every variant once per (context, batch), rotated
     chunk: int = 0  # prefill chunk in tokens (0: the whole prompt in one forward)
-    # adaptive rounds per (context, batch) point (measure/rounds.py): with precision > 0, repeats
+    # adaptive rounds per (context, batch) point (harness/measure/rounds.py): with precision > 0, repeats
     # is the most, and a point's rounds stop once its TTFT and per-token ratios are that precise
     precision: float = 0.0
     budget_s: float = 0.0
@@ -134,7 +134,6 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
                     failed[key] = cannot_run(mode, "decode", exc)
         timed_generate = guarded("decode", generate)  # a compile in a round fails the variant
         plan = Rounds(wl["repeats"], wl.get("precision", 0.0), wl.get("budget_s", 0.0))
-        plan.start()
         base = next((c.key for c in cells if is_baseline(c) and c.key in live), None)
         for r in range(wl["warmup"] + wl["repeats"]):
             k0 = r % max(len(live), 1)
@@ -147,9 +146,11 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
                     failed[key] = exc
             if r >= wl["warmup"] and base is not None and base not in failed:
                 # per round: each variant's TTFT and median decode step over the baseline's
-                ratios = [[a / b for a, b in zip(_per_round(series[k], n), _per_round(series[base], n))]
-                          for series, n in ((ttft, 1), (itl, wl["new_tokens"]))
-                          for k in live if k != base and k not in failed]
+                def ratios():
+                    return [[a / b for a, b in zip(_per_round(series[k], n), _per_round(series[base], n))]
+                            for series, n in ((ttft, 1), (itl, wl["new_tokens"]))
+                            for k in live if k != base and k not in failed]
+
                 if plan.check(r + 1 - wl["warmup"], ratios):
                     break
         for key in live:

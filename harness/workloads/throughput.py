@@ -30,7 +30,7 @@ class Params:
     # in its own process with the baseline only, for shapes where all models (with gradients and
     # AdamW state) do not fit in memory at once; ratios are then per pair.
     group: str = "shape"
-    # adaptive rounds (measure/rounds.py): with precision > 0, `repeats` is the most rounds, and
+    # adaptive rounds (harness/measure/rounds.py): with precision > 0, `repeats` is the most rounds, and
     # they stop once every ratio's 95% interval is within ±precision (relative), or at budget_s
     precision: float = 0.0
     budget_s: float = 0.0
