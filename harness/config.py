@@ -46,6 +46,9 @@ class Suite:
     kind: str = ""  # the study on top of the records ("" = none); see studies/
     study: dict = field(default_factory=dict)  # that study's own keys, validated by it (overhead: targets)
     launch: Launch = Launch()  # where distributed workloads' cells run (harness/parallel/launch.py)
+    # {shape: {label: {(cost key, compile mode): bound}}}: the ratios its study checks against a bound
+    # (overhead: targets); adaptive rounds of a timed workload also stop once each one is settled
+    bounds: dict = field(default_factory=dict)
     # where each job's worker runs (executors/): (name, its Params); not part of any cell
     executor: tuple = ("local", None)
 
@@ -527,13 +530,23 @@ def expand_cells(suite: Suite, device: str) -> list[Cell]:
                                 if wl.skips(params, spec.name):
                                     continue
                                 cell = Cell(variant=spec.name, options=spec.options, label=spec.label,
-                                            shape_name=shape_name, shape=cfg.to_dict(), workload=kind, params=params,
+                                            shape_name=shape_name, shape=cfg.to_dict(), workload=kind,
+                                            params=_bounded(params, wl, suite.bounds.get(shape_name, {}).get(spec.label), mode),
                                             device=device, precision=prec, seed=seed, threads=suite.threads,
                                             variant_source=sources[spec.name], compile=mode, launch=launched)
                                 if cell.key not in seen:  # axes a value makes moot repeat a cell
                                     seen.add(cell.key)
                                     cells.append(cell)
     return cells
+
+
+def _bounded(params: dict, wl, bounds: dict | None, mode: str) -> dict:
+    """A timed cell with adaptive rounds carries the bounds its ratios are checked against
+    (`bounds`: {cost key: bound}): when to stop depends on them, so they are part of its key."""
+    if not (params.get("precision") and bounds and wl.timed and not wl.cost_exact):
+        return params
+    own = {key: b for (key, m), b in bounds.items() if m == mode and key in dict(wl.cost_columns)}
+    return {**params, "bounds": own} if own else params
 
 
 def _axis_product(params: dict, axes: tuple[str, ...]) -> list[dict]:

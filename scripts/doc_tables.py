@@ -5,7 +5,8 @@ reference results.
     python scripts/doc_tables.py --check  # exit 1 if a block differs from its source; write nothing
 
 A block is the text between `<!-- NAME -->` and `<!-- /NAME -->`. BLOCKS says, per file, what
-fills it: a resbench command (run now, at the current code, on the committed records) or a
+fills it: a resbench command (run now, at the current code, on the committed records), a script
+that derives a table from the code alone (run now), or a
 committed output file (written by the reference run's command, named in docs/RESULTS.md).
 tests/test_readme.py runs --check, so a table never drifts from the code or the results under it.
 """
@@ -16,6 +17,7 @@ import contextlib
 import io
 import os
 import re
+import runpy
 import sys
 import warnings
 from pathlib import Path
@@ -28,6 +30,11 @@ REF = "results/reference/xeon-2core"  # the machine of the latest reference runs
 
 def command(*argv: str):
     return ("command", list(argv))
+
+
+def script(path: str, *argv: str):
+    """A derivation the repository computes (no measurement): a script's output, run now."""
+    return ("script", [path, *argv])
 
 
 def written(path: str, by: str, fenced: bool = True):
@@ -88,6 +95,9 @@ BLOCKS = {
                                     "--view decode --batch 1 --top 12"),
         "projection-inference": PROJECTION,
     },
+    "docs/MEASURING.md": {
+        "roofline-h100": script("scripts/roofline_table.py"),
+    },
     "docs/HISTORY.md": {
         "gate-summary": GATE,
     },
@@ -120,6 +130,14 @@ def output(source) -> str:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if kind == "script":
+            argv = sys.argv
+            sys.argv = list(args)
+            try:
+                runpy.run_path(args[0], run_name="__main__")
+            finally:
+                sys.argv = argv
+            return f"```text\n$ python {' '.join(args)}\n{buf.getvalue().rstrip()}\n```"
         main(args)
     return f"```text\n$ resbench {' '.join(args)}\n{buf.getvalue().rstrip()}\n```"
 

@@ -317,3 +317,17 @@ def test_torchrun_command_one_node_and_several():
     job = torchrun_command(parse_launch({"nproc": 8, "nnodes": 2, "rdzv_endpoint": "h0:29500"}).resolved("cuda"),
                            ["-m", "x"], job="0123abcd")
     assert "--rdzv-id=resbench-0123abcd" in job  # one rendezvous per job, the same on every node
+
+
+def test_adaptive_rounds_stop_on_every_rank_at_one_look(tmp_path):
+    """Rank 0 decides on the slowest rank's ratios and every rank follows: the run ends (no rank
+    left waiting at a barrier) and the record says where and why it stopped."""
+    adaptive = {"batch": 2, "repeats": 40, "precision": 0.45}
+    proc, recs = _run(tmp_path, _suite(workloads={"ddp": adaptive, "pp": {**adaptive, "batch": 4, "microbatches": 2}}))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert {r["status"] for r in recs} == {"ok"} and len(recs) == 4
+    for r in recs:
+        rounds = r["metrics"]["rounds"]
+        assert rounds["stopped"] == "precision" and rounds["rounds"] < 40, rounds
+        assert r["metrics"]["step_ms"]["n"] == rounds["rounds"]
+        assert r["cell"]["params"]["precision"] == 0.45

@@ -180,5 +180,5 @@ def test_throughput_worker_streams_progress_to_the_parent():
     seen = []
     outcome = run_job(cells, 300, lambda done, total: seen.append((done, total)))
     assert all(outcome[c.key]["status"] == "ok" for c in cells)
-    # (3 variants + 8 GEMM probes) x 2 train calls + 3 variants x 2 prefill calls, one line each
-    assert [d for d, _ in seen] == list(range(1, 29)) and {t for _, t in seen} == {28}
+    # (3 variants + 8 GEMM probes + the copy probe) x 2 train calls + 3 variants x 2 prefill calls, one line each
+    assert [d for d, _ in seen] == list(range(1, 31)) and {t for _, t in seen} == {30}

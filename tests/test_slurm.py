@@ -87,6 +87,13 @@ def tasks(out: Path) -> dict[str, str]:
     return out
 
 
+def _submitted(out: Path) -> bool:
+    try:
+        return bool(tasks(out))
+    except (OSError, ValueError, KeyError):  # no folder or manifest yet, or written before sbatch answered
+        return False
+
+
 def wait_state(task: str, states: tuple[str, ...], timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -115,7 +122,7 @@ def test_a_sweep_on_slurm_gives_the_keys_statuses_and_losses_of_a_local_run(tmp_
 def test_a_task_past_its_slurm_time_limit_is_a_timeout(plugin):
     s = suite(executor={"time_limit_min": 1}, variants=["sleeper"], timeout_s=900, workloads={"memory": {"batch": 2}})
     (rec,) = run_suite(s, plugin / "r.jsonl", progress=False)
-    assert rec["status"] == "timeout" and "TIMEOUT" in rec["message"]
+    assert rec["status"] == "timeout" and "TIMEOUT" in rec["message"], rec["message"]
 
 
 def test_scancel_of_one_task_is_its_status_and_the_others_finish(plugin, capsys):
@@ -155,7 +162,7 @@ def test_a_killed_submitter_loses_nothing_and_a_requeued_task_is_recorded_once(p
     proc = subprocess.Popen([sys.executable, "-m", "resbench", "--variants-module", "rb_slurm", "run", str(path),
                              "--out", str(out), "--quiet"], env=env, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while time.time() < deadline and not (submissions_dir(out).is_dir() and any(submissions_dir(out).iterdir())):
+    while time.time() < deadline and not _submitted(out):  # the manifest names the array once sbatch answered
         time.sleep(0.2)
     task = tasks(out)["napper"]
     wait_state(task, ("RUNNING",))

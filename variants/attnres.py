@@ -214,6 +214,18 @@ class DepthAttention(Residual):
             return sum(self.seen(i) for i in range(L + 1))
         return 2 * d * (L + 1) + (d * d * (L + 1) if self.input_query else 0)
 
+    def residual_traffic(self) -> int:
+        """Each reader (the output readout too) reads its sources once and writes its input; a
+        block's partial sum adds each later output (3). two_phase reads a block's completed
+        sources once for all of its S readers and writes their S terms, then each later reader
+        merges its term with the partial sum (3)."""
+        L = self.n_layers
+        partial = 3 * sum(1 for i in range(L) if i != self._start[i])
+        if not self.two_phase:
+            return sum(self.seen(i) + 1 for i in range(L + 1)) + partial
+        blocks = sum(self.seen(s) + size + 3 * (size - 1) for s, size in zip(self.starts, self.block_sizes()))
+        return blocks + self.seen(L) + 1 + partial
+
     def mixing_flops(self) -> int:
         """Logits are the only matrix products: one d-long dot product per (reader, source) pair,
         the partial sum included (weighted sums and softmax are elementwise); input_query adds

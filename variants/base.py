@@ -90,6 +90,14 @@ class Residual(nn.Module):
         d-vectors per token: what a checkpoint boundary must keep at least (the depth study's floor)."""
         return 1
 
+    def residual_traffic(self) -> int:
+        """d-vectors per token the residual path reads and writes in one forward over the whole
+        depth, as few as a fused implementation must move: x + f(x) reads x and f(x) and writes
+        the sum, 3 per sublayer. What the sublayers themselves read and write is every
+        variant's alike and not counted. Beside mixing_flops it sets the roofline of the
+        variant's overhead (docs/MEASURING.md)."""
+        return 3 * self.n_layers
+
     def mixing_flops(self) -> int:
         """FLOPs per token of the variant's own matrix products in one forward (2 per
         multiply-add; elementwise mixing, norms and softmax count nothing, as in MFU). Backward

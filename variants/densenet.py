@@ -97,6 +97,10 @@ class DenseFormerDWA(Residual):
     def declared_extra_params(self) -> int:
         return sum(len(s) for s in self.sources if s is not None)
 
+    def residual_traffic(self) -> int:
+        """x + f(x) per sublayer (3), and each DWA reads the block outputs it mixes and writes one."""
+        return 3 * self.n_layers + sum(len(s) + 1 for s in self.sources if s is not None)
+
     def state_vectors(self) -> int:
         # stored block outputs X_j that a later DWA still reads, plus the running stream.
         return sum(self.keep[:-1]) + 1

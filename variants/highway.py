@@ -37,6 +37,10 @@ class Highway(SingleStream):
         g = torch.sigmoid(self.gates[i](u))
         return torch.lerp(x, y.to(x.dtype), g.to(x.dtype))  # (1 - g) * x + g * y; autocast: y, g in bf16
 
+    def residual_traffic(self) -> int:
+        """The lerp reads x and f(x) and writes; a vector gate is one more d-vector written and read."""
+        return self.n_layers * (5 if self.gate == "vector" else 3)
+
     def mixing_flops(self) -> int:
         return self.n_layers * 2 * self.d_model * (self.d_model if self.gate == "vector" else 1)
 

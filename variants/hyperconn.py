@@ -80,6 +80,11 @@ class HyperConnections(Residual):
     def streams(self) -> int:
         return self.n
 
+    def residual_traffic(self) -> int:
+        """Per sublayer the read takes the n streams and writes h (n + 1), the write takes the n
+        streams and f(h) and writes n (2n + 1); the end sums the n streams into one."""
+        return (3 * self.n + 2) * self.n_layers + self.n + 1
+
     def declared_extra_params(self) -> int:
         n, d, L = self.n, self.d_model, self.n_layers
         static = n + n + n * n

@@ -226,8 +226,12 @@ def _live(array_ids: list[str]) -> dict[str, str]:
 def slurm_state(array_id: str, task: int) -> tuple[str, str] | None:
     """(state, reason) of a finished array task from scontrol (it keeps a job MinJobAge seconds),
     else sacct (an accounting database); None if neither knows it any more."""
-    res = subprocess.run(["scontrol", "show", "job", "-o", f"{array_id}_{task}"], capture_output=True, text=True,
-                         timeout=60)
+    for attempt in range(3):  # a busy controller may refuse a query for a moment: ask again before giving up
+        res = subprocess.run(["scontrol", "show", "job", "-o", f"{array_id}_{task}"], capture_output=True, text=True,
+                             timeout=60)
+        if res.returncode == 0 or "Invalid job id" in res.stderr:
+            break
+        time.sleep(1 + attempt)
     if res.returncode == 0:
         for line in res.stdout.splitlines():
             fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)

@@ -1,5 +1,6 @@
 """How many interleaved rounds a timed comparison runs: a fixed number, or adaptive ones that stop
-as soon as every ratio is known to the precision asked for, or at the budget.
+as soon as every ratio is known to the precision asked for or has settled the bound it is
+checked against, or at the budget.
 
 Stopping on the data must not make the interval lie. The rule looks at the data only at rounds
 planned in advance (`planned_looks`: 8, then ×1.5, up to the most allowed), and every interval
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from ..stats import median_ci
 
 CONFIDENCE = 0.95
-STOPS = ("fixed", "precision", "rounds", "budget")  # why the rounds ended, as records say it
+STOPS = ("fixed", "precision", "resolved", "rounds", "budget")  # why the rounds ended, as records say it
 
 
 def planned_looks(most: int, first: int = 8, growth: float = 1.5) -> list[int]:
@@ -41,11 +42,17 @@ def half_width(med: float, lo: float, hi: float) -> float:
     return (hi - lo) / 2 / med if math.isfinite(lo) and math.isfinite(hi) and med > 0 else math.inf
 
 
+def resolves(lo: float, hi: float, bound: float | None) -> bool:
+    """Whether an interval settles a bound either way: wholly within (met) or wholly beyond
+    (missed), as the overhead study's verdict reads it."""
+    return bound is not None and math.isfinite(lo) and math.isfinite(hi) and (hi <= bound or lo > bound)
+
+
 @dataclass
 class Rounds:
     """`most` rounds, or with `precision` > 0 adaptive ones: stop at the first planned look where
-    every ratio's interval is narrower than ±precision (relative), or once `budget_s` seconds
-    have passed (checked at the looks), else at `most`."""
+    every ratio's interval is narrower than ±precision (relative) or settles the bound given
+    with it, or once `budget_s` seconds have passed (checked at the looks), else at `most`."""
     most: int
     precision: float = 0.0
     budget_s: float = 0.0
@@ -71,32 +78,42 @@ class Rounds:
     def __post_init__(self):
         self.start()
 
+    def at_look(self, done: int) -> bool:
+        """Whether round `done` is a planned look of adaptive rounds (the last round is none)."""
+        return self.adaptive and done in self._looks and done != self.most
+
     def check(self, done: int, ratios) -> bool:
-        """After round `done`, given every comparison's per-round ratios so far (a list of lists,
-        or a function giving it: only called at a look): stop now? Only at a planned look: every
-        interval within ±precision, or budget_s spent."""
+        """After round `done`, given every comparison's per-round ratios so far (a list whose
+        items are a list of ratios or a (ratios, bound or None) pair, or a function giving it:
+        only called at a look): stop now? Only at a planned look: every interval within
+        ±precision or settling its bound, or budget_s spent."""
         self.rounds = done
-        if not self.adaptive or done not in self._looks or done == self.most:
+        if not self.at_look(done):
             return False
         if callable(ratios):
             ratios = ratios()
-        if ratios and all(half_width(*self.interval(r)) <= self.precision for r in ratios):
-            self.stopped = "precision"
+        pairs = [r if isinstance(r, tuple) else (r, None) for r in ratios]
+        intervals = [(self.interval(r), bound) for r, bound in pairs]
+        precise = [half_width(*iv) <= self.precision for iv, _ in intervals]
+        if pairs and all(p or resolves(iv[1], iv[2], b) for p, (iv, b) in zip(precise, intervals)):
+            self.stopped = "precision" if all(precise) else "resolved"
             return True
         if self.budget_s and time.perf_counter() - self._t0 >= self.budget_s:
             self.stopped = "budget"
             return True
         return False
 
-    def rule(self, baseline: str, others: list[str]):
+    def rule(self, baseline: str, others: list[str], bounds: dict | None = None):
         """The `stop` callback of measure.timing.time_interleaved for ratios of `others` over
-        `baseline` (a variant that left the rotation no longer counts)."""
+        `baseline`, each with its bound from `bounds` if any (a variant that left the rotation
+        no longer counts)."""
         self.start()
+        bounds = bounds or {}
 
         def stop(done: int, samples: dict[str, list[float]]) -> bool:
             base = samples[baseline]
             live = [o for o in others if len(samples.get(o, ())) == len(base)]
-            return self.check(done, [[a / b for a, b in zip(samples[o], base)] for o in live])
+            return self.check(done, [([a / b for a, b in zip(samples[o], base)], bounds.get(o)) for o in live])
 
         return stop
 

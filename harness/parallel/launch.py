@@ -294,10 +294,13 @@ def fault_point(step: int) -> None:
             raise RuntimeError(f"injected fault on rank {rank}")
 
 
-def time_rounds(fns: dict, warmup: int, repeats: int, device: str, progress=None) -> dict[str, list[float]]:
+def time_rounds(fns: dict, warmup: int, repeats: int, device: str, progress=None, plan=None,
+                baseline: str | None = None) -> dict[str, list[float]]:
     """Wall seconds of each fn per round on this rank, interleaved as measure.time_interleaved
     does (round r starts at fn r mod n), every call started together on all ranks (a barrier),
-    since a distributed step's cost includes waiting for the others. Call on every rank alike."""
+    since a distributed step's cost includes waiting for the others. Call on every rank alike.
+    With adaptive `plan` (measure/rounds.py) the rounds may stop at a planned look, on the
+    slowest rank's ratios to `baseline`: rank 0 decides and every rank follows."""
     names = list(fns)
     out = {n: [] for n in names}
     step = 0
@@ -317,4 +320,25 @@ def time_rounds(fns: dict, warmup: int, repeats: int, device: str, progress=None
                 out[name].append(time.perf_counter() - t0)
             if progress is not None:
                 progress(1)
+        if r >= 0 and plan is not None and baseline in fns and plan.at_look(r + 1) and _agree_stop(plan, r + 1, out, baseline):
+            break
+    if plan is not None:
+        plan.rounds = len(out[names[0]]) if names else 0
     return out
+
+
+def _agree_stop(plan, done: int, mine: dict[str, list[float]], baseline: str) -> bool:
+    """Every rank's times to rank 0, which checks the plan on the slowest rank per round (a step
+    ends when its last rank does) and tells every rank whether to stop: one decision, since the
+    budget's clock and the times differ per rank."""
+    every = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    decision = [False, plan.stopped]
+    if dist.get_rank() == 0:
+        slowest = {k: [max(e[k][i] for e in every) for i in range(done)] for k in mine}
+        base = slowest[baseline]
+        decision[0] = plan.check(done, [[a / b for a, b in zip(slowest[k], base)] for k in slowest if k != baseline])
+        decision[1] = plan.stopped
+    dist.broadcast_object_list(decision, src=0)
+    plan.stopped = decision[1]
+    return decision[0]

@@ -61,7 +61,7 @@ def parse(raw: Any, default_name: str = "suite") -> tuple[Study | None, Any]:
     suite: Suite = parse_suite(raw, default_name, extra_keys=("kind", *study.keys))
     values = study.parse_keys({k: raw[k] for k in study.keys if k in raw}, [n for n, _ in suite.shapes],
                               [s.label for s in suite.variants])
-    suite = dataclasses.replace(suite, kind=kind, study=values)
+    suite = dataclasses.replace(suite, kind=kind, study=values, bounds=study.bounds(values))
     study.check(suite)
     return study, suite
 

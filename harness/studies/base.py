@@ -32,6 +32,11 @@ class Study:
         """This study's keys of a suite → their validated values (Suite.study)."""
         return {}
 
+    def bounds(self, values: dict) -> dict:
+        """Suite.bounds from this study's validated keys: {shape: {label: {(cost key, compile
+        mode): bound}}}, the ratios it checks against a bound (adaptive rounds settle them)."""
+        return {}
+
     def check(self, suite) -> None:
         """Raise ConfigError if the parsed suite cannot give this study its report (a workload
         it joins is missing): at parse time, not as a silent exit 1 after the run."""

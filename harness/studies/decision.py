@@ -24,7 +24,8 @@ from .. import workloads
 from ..cells import BASELINE, label_of
 from ..errors import ConfigError
 from ..results import newest_per_cell, newest_producer_only
-from ..stats import (bootstrap_multiplier, mean_ci, median_ci, min_detectable_difference, time_to_target,
+from ..measure.rounds import ratio_interval
+from ..stats import (bootstrap_multiplier, mean_ci, min_detectable_difference, time_to_target,
                      welch_compare)
 from .base import Study, register
 from .loss import step_flops_of
@@ -57,10 +58,12 @@ def _gather(records):
     return loss, budget, timing, memory, shapes
 
 
-def _round_ratios(jobs: dict, label: str) -> list[float]:
+def _round_ratios(jobs: dict, label: str) -> tuple[list[float], int]:
     """Per-round train-step ratios, the variant's round i over the baseline's round i of the same
-    timing job, pooled over the jobs (one per seed): each job is an interleaved measurement."""
-    out = []
+    timing job, pooled over the jobs (one per seed): each job is an interleaved measurement. With
+    them the most planned looks any job's adaptive rounds had: the pooled interval is taken at
+    that level, as each job's own is (measure/rounds.py)."""
+    out, looks = [], 1
     for by_label in jobs.values():
         rec, base = by_label.get(label), by_label.get(BASELINE)
         if not rec or not base:
@@ -68,7 +71,8 @@ def _round_ratios(jobs: dict, label: str) -> list[float]:
         a, b = (x["metrics"].get("train_ms", {}).get("samples") for x in (rec, base))
         if a and b and len(a) == len(b):
             out += [x / y for x, y in zip(a, b)]
-    return out
+            looks = max(looks, (rec["metrics"].get("train_rounds") or {}).get("looks", 1))
+    return out, looks
 
 
 def decision_rows(loss, timing, memory, shapes) -> list[list]:
@@ -98,12 +102,12 @@ def decision_rows(loss, timing, memory, shapes) -> list[list]:
                     if len(per_label[label]) > 1 and len(per_label[BASELINE]) > 1 else (None, None, None))
             step_cols, wall_cols, verdicts = [], [], []
             for mode in modes:
-                ratios = _round_ratios(timing[(shape, mode)], label)
+                ratios, looks = _round_ratios(timing[(shape, mode)], label)
                 if not ratios:
                     step_cols.append("-")
                     wall_cols.append("-")
                     continue
-                step_cols.append(_ci(*median_ci(ratios)) + f" (n={len(ratios)})")
+                step_cols.append(_ci(*ratio_interval(ratios, looks)) + f" (n={len(ratios)})")
                 t = time_to_target([x["val_loss"] for x in base], [x["val_loss"] for x in runs], ratios)
                 point = _ci(t.multiplier, t.lo, t.hi) if t.bound is None else f"< {t.bound:.3f} [{t.lo:.3f}–{t.hi:.3f}]"
                 wall_cols.append(point + ("" if t.reached == 1 else f" (reached {t.reached:.0%})"))

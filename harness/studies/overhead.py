@@ -89,7 +89,7 @@ def render_overhead(records: list[dict], targets: dict | None = None) -> tuple[s
     `median [95% CI]`; with a target, `(≤ bound ✓|✗|?)`, ? = the interval straddles the bound."""
     targets = targets or {}
     metrics = overhead_metrics(records)
-    counts = {k: 0 for k in MARK}
+    counts = {**{k: 0 for k in MARK}, "at budget": 0}
     out, any_exact = [], False
     for shape in sorted(set(metrics) | set(targets)):
         per, bounds = metrics.get(shape, {}), targets.get(shape, {})
@@ -115,7 +115,9 @@ def render_overhead(records: list[dict], targets: dict | None = None) -> tuple[s
                 if bound is not None:
                     v = verdict(value, ci, bound, exact)
                     counts[v] += 1
-                    text += f" (≤ {bound:g} {MARK[v]})"
+                    spent = v == "unresolved" and m.get(at(f"{name}_stopped", mode or "none")) in ("rounds", "budget")
+                    counts["at budget"] += spent
+                    text += f" (≤ {bound:g} {MARK[v]}{' at budget' if spent else ''})"
                 row.append(text)
             for key in mfus:
                 row.append("-" if m.get(key) is None else f"{m[key]:.1%}")
@@ -129,12 +131,52 @@ def render_overhead(records: list[dict], targets: dict | None = None) -> tuple[s
                             disable_numparse=True, tablefmt="github"))
         out.append("")
     out.extend(_compiled_baseline(metrics))
+    out.extend(render_roofline(metrics, targets))
     out.append("Timed ratios: median of per-round ratios [distribution-free 95% interval]"
                + ("; memory: exact live-tensor peaks." if any_exact else "."))
     if targets:
         out.append(f"targets: {counts['met']} met (✓), {counts['missed'] + counts['missing']} missed (✗), "
-                   f"{counts['unresolved']} unresolved (?: the interval straddles the bound)")
+                   f"{counts['unresolved']} unresolved (?: the interval straddles the bound"
+                   + (f"; {counts['at budget']} of them when the rounds' budget ran out)" if counts["at budget"] else ")"))
     return "\n".join(out).rstrip() + "\n", counts["missed"] + counts["missing"] == 0
+
+
+def render_roofline(metrics: dict, targets: dict) -> list[str]:
+    """Per shape: each timed ratio beside its roofline × (measure/roofline.py), the gap between
+    them (what a better implementation could still win here), and the targets that even the
+    roofline misses (no implementation of these equations meets them on this machine)."""
+    lines, beyond = [], []
+    for shape, per in sorted(metrics.items()):
+        keys = [(at(k, mode), h if mode == "none" else f"{h} {MODE_HEADER[mode]}") for mode in MODES
+                for k, h, exact in columns() if not exact
+                and any(m.get(at(f"{k}_roofline", mode)) is not None for m in per.values())]
+        rows = []
+        for label, m in per.items():
+            if m["baseline"]:
+                continue
+            row = [label]
+            for key, _ in keys:
+                name, _, mode = key.partition("@")
+                value, roof = m.get(key), m.get(at(f"{name}_roofline", mode or "none"))
+                row += ["-" if value is None else f"{value:.3f}", "-" if roof is None else f"{roof:.3f}",
+                        "-" if value is None or roof is None else f"{value - roof:+.3f}"]
+                bound = targets.get(shape, {}).get(label, {}).get(key)
+                if bound is not None and roof is not None and roof > bound:
+                    beyond.append(f"{shape} {label} {key} ≤ {bound:g} (roofline {roof:.3f})")
+            rows.append(row)
+        if keys and rows:
+            heads = [x for _, h in keys for x in (h, h.replace("×", "roofline ×"), "gap")]
+            lines += [f"### shape {shape}: measured × vs roofline ×", "",
+                      tabulate(rows, headers=["variant", *heads], disable_numparse=True, tablefmt="github"), ""]
+    if lines:
+        lines.append(f"Roofline ×: {BASELINE}'s measured time plus the variant's extra residual bytes over the copy "
+                     "probe's bandwidth and its extra FLOPs over the GEMM peak, both timed in the same rounds "
+                     "(docs/MEASURING.md); gap = measured − roofline, what a better implementation could still win.")
+        if beyond:
+            lines.append("Beyond the roofline (no implementation of the equations meets these here): "
+                         + "; ".join(beyond) + ".")
+        lines.append("")
+    return lines
 
 
 def _compiled_baseline(metrics: dict) -> list[str]:
@@ -175,6 +217,11 @@ class Overhead(Study):
                                                                  if mode == "none" or not exact])
                 out[shape][label] = {m: positive(f"targets.{shape}.{label}.{m}", b, float) for m, b in bounds.items()}
         return {"targets": out}
+
+    def bounds(self, values):
+        return {shape: {label: {tuple(m.partition("@")[::2]) if "@" in m else (m, "none"): b for m, b in per.items()}
+                        for label, per in labels.items()}
+                for shape, labels in values.get("targets", {}).items()}
 
     def analyse(self, records, suite, out):
         return render_overhead(records, suite.study.get("targets"))

@@ -173,7 +173,8 @@ def check_rounds(workload: str, params) -> None:
 
 def rounds_notes(metrics: list[dict], views: tuple[str, ...]) -> list[str]:
     """One footnote line on adaptive rounds: how many ran per view and why they ended."""
-    why = {"precision": "precise enough", "rounds": "the most allowed", "budget": "budget spent"}
+    why = {"precision": "precise enough", "resolved": "every bound settled", "rounds": "the most allowed",
+           "budget": "budget spent"}
     parts, looks, precision = [], 0, None
     for view in views:
         recs = [m.get(f"{view}_rounds") for m in metrics if m.get(f"{view}_rounds")]

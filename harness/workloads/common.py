@@ -29,6 +29,8 @@ def static_info(cell: Cell, cfg: ModelConfig, model) -> dict:
         "extra_params": count_params(model.residual),
         "declared_extra_params": model.residual.declared_extra_params(),
         "state_vectors": model.residual.state_vectors(),
+        "residual_traffic": model.residual.residual_traffic(),  # d-vectors per token per forward (roofline)
+        "d_model": cfg.d_model,
         "n_layers": cfg.n_layers,
         "tokens_per_step": cell.params["batch"] * cfg.seq_len if "batch" in cell.params else None,
     }
@@ -50,14 +52,16 @@ def progress_counter(progress, calls: int, params: dict):
     return tick
 
 
-def paired_ratio(times: list[float], base: list[float]) -> dict:
-    """The median of per-round ratios and its 95% interval (None with too few rounds): fixed
-    rounds, so one look (harness/measure/rounds.py)."""
+def paired_ratio(times: list[float], base: list[float], plan=None) -> dict:
+    """The median of per-round ratios and its 95% interval (None with too few rounds), valid at
+    whichever planned look of `plan` (harness/measure/rounds.py) the rounds stopped at; no plan:
+    fixed rounds, one look."""
     import math
 
     from ..measure.rounds import ratio_interval
 
-    med, lo, hi = ratio_interval([t / b for t, b in zip(times, base)], looks=1)
+    looks = len(plan.looks()) if plan is not None else 1
+    med, lo, hi = ratio_interval([t / b for t, b in zip(times, base)], looks=looks)
     return {"median": med, "ci": [lo, hi] if math.isfinite(lo) else None}
 
 

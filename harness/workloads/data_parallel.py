@@ -17,7 +17,8 @@ from ..measure import summarize
 from ..model import build_model
 from ..parallel.launch import gather, peak_memory, time_rounds, writes_result
 from ..train import TrainConfig, make_optimizer, train_step
-from .base import RATIO_SCHEMA, TIMING_SCHEMA, Workload, fmt_ms, num, register
+from ..measure.rounds import Rounds
+from .base import RATIO_SCHEMA, TIMING_SCHEMA, Workload, check_rounds, fmt_ms, num, register
 from .common import build_on_every_rank, fixed_batch, grouped_jobs, paired_ratio, progress_counter, rank_context
 
 
@@ -26,6 +27,10 @@ class Params:
     batch: int = 4   # per rank
     warmup: int = 1  # >= 1: the first step builds DDP's buckets / FSDP's groups
     repeats: int = 7
+    # adaptive rounds (harness/measure/rounds.py): with precision > 0, repeats is the most, and they
+    # stop once every ratio to the baseline (slowest rank per round) is within ±precision, or at budget_s
+    precision: float = 0.0
+    budget_s: float = 0.0
 
 
 def wrap(model, how: str, device: str):
@@ -46,9 +51,13 @@ class DataParallel(Workload):
     timed_calls = True
     timed = True
     positive = ("batch", "warmup", "repeats")
+    unkeyed_defaults = {"precision": 0.0, "budget_s": 0.0}
     how = "?"
     metrics_schema = {"ranks": int, "step_ms": TIMING_SCHEMA, "x_prenorm": RATIO_SCHEMA, "tokens_per_s": float,
                       "rank_tokens_per_s": list, "slowest_rank": int, "memory": {"max": int, "min": int}}
+
+    def check(self, params, variant_names):
+        check_rounds(self.name, params)
 
     def jobs(self, cells, todo):
         return grouped_jobs(cells, todo, lambda c: (c.shape_name, c.precision, c.seed))
@@ -63,15 +72,18 @@ class DataParallel(Workload):
             return lambda: train_step(wrapped, opt, x, y, TrainConfig(), prec, scaler)
 
         fns, failed = build_on_every_rank(cells, build)
+        plan = Rounds(p["repeats"], p.get("precision", 0.0), p.get("budget_s", 0.0))
+        base = next((c.key for c in cells if is_baseline(c) and c.key in fns), None)
         times = time_rounds(fns, p["warmup"], p["repeats"], device,
-                            progress=None if progress is None or rank else progress_counter(progress, len(fns), p))
+                            progress=None if progress is None or rank else progress_counter(progress, len(fns), p),
+                            plan=plan, baseline=base)
         every = gather({"times": times, "memory": peak_memory(device)})
         if not writes_result():
             return {}
         ok = [c for c in cells if c.key in fns]
-        return {**failed, **{c.key: ("ok", None, self._metrics(c, cfg, every, ok, world)) for c in ok}}
+        return {**failed, **{c.key: ("ok", None, self._metrics(c, cfg, every, ok, world, plan)) for c in ok}}
 
-    def _metrics(self, cell, cfg, every, cells, world):
+    def _metrics(self, cell, cfg, every, cells, world, plan):
         p = cell.params
         per = [e["times"][cell.key] for e in every]
         slowest = [max(t[i] for t in per) for i in range(len(per[0]))]
@@ -79,7 +91,7 @@ class DataParallel(Workload):
         ratio = None
         if base is not None:
             b = [max(e["times"][base.key][i] for e in every) for i in range(len(slowest))]
-            ratio = paired_ratio(slowest, b)
+            ratio = paired_ratio(slowest, b, plan)
         tokens = p["batch"] * cfg.seq_len
         mem = [e["memory"]["bytes"] for e in every]
         return {
@@ -90,6 +102,7 @@ class DataParallel(Workload):
             "rank_tokens_per_s": [tokens / statistics.median(t) for t in per],
             "slowest_rank": max(range(world), key=lambda r: statistics.median(per[r])),
             "memory": {"kind": every[0]["memory"]["kind"], "max": max(mem), "min": min(mem)},
+            "rounds": plan.record(),
         }
 
     def summary(self, metrics):

@@ -28,6 +28,7 @@ from ..measure import LiveBytesTracker, cuda_memory_snapshot, reset_cuda_peak, s
 from ..model import KVCache, ModelConfig
 from ..precision import get as get_precision
 from ..measure.rounds import Rounds
+from ..measure.roofline import copy_probe, extra_bytes, roofline
 from .base import Workload, check_rounds, num, register, rounds_notes
 from .common import model_of, static_info
 
@@ -91,6 +92,10 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
     cfg = ModelConfig(**first.shape)
     g = torch.Generator().manual_seed(first.seed)
     points = [(c, b) for b in wl["batches"] for c in wl["contexts"]]
+    row = (max(wl["contexts"]), min(wl["batches"]))  # the point `headline` shows, and targets bound
+    bounds = {c.key: c.params.get("bounds", {}).get("decode") for c in cells}
+    copy_fn, copy_bytes = copy_probe(device)  # the bandwidth, timed once per round (the roofline)
+    copies: list[float] = []
     rounds = wl["warmup"] + wl["repeats"] + (0 if mode == "none" else 2)  # compiled: ~2 warm-up calls per point
     calls = len(points) * rounds * len(models) * (1 + wl["new_tokens"])
     done, failed = 0, {}
@@ -144,10 +149,13 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
                     timed_generate(key, timed=r >= wl["warmup"])
                 except (Exception, SystemExit) as exc:  # noqa: BLE001 - the variant leaves; the others finish
                     failed[key] = exc
+            if r >= wl["warmup"]:
+                copies.append(time_once(copy_fn, device))
             if r >= wl["warmup"] and base is not None and base not in failed:
                 # per round: each variant's TTFT and median decode step over the baseline's
-                def ratios():
-                    return [[a / b for a, b in zip(_per_round(series[k], n), _per_round(series[base], n))]
+                def ratios():  # the row's point (headline) carries each variant's decode bound
+                    return [([a / b for a, b in zip(_per_round(series[k], n), _per_round(series[base], n))],
+                             bounds.get(k) if series is itl and (context, batch) == row else None)
                             for series, n in ((ttft, 1), (itl, wl["new_tokens"]))
                             for k in live if k != base and k not in failed]
 
@@ -176,6 +184,9 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
             })
         del caches
     base_key = next((c.key for c in cells if is_baseline(c) and c.key in models and c.key not in failed), None)
+    bandwidth = copy_bytes / min(copies) if copies else None
+    act_bytes = torch.tensor([], dtype=prec.compute_dtype).element_size()
+    param_bytes = torch.tensor([], dtype=prec.param_dtype).element_size()
     for cell in cells:
         if cell.key not in models:
             continue
@@ -192,6 +203,13 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
             p[f"ttft_ratio_vs_{BASELINE}"], p["ttft_ratio_ci"] = _ratio(p["ttft_ms"]["samples"],
                                                                         bp["ttft_ms"]["samples"], 1, plan)
             p["step_extra_bytes"] = p["step_peak_bytes"] - bp["step_peak_bytes"]
+            # bytes only: decode's extra FLOPs (~0.5 per byte moved) cannot outweigh its extra bytes;
+            # a step reads the variant's own weights once too
+            moved = (extra_bytes(m["residual_traffic"], info[base_key]["residual_traffic"], p["batch"], cfg.d_model,
+                                 act_bytes) + (m["extra_params"] - info[base_key]["extra_params"]) * param_bytes)
+            p["itl_roofline"] = roofline(bp["itl_ms"]["median"] / 1e3, moved, bandwidth)
+        if bandwidth:
+            m["bandwidth"] = {"bytes": copy_bytes, "best_bytes_per_s": bandwidth, "copies": len(copies)}
         out[cell.key] = ("ok", None, m)
     return out
 
@@ -231,7 +249,7 @@ class Decode(Workload):
     )
     compiles = True
     compare_metrics = {"decode_ms": (_itl, "{:.3f}")}
-    metrics_schema = {"points": list, "params?": int, "state_vectors?": int}
+    metrics_schema = {"points": list, "params?": int, "state_vectors?": int, "bandwidth?": dict}
     unkeyed_defaults = {"precision": 0.0, "budget_s": 0.0}
     cost_columns = (("decode", "decode ×"),)
 
@@ -274,7 +292,9 @@ class Decode(Workload):
 
     def cost(self, records):
         p = headline(records[0]["metrics"]) if records else None
-        return {"decode": p.get(f"itl_ratio_vs_{BASELINE}"), "decode_ci": p.get("itl_ratio_ci")} if p else {}
+        return {"decode": p.get(f"itl_ratio_vs_{BASELINE}"), "decode_ci": p.get("itl_ratio_ci"),
+                "decode_roofline": p.get("itl_roofline"),
+                "decode_stopped": (p.get("rounds") or {}).get("stopped")} if p else {}
 
     def footnotes(self, metrics, rows):
         """The whole sweep, one line per (variant, batch, context): the table a reader of

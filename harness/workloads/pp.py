@@ -21,7 +21,8 @@ from ..parallel import comm as comm_model
 from ..parallel.launch import gather, peak_memory, time_rounds, writes_result
 from ..parallel.pipeline import COMMS, MULTI_STAGE, SCHEDULES, bubble, build_pipeline, chunk_bounds
 from ..variants.base import Residual
-from .base import RATIO_SCHEMA, TIMING_SCHEMA, Workload, fmt_ms, num, register
+from ..measure.rounds import Rounds
+from .base import RATIO_SCHEMA, TIMING_SCHEMA, Workload, check_rounds, fmt_ms, num, register
 from .common import build_on_every_rank, fixed_batch, grouped_jobs, paired_ratio, progress_counter, rank_context
 
 
@@ -34,6 +35,10 @@ class Params:
     comm: str = "naive"       # naive | cached (the paper's cross-stage caching) | cached-all (keeps what it made too)
     warmup: int = 1           # >= 1: the first step infers the stages' shapes
     repeats: int = 5
+    # adaptive rounds (harness/measure/rounds.py): with precision > 0, repeats is the most, and they
+    # stop once every ratio to the baseline (slowest rank per round) is within ±precision, or at budget_s
+    precision: float = 0.0
+    budget_s: float = 0.0
 
 
 @register("pp")
@@ -46,8 +51,10 @@ class PipelineParallel(Workload):
     axes = ("schedule", "virtual", "comm")
     positive = ("batch", "microbatches", "virtual", "warmup", "repeats")
     choices = {"schedule": tuple(SCHEDULES), "comm": COMMS}
+    unkeyed_defaults = {"precision": 0.0, "budget_s": 0.0}
 
     def check(self, params, variant_names):
+        check_rounds(self.name, params)
         if params.batch % params.microbatches:
             raise ConfigError(f"workloads.pp.batch ({params.batch}) must be a multiple of microbatches "
                               f"({params.microbatches})")
@@ -107,17 +114,20 @@ class PipelineParallel(Workload):
                 opt.step()
 
             fns[key] = step
+        plan = Rounds(p["repeats"], p.get("precision", 0.0), p.get("budget_s", 0.0))
+        base = next((c.key for c in cells if is_baseline(c) and c.params["comm"] == "naive" and c.key in fns), None)
         times = time_rounds(fns, p["warmup"], p["repeats"], device,
-                            progress=None if progress is None or rank else progress_counter(progress, len(fns), p))
+                            progress=None if progress is None or rank else progress_counter(progress, len(fns), p),
+                            plan=plan, baseline=base)
         mine = {k: {"times": times[k], "busy": busy[k][p["warmup"]:], "counts": pipes[k].counts(),
                     "per_chunk_elems": {s.chunk.c: s.elems for s in pipes[k].stages}} for k in fns}
         every = gather({"cells": mine, "memory": peak_memory(device)})
         if not writes_result():
             return {}
         ok = [c for c in cells if c.key in pipes]
-        return {**failed, **{c.key: ("ok", None, self._metrics(c, cfg, every, ok)) for c in ok}}
+        return {**failed, **{c.key: ("ok", None, self._metrics(c, cfg, every, ok, plan)) for c in ok}}
 
-    def _metrics(self, cell, cfg, every, cells):
+    def _metrics(self, cell, cfg, every, cells, plan):
         p, world = cell.params, len(every)
         per = [e["cells"][cell.key] for e in every]
         slowest = [max(r["times"][i] for r in per) for i in range(len(per[0]["times"]))]
@@ -125,7 +135,7 @@ class PipelineParallel(Workload):
         ratio = None
         if base is not None:
             b = [max(e["cells"][base.key]["times"][i] for e in every) for i in range(len(slowest))]
-            ratio = paired_ratio(slowest, b)
+            ratio = paired_ratio(slowest, b, plan)
         tokens = p["batch"] * cfg.seq_len
         chunks = world * p["virtual"]
         elems = {}
@@ -144,6 +154,7 @@ class PipelineParallel(Workload):
             "bubble": [statistics.median(1 - busy / span for busy, span in r["busy"]) for r in per],
             "bubble_ideal": bubble(world, p["virtual"], p["microbatches"]),
             "memory": [e["memory"] for e in every],
+            "rounds": plan.record(),
         }
         m["vectors_per_token"] = sum(m["transition_vectors"])
         m.update(self._predicted(cell, cfg, p, world))

@@ -4,6 +4,7 @@ state; GEMM probes at the model's shapes, timed in the same rounds, give the CPU
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from ..measure import count_flops, device_peak_flops, gemm_probe, matmul_probe, 
 from ..model import ModelConfig
 from ..precision import get as get_precision
 from ..measure.rounds import Rounds
+from ..measure.roofline import TRAIN_PASSES, copy_probe, extra_bytes, roofline
 from ..train import TrainConfig, make_optimizer, train_step
 from .base import TIMING_SCHEMA, Workload, check_rounds, fmt_ms, median_present, num, register, rounds_notes
 from .common import fixed_batch, model_of, static_info
@@ -73,6 +75,8 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
         probes["probe square"] = ((fn, flops), None)
         peak_source = (f"best {prec.compute_dtype} GEMM rate over {len(probes)} probes (the model's shapes and a "
                        "square one), fastest call of each in the train rounds")
+    # the memory bandwidth, timed in the same rounds as the GEMM probes: the roofline's other half
+    copy_fn, copy_bytes = copy_probe(device)
     rounds = {view: Rounds(wl["repeats"], wl.get("precision", 0.0), wl.get("budget_s", 0.0))
               for view in ("train", "prefill")}
     train_fns, prefill_fns, info = {}, {}, {}
@@ -105,7 +109,7 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
             out[cell.key] = classify(exc)
     if train_fns:
         # cell keys are hex digests: no clash with the probes' names
-        timed_train = {**train_fns, **{name: fn for name, ((fn, _), _) in probes.items()}}
+        timed_train = {**train_fns, **{name: fn for name, ((fn, _), _) in probes.items()}, "probe copy": copy_fn}
         calls = (len(timed_train) + len(prefill_fns)) * (wl["warmup"] + wl["repeats"])
         done = 0
 
@@ -123,8 +127,9 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
         base_key = next((c.key for c in cells if is_baseline(c) and c.key in train_fns), None)
         others = [k for k in train_fns if k != base_key]
 
-        def rule(view):  # adaptive rounds need the baseline's ratios to look at
-            return rounds[view].rule(base_key, others) if base_key is not None else None
+        def rule(view):  # adaptive rounds need the baseline's ratios to look at, and each one's bound
+            bounds = {c.key: c.params.get("bounds", {}).get(view) for c in cells}
+            return rounds[view].rule(base_key, others, bounds) if base_key is not None else None
 
         times = {"train": time_interleaved(timed_train, device, wl["warmup"], wl["repeats"], tick, drop, rule("train"))}
         times["prefill"] = time_interleaved({k: f for k, f in prefill_fns.items() if k not in failed}, device,
@@ -141,6 +146,10 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
                                                        "ms": {k: (v * 1e3 if k != "n" else v) for k, v in summarize(samples).items()}}
         if probes:
             peak = max(p["best_flops_per_s"] for p in probe_info.values())
+        copies = times["train"].pop("probe copy", [])
+        bandwidth = {"bytes": copy_bytes, "best_bytes_per_s": copy_bytes / min(copies) if copies else None,
+                     "ms": {k: (v * 1e3 if k != "n" else v) for k, v in summarize(copies).items()} if copies else None,
+                     "source": "fastest copy of 256 MiB (GPU: 1 GiB) per round, read + written, in the train rounds"}
         if base_key in failed:
             base_key = None  # no ratios against a baseline that did not finish
         for cell in cells:
@@ -148,6 +157,7 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
                 continue
             m = info[cell.key]
             m["peak_flops"] = peak
+            m["bandwidth"] = bandwidth
             if probe_info:
                 m["peak_probes"] = probe_info
             for view in ("train", "prefill"):
@@ -166,8 +176,23 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
                     med, lo, hi = rounds[view].interval(ratios)
                     m[f"{view}_ratio_vs_{BASELINE}"] = med
                     m[f"{view}_ratio_ci"] = [lo, hi] if math.isfinite(lo) else None
+                    m[f"{view}_roofline"] = _roofline(view, m, info[base_key], times[view][base_key], bandwidth,
+                                                      peak, prec.compute_dtype)
             out[cell.key] = ("ok", None, m)
     return out
+
+
+def _roofline(view: str, m: dict, base: dict, base_samples: list[float], bandwidth: dict, peak: float | None,
+              dtype: torch.dtype) -> float | None:
+    """The variant's roofline ×: the baseline's median step plus the variant's extra residual
+    bytes over the copy probe's bandwidth and its extra counted FLOPs over the GEMM peak."""
+    if bandwidth["best_bytes_per_s"] is None:
+        return None
+    moved = extra_bytes(m["residual_traffic"], base["residual_traffic"], m["tokens_per_step"], m["d_model"],
+                        torch.tensor([], dtype=dtype).element_size(), TRAIN_PASSES if view == "train" else 1)
+    flops = m[f"{view}_flops"] - base[f"{view}_flops"]
+    return roofline(statistics.median(base_samples), moved, bandwidth["best_bytes_per_s"],
+                    flops, peak)
 
 
 def _timing(ms: dict | None):
@@ -216,7 +241,8 @@ class Throughput(Workload):
         "state_vectors?": int, f"train_ratio_vs_{BASELINE}?": (float, None),
         f"prefill_ratio_vs_{BASELINE}?": (float, None), "train_ratio_ci?": (list, None),
         "prefill_ratio_ci?": (list, None), "compile?": (dict, None), "train_rounds?": dict,
-        "prefill_rounds?": dict,
+        "prefill_rounds?": dict, "bandwidth?": dict, "train_roofline?": (float, None),
+        "prefill_roofline?": (float, None), "residual_traffic?": int,
     }
 
     def check(self, params, variant_names):
@@ -295,6 +321,11 @@ class Throughput(Workload):
                 # the interval of a single seed's run (several seeds: the first one's)
                 "train_ci": next((t.get("train_ratio_ci") for t in tp), None),
                 "prefill_ci": next((t.get("prefill_ratio_ci") for t in tp), None),
+                "train_roofline": median_present(t.get("train_roofline") for t in tp),
+                "prefill_roofline": median_present(t.get("prefill_roofline") for t in tp),
+                # why its rounds ended: an interval left straddling a bound is unresolved *at budget*
+                "train_stopped": next(((t.get("train_rounds") or {}).get("stopped") for t in tp), None),
+                "prefill_stopped": next(((t.get("prefill_rounds") or {}).get("stopped") for t in tp), None),
                 "train_mfu": median_present(t.get("train_mfu") for t in tp),
                 "prefill_mfu": median_present(t.get("prefill_mfu") for t in tp),
                 # absolute medians: the baseline's eager vs compiled step (a footnote, not a column)
