@@ -93,6 +93,24 @@ def _cell_name(rec: dict) -> str:
     return f"{c['label']}, {c['shape_name']}, seed {c['seed']}"
 
 
+def judge(ratio: float, allowed: float, base_s=None, head_s=None, alpha: float = 0.01,
+          lower: str = "better") -> tuple[float | None, str, bool]:
+    """The one regression rule, for records (`compare`) and asv history (history_gate): (p,
+    verdict, regressed) of HEAD/BASE = `ratio` against ±`allowed`. With both sides' raw repeats
+    a one-sided Mann-Whitney U test must also say HEAD is slower (or faster) with p < alpha;
+    `lower` names a drop beyond the threshold ("changed (lower)" where lower is not better)."""
+    tested = bool(base_s and head_s)
+    if ratio >= 1:
+        p = float(mannwhitneyu(head_s, base_s, alternative="greater").pvalue) if tested else None
+        if ratio > 1 + allowed:
+            return (p, "REGRESSION", True) if p is None or p < alpha else (p, "worse, not significant", False)
+    else:  # the p shown is then the one for "HEAD is faster"
+        p = float(mannwhitneyu(head_s, base_s, alternative="less").pvalue) if tested else None
+        if ratio < 1 - allowed:
+            return p, lower if p is None or p < alpha else f"{lower}, not significant", False
+    return p, "within threshold", False
+
+
 def compare_metric(base_v, head_v, base_s, head_s, threshold: float, alpha: float) -> tuple:
     """(ratio, p, verdict, regressed) for one metric of one cell."""
     if base_v is None or head_v is None or not math.isfinite(base_v) or base_v <= 0:
@@ -100,17 +118,7 @@ def compare_metric(base_v, head_v, base_s, head_s, threshold: float, alpha: floa
     if not math.isfinite(head_v):  # NaN compares false with every threshold: it must not pass as "within"
         return None, None, "not finite at HEAD: REGRESSION", True
     ratio = head_v / base_v
-    tested = bool(base_s and head_s)
-    if ratio >= 1:
-        p = float(mannwhitneyu(head_s, base_s, alternative="greater").pvalue) if tested else None
-        if ratio > 1 + threshold:
-            return (ratio, p, "REGRESSION", True) if p is None or p < alpha else \
-                (ratio, p, "worse, not significant", False)
-    else:  # the p shown is then the one for "HEAD is faster"
-        p = float(mannwhitneyu(head_s, base_s, alternative="less").pvalue) if tested else None
-        if ratio < 1 - threshold:
-            return ratio, p, "better" if p is None or p < alpha else "better, not significant", False
-    return ratio, p, "within threshold", False
+    return (ratio, *judge(ratio, threshold, base_s, head_s, alpha))
 
 
 def compare(base: dict[str, dict], head: dict[str, dict], threshold: float = 0.10,

@@ -270,14 +270,14 @@ def parse_suite(raw: Any, default_name: str = "suite", extra_keys: tuple[str, ..
     workloads_ = _parse_workloads(raw["workloads"])
     launch = parse_launch(raw.get("launcher"))
     executor = parse_executor(raw.get("executor"))
-    for kind, params in workloads_.items():
-        workloads.get(kind).check(params, [s.name for s in specs])
-        if workloads.get(kind).distributed and launch.launcher == "local":
-            raise ConfigError(f"workloads.{kind} runs on several ranks: set launcher: {{type: torchrun, nproc: N}}")
-        workloads.get(kind).check_run(params, launch, [cfg for _, cfg in shapes], precs)
-        if not workloads.get(kind).compiles and "none" not in compiles:
-            raise ConfigError(f"workloads.{kind} runs eager only (compile: none), and this suite's compile lists "
-                              f"{', '.join(compiles)}; add none to compile or drop {kind}")
+    for wl_name, params in workloads_.items():
+        workloads.get(wl_name).check(params, [s.name for s in specs])
+        if workloads.get(wl_name).distributed and launch.launcher == "local":
+            raise ConfigError(f"workloads.{wl_name} runs on several ranks: set launcher: {{type: torchrun, nproc: N}}")
+        workloads.get(wl_name).check_run(params, launch, [cfg for _, cfg in shapes], precs)
+        if not workloads.get(wl_name).compiles and "none" not in compiles:
+            raise ConfigError(f"workloads.{wl_name} runs eager only (compile: none), and this suite's compile lists "
+                              f"{', '.join(compiles)}; add none to compile or drop {wl_name}")
     return Suite(name=name, variants=specs, shapes=shapes, workloads=workloads_, device=device, precisions=precs,
                  compiles=compiles, seeds=tuple(seeds), threads=threads, timeout_s=timeout, memory_cap_gb=cap,
                  shape_overrides=shape_overrides, launch=launch, executor=executor)
@@ -475,34 +475,34 @@ def _parse_workloads(raw) -> dict[str, Any]:
     if not raw:
         raise ConfigError(f"workloads must name at least one of {', '.join(names)}")
     out = {}
-    for kind, params in raw.items():
-        spec = workloads.get(kind)
+    for wl_name, params in raw.items():
+        spec = workloads.get(wl_name)
         params = dict(params or {})
         axes = {}  # a workload's axis fields take a list: one cell per value
         for key in spec.axes:
             if isinstance(params.get(key), list):
                 values = params.pop(key)
                 if not values or len(set(map(repr, values))) != len(values):
-                    raise ConfigError(f"workloads.{kind}.{key} must be a non-empty list of distinct values, "
+                    raise ConfigError(f"workloads.{wl_name}.{key} must be a non-empty list of distinct values, "
                                       f"got {short(values)}")
                 axes[key] = values
-        wl = _dataclass_from(f"workloads.{kind}", spec.Params, params)
+        wl = _dataclass_from(f"workloads.{wl_name}", spec.Params, params)
         for key, values in axes.items():  # each value checked as the field's type, kept as a list
             for v in values:
-                _dataclass_from(f"workloads.{kind}", spec.Params, {**params, key: v})
+                _dataclass_from(f"workloads.{wl_name}", spec.Params, {**params, key: v})
             for allowed in [spec.choices.get(key)] if key in spec.choices else []:
                 bad = [v for v in values if v not in allowed]
                 if bad:
-                    raise ConfigError(f"workloads.{kind}.{key} must be one of {', '.join(allowed)}; got {short(bad[0])}")
+                    raise ConfigError(f"workloads.{wl_name}.{key} must be one of {', '.join(allowed)}; got {short(bad[0])}")
             wl = dataclasses.replace(wl, **{key: tuple(values)})
         for f in fields(wl):
             v = getattr(wl, f.name)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
-                positive(f"workloads.{kind}.{f.name}", v, type(v), minimum=None if f.name in spec.positive else 0)
+                positive(f"workloads.{wl_name}.{f.name}", v, type(v), minimum=None if f.name in spec.positive else 0)
         for key, allowed in spec.choices.items():
             if key not in axes and getattr(wl, key) not in allowed:
-                raise ConfigError(f"workloads.{kind}.{key} must be one of {', '.join(allowed)}; got {short(getattr(wl, key))}")
-        out[kind] = wl
+                raise ConfigError(f"workloads.{wl_name}.{key} must be one of {', '.join(allowed)}; got {short(getattr(wl, key))}")
+        out[wl_name] = wl
     return out
 
 
@@ -511,13 +511,13 @@ def expand_cells(suite: Suite, device: str) -> list[Cell]:
     ones first)."""
     cells, seen = [], set()
     sources = {spec.name: variants.source_of(spec.name) for spec in suite.variants}
-    for kind in workloads.names():
-        if kind not in suite.workloads:
+    for wl_name in workloads.names():
+        if wl_name not in suite.workloads:
             continue
-        wl = workloads.get(kind)
+        wl = workloads.get(wl_name)
         launched = suite.launch.resolved(device) if wl.distributed else {}
         for shape_name, cfg in suite.shapes:
-            base = dataclasses.asdict(suite.workloads[kind])
+            base = dataclasses.asdict(suite.workloads[wl_name])
             base.update((k, v) for k, v in suite.shape_overrides.get(shape_name, {}).items() if k in base)
             modes = suite.compiles if wl.compiles else ("none",)
             for params in _axis_product(base, wl.axes):
@@ -530,7 +530,7 @@ def expand_cells(suite: Suite, device: str) -> list[Cell]:
                                 if wl.skips(params, spec.name):
                                     continue
                                 cell = Cell(variant=spec.name, options=spec.options, label=spec.label,
-                                            shape_name=shape_name, shape=cfg.to_dict(), workload=kind,
+                                            shape_name=shape_name, shape=cfg.to_dict(), workload=wl_name,
                                             params=_bounded(params, wl, suite.bounds.get(shape_name, {}).get(spec.label), mode),
                                             device=device, precision=prec, seed=seed, threads=suite.threads,
                                             variant_source=sources[spec.name], compile=mode, launch=launched)

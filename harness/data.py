@@ -197,21 +197,21 @@ def load_corpus(spec: str = "stdlib", max_bytes: int = 2_000_000, val_fraction: 
     if spec == "generated":
         return _byte_corpus(f"generated-v{GENERATED_VERSION}", _generated_bytes(max_bytes), val_fraction)
 
-    kind, path = None, spec
+    fmt, path = None, spec
     if spec.startswith("text:"):
-        kind, path = "text", spec[5:]
+        fmt, path = "text", spec[5:]
     elif spec.startswith("tokens:"):
-        kind, path = "tokens", spec[7:]
+        fmt, path = "tokens", spec[7:]
     elif spec.endswith((".npy", ".bin")):
-        kind = "tokens"
+        fmt = "tokens"
     elif spec.endswith(".txt") or os.path.isfile(spec):
-        kind = "text"
-    if kind is None:
+        fmt = "text"
+    if fmt is None:
         raise UserError(f"unknown corpus {spec!r}: use stdlib, generated, text:PATH, tokens:PATH "
                         "or a .txt/.npy/.bin file")
     if not path:
         raise UserError(f"corpus spec {spec!r} names no file")
-    if kind == "text":
+    if fmt == "text":
         return _byte_corpus(f"text:{path}", _read_file(path), val_fraction)
     arr = _load_tokens(path)
     sha = hashlib.sha256(arr.astype("<i8").tobytes()).hexdigest()

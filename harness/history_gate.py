@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from .compare import judge
 from .errors import UserError
 
 KINDS = {"x PreNorm": "ratio", "ms (machine-dependent)": "time", "bytes": "exact", "FLOPs/token": "exact",
@@ -164,13 +165,8 @@ def compare(base: dict, head: dict, units: dict, threshold: float, time_threshol
             rows.append(SeriesRow(name, kind, b, h, None, lim, "missing at HEAD: REGRESSION", True))
             continue
         ratio = h / b if b else (1.0 if h == b else math.inf)
-        if ratio > 1 + lim:
-            rows.append(SeriesRow(name, kind, b, h, ratio, lim, "REGRESSION", True))
-        elif ratio < 1 - lim:
-            rows.append(SeriesRow(name, kind, b, h, ratio, lim, "better" if kind in ("ratio", "time") else "changed (lower)",
-                                  False))
-        else:
-            rows.append(SeriesRow(name, kind, b, h, ratio, lim, "within threshold", False))
+        _, verdict, bad = judge(ratio, lim, lower="better" if kind in ("ratio", "time") else "changed (lower)")
+        rows.append(SeriesRow(name, kind, b, h, ratio, lim, verdict, bad))
     return rows
 
 

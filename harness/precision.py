@@ -31,6 +31,13 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=torch.device(device).type, dtype=self.compute_dtype)
 
+    @contextlib.contextmanager
+    def inference(self, device):
+        """A forward without gradients, in this precision: the one place inference enters
+        autocast (training enters it in train.lm_loss)."""
+        with torch.no_grad(), self.context(device):
+            yield
+
     def scaler(self, device):
         """A GradScaler for fp16-autocast, else None."""
         return torch.amp.GradScaler(torch.device(device).type) if self.grad_scaler else None

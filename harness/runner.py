@@ -94,8 +94,8 @@ def selection(cells: list[Cell], only: dict | None = None, shard: tuple[int, int
 
 def preflight(suite: Suite) -> None:
     """Errors a user can fix surface once, before any cell runs (each workload's own checks)."""
-    for kind, params in suite.workloads.items():
-        workloads.get(kind).preflight(params, suite.shapes)
+    for wl_name, params in suite.workloads.items():
+        workloads.get(wl_name).preflight(params, suite.shapes)
 
 
 def run_suite(suite: Suite, out: Path, force: bool = False, device: str | None = None, progress: bool = True,

@@ -19,7 +19,7 @@ SKELETON = Template('''\
 """$cls: x <- x + a_i * f_i(x), a_i a learned scalar per sublayer, `init` (1) at init: PreNorm at step 0.
 
 Written by `resbench new-variant $name` as a starting point: change the equation above and the
-code below together. declared_extra_params, state_vectors and mixing_flops must stay true to what
+code below together. declared_extra_params, state_vectors, residual_traffic and mixing_flops must stay true to what
 __init__ and write() do (tests/test_conformance.py holds the parameter count against them).
 """
 from __future__ import annotations
@@ -67,6 +67,11 @@ class $cls(Residual):
     def state_vectors(self) -> int:
         # d-vectors per token the state keeps alive across depth: 1 for one stream
         return 1
+
+    def residual_traffic(self) -> int:
+        # d-vectors per token the residual path reads and writes in one forward, as few as a fused
+        # implementation moves: x + a_i * y reads x and y and writes one, 3 per sublayer (its roofline)
+        return 3 * self.n_layers
 
     def mixing_flops(self) -> int:
         # FLOPs per token of the variant's own matrix products (2 per multiply-add); elementwise

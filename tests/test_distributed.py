@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -331,3 +332,5 @@ def test_adaptive_rounds_stop_on_every_rank_at_one_look(tmp_path):
         assert rounds["stopped"] == "precision" and rounds["rounds"] < 40, rounds
         assert r["metrics"]["step_ms"]["n"] == rounds["rounds"]
         assert r["cell"]["params"]["precision"] == 0.45
+    assert re.search(r"Adaptive rounds \(rank 0 decides for all ranks\) to ±45\.0%: ddp \d+ rounds \(precise enough\)",
+                     proc.stdout), proc.stdout

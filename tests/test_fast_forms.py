@@ -188,7 +188,7 @@ def test_inference_memory_is_baseline_plus_declared_state(name, options):
         cfg = ModelConfig(n_blocks=n_blocks, **MEM)
         L, vec = cfg.n_layers, B * cfg.seq_len * cfg.d_model * 4
         res = make_model(cfg, name, options).residual
-        logits = sum(L + 1 - res._first[k] for k in range(res.state_vectors())) * B * cfg.seq_len * 4
+        logits = sum(L + 1 - res.first_read[k] for k in range(res.state_vectors())) * B * cfg.seq_len * 4
         declared = (res.state_vectors() - 1) * vec
         extra = _prefill_peak(cfg, name, options) - _prefill_peak(cfg, "prenorm")
         assert declared - 3 * vec <= extra <= declared + logits + 2 * vec, (L, extra / vec)
@@ -249,3 +249,21 @@ def test_declared_state_is_the_most_the_state_holds(n_blocks, name, options):
     held = boundary_bytes(model, idx, list(range(1, L + 1)), width=cfg.d_model)
     assert all(b % vec == 0 for b in held), held
     assert max(held) // vec == model.residual.state_vectors(), [b // vec for b in held]
+
+
+def test_the_equations_import_no_form_and_a_record_still_names_every_form():
+    """AttnRes's and DenseNet's equations modules import none of their forms (found by name,
+    variants.base.implementation), yet source_of hashes every form with the variant."""
+    import ast
+    from pathlib import Path
+
+    from resbench import variants
+
+    for name, module, forms in (("full-attnres", "attnres", {"fast", "functional", "fla"}),
+                                ("densenet", "densenet", {"fast"})):
+        tree = ast.parse(Path(variants.__file__).with_name(f"{module}.py").read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+        imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not {m for m in imported if m.startswith(f"_{module}_")}, imported
+        files = {f.name for f in variants.source_files(name)}
+        assert {f"_{module}_{f}.py" for f in forms} <= files, files

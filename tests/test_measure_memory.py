@@ -413,7 +413,7 @@ def test_attnres_prefill_holds_its_sources_and_no_sublayer_input(name, options):
     r = res.residual
     alive = len(r.starts)  # e and the completed blocks, or e, the completed blocks and the partial sum
     alive += r.starts[-1] != L - 1  # ... a partial sum exists unless the last block is one sublayer
-    rows = sum(L + 1 - f for f in r._first[:len(r.starts)])
+    rows = sum(L + 1 - f for f in r.first_read[:len(r.starts)])
     sources = alive - 1
     assert extra == sources * vec + rows * row + (L + 1) * cfg.d_model * 4, (name, options, extra / vec)
     assert extra < (r.state_vectors() - 0.5) * vec  # the old forward held one more d-vector: h

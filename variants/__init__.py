@@ -154,6 +154,13 @@ def _scope(module: str) -> Callable[[str], Path | None]:
     return sibling
 
 
+def _forms_of(module: str, file: Path) -> set[str]:
+    """The forms of a module's equations (`_<module>_<impl>.py` beside it, base.implementation):
+    loaded by name, not imported, yet part of what the variant runs."""
+    pkg, _, stem = module.rpartition(".")
+    return {f"{pkg}.{p.stem}" if pkg else p.stem for p in file.parent.glob(f"_{stem}_*.py")}
+
+
 def _source_modules(name: str) -> list[tuple[str, Path]]:
     cls = get(name)
     module = cls.__module__
@@ -170,7 +177,8 @@ def _source_modules(name: str) -> list[tuple[str, Path]]:
             tree = ast.parse(file.read_bytes(), filename=str(file))
         except (OSError, SyntaxError, ValueError):
             continue
-        for dep in sorted(_imported_names(tree, mod, file.name == "__init__.py") - set(seen)):
+        deps = _imported_names(tree, mod, file.name == "__init__.py") | _forms_of(mod, file)
+        for dep in sorted(deps - set(seen)):
             dep_file = own(dep)
             if dep_file is not None and dep_file.suffix == ".py":
                 seen[dep] = dep_file

@@ -15,7 +15,7 @@ variants/attnres.py, computed without re-reading or re-stacking anything (docs/O
   block's start, then merged with the partial sum by online softmax (exact).
 
 begin/read/write/end below are the protocol calls of a `DepthAttention` module `m` (its layout:
-m._start, m._end, m._first, m.starts; its parameters: m.query, m.key_gain).
+m.block_start, m.block_end, m.first_read, m.starts; its parameters: m.query, m.key_gain).
 tests/test_fast_forms.py and tests/test_equations.py hold them against `impl: reference`.
 """
 from __future__ import annotations
@@ -260,7 +260,7 @@ def attend(reader, qk, p, pre, store, values, cols):
 # State (a pytree of tensors, so activation checkpointing can carry it): completed sources "v",
 # their logits against every later reader "s" (one tuple per source), the folded queries "qk",
 # the running partial sum "p" of the current block and the two-phase precomputations "pre".
-# Source k is first read by reader m._first[k].
+# Source k is first read by reader m.first_read[k].
 
 def begin(m, e):
     qk = m.key_gain * m.query
@@ -269,12 +269,12 @@ def begin(m, e):
 
 
 def read(m, state, i):
-    pos = i - m._start[i]
+    pos = i - m.block_start[i]
     values = state["v"]
-    cols = [s[i - m._first[k]] for k, s in enumerate(state["s"])]
+    cols = [s[i - m.first_read[k]] for k, s in enumerate(state["s"])]
     pre = None
     if m.two_phase and pos == 0:
-        state["pre"] = _phase_one(m, values, state["s"], i + 1, m._end[i])
+        state["pre"] = _phase_one(m, values, state["s"], i + 1, m.block_end[i])
     elif m.two_phase:
         pre = state["pre"][pos - 1]
     _note_weights(m, state, i, cols)
@@ -282,8 +282,8 @@ def read(m, state, i):
 
 
 def write(m, state, i, y):
-    state["p"] = y if i == m._start[i] else state["p"] + y
-    if i + 1 == m._end[i]:  # block complete: a new source
+    state["p"] = y if i == m.block_start[i] else state["p"] + y
+    if i + 1 == m.block_end[i]:  # block complete: a new source
         state["v"].append(state["p"])
         state["s"].append(source_logits(state["p"], state["qk"], len(state["v"]) - 1, i + 1, state["store"]))
         state["p"] = state["pre"] = None
@@ -292,7 +292,7 @@ def write(m, state, i, y):
 
 def end(m, state):
     L = m.n_layers
-    cols = [s[L - m._first[k]] for k, s in enumerate(state["s"])]
+    cols = [s[L - m.first_read[k]] for k, s in enumerate(state["s"])]
     _note_weights(m, state, L, cols)
     return attend(L, state["qk"], None, None, state["store"], state["v"], cols)
 
@@ -305,7 +305,7 @@ def _phase_one(m, values, logits, start, stop):
         return []
     with no_autocast(values[0]):
         dt = values[0].dtype
-        stats = [_softmax_stats([s[j - m._first[k]] for k, s in enumerate(logits)]) for j in range(start, stop)]
+        stats = [_softmax_stats([s[j - m.first_read[k]] for k, s in enumerate(logits)]) for j in range(start, stop)]
         A = torch.stack([a for a, _ in stats], dim=1)  # [n, readers, B, T]
         o = values[0].unsqueeze(0) * A[0].unsqueeze(-1).to(dt)
         for v, a in zip(values[1:], A[1:]):
@@ -316,10 +316,10 @@ def _phase_one(m, values, logits, start, stop):
 @torch.no_grad()
 def _note_weights(m, state, i, cols) -> None:
     """Dynamics (opt-in, off the hot path): token-averaged softmax weights of reader i."""
-    if m._weights is None:
+    if m.recorded_weights is None:
         return
     logits = [c.float() for c in cols]
     if state["p"] is not None:
         logits.append(m.logits(state["p"], slice(i, i + 1))[..., 0].float())
     a = torch.softmax(torch.stack(logits, dim=-1), dim=-1)
-    m._weights.append(a.reshape(-1, a.shape[-1]).mean(0).tolist())
+    m.recorded_weights.append(a.reshape(-1, a.shape[-1]).mean(0).tolist())

@@ -5,7 +5,7 @@ in the forward and once in the backward, where the equations stack and re-normal
 The kernel computes depth_attention's math as written: keys g * v / rms(v) (its rms_weight is
 the reader's key gain, the same eps), logits w . key (scale 1), a softmax over the sources, the
 raw sources summed with those weights. Only the read changes: the state is the equations' (a list
-of sources and the block's partial sum), so history(), pipelining and checkpointing work as with
+of sources and the block's partial sum), so completed(), pipelining and checkpointing work as with
 `impl: reference`; ablations are refused as for every form but the equations.
 
 fla runs its kernels on CUDA tensors only; on a CPU the cell fails with fla's own message.

@@ -47,7 +47,7 @@ def begin(m, e):
 
 def read(m, state, i):
     values = list(state["v"])
-    cols = [s[..., i - m._first[k]] for k, s in enumerate(state["s"])]
+    cols = [s[..., i - m.first_read[k]] for k, s in enumerate(state["s"])]
     p = state["p"]
     with no_autocast(values[0]):
         if p is not None:  # the running partial sum of the current block is a source too
@@ -57,8 +57,8 @@ def read(m, state, i):
 
 
 def write(m, state, i, y):
-    state["p"] = y if i == m._start[i] else state["p"] + y
-    if i + 1 == m._end[i]:  # block complete: a new source
+    state["p"] = y if i == m.block_start[i] else state["p"] + y
+    if i + 1 == m.block_end[i]:  # block complete: a new source
         with no_autocast(y):
             state["s"].append(_source_logits(state["p"], state["qk"], i + 1))
         state["v"].append(state["p"])
@@ -68,6 +68,6 @@ def write(m, state, i, y):
 
 def end(m, state):
     L = m.n_layers
-    cols = [s[..., L - m._first[k]] for k, s in enumerate(state["s"])]
+    cols = [s[..., L - m.first_read[k]] for k, s in enumerate(state["s"])]
     with no_autocast(state["v"][0]):
         return _attend(m, state["v"], cols)

@@ -35,13 +35,18 @@ import math
 import torch
 from torch import nn
 
-from . import _attnres_fast as fast
-from . import _attnres_fla as fla
-from . import _attnres_functional as functional
 from . import register
-from .base import Residual, VariantError, check_choice, check_positive, inv_rms, mix_dtype, no_autocast
+from .base import (FORMS, Residual, VariantError, check_choice, check_positive, implementation, inv_rms, mix_dtype,
+                   no_autocast)
 
 IMPLS = ("fast", "functional", "reference", "fla")
+# the forms (variants/base.implementation) each impl runs: `fast` runs the functional one under torch.compile
+FORMS_OF = {"fast": ("fast", "functional"), "functional": ("functional",), "reference": (), "fla": ("fla",)}
+
+
+def _form(impl: str):
+    """A loaded form of these equations (variants/_attnres_<impl>.py)."""
+    return FORMS[(__name__, impl)]
 # The paper's Table 4 ablations, as options (the defaults are AttnRes as published).
 ABLATIONS = {"input_query": False, "static_mixing": False, "sigmoid": False, "key_norm": True,
              "window": None, "heads": 1}
@@ -84,8 +89,10 @@ class DepthAttention(Residual):
     def __init__(self, d_model: int, n_layers: int, impl: str = "fast", ablation: dict | None = None):
         super().__init__(d_model, n_layers)
         check_choice("impl", impl, IMPLS)
-        if impl == "fla" and fla.available():
-            raise VariantError(fla.available())
+        for form in FORMS_OF[impl]:  # loaded now, not while torch.compile traces a read
+            implementation(DepthAttention, form)
+        if impl == "fla" and _form("fla").available():
+            raise VariantError(_form("fla").available())
         self.impl = impl
         ab = {**ABLATIONS, **(ablation or {})}
         for k in ("input_query", "static_mixing", "sigmoid", "key_norm"):
@@ -119,9 +126,9 @@ class DepthAttention(Residual):
         L = self.n_layers
         self.starts = tuple(starts)
         ends = self.starts[1:] + (L,)
-        self._start = [s for s, e in zip(self.starts, ends) for _ in range(s, e)]  # block start of sublayer i
-        self._end = [e for s, e in zip(self.starts, ends) for _ in range(s, e)]
-        self._first = (0, *self.starts[1:], L)  # source k (0 = embedding, k = block k-1) is first read here
+        self.block_start = [s for s, e in zip(self.starts, ends) for _ in range(s, e)]  # block start of sublayer i
+        self.block_end = [e for s, e in zip(self.starts, ends) for _ in range(s, e)]
+        self.first_read = (0, *self.starts[1:], L)  # source k (0 = embedding, k = block k-1) is first read here
         if self.static_mixing:
             self.mix_logits = nn.ParameterList(nn.Parameter(torch.zeros(self.seen(i))) for i in range(L + 1))
 
@@ -139,8 +146,8 @@ class DepthAttention(Residual):
             if self.two_phase:
                 raise VariantError("two_phase is an eager schedule of the fast form; under torch.compile the "
                                    "compiler schedules the block (drop two_phase)")
-            return functional
-        return fast
+            return _form("functional")
+        return _form("fast")
 
     def begin(self, e):
         form = self._form()
@@ -160,7 +167,7 @@ class DepthAttention(Residual):
         if form is not None:
             return form.write(self, state, i, y)
         state["partial"] = y if state["partial"] is None else state["partial"] + y
-        if i + 1 == self._end[i]:  # the block is complete: its sum becomes a source
+        if i + 1 == self.block_end[i]:  # the block is complete: its sum becomes a source
             state["sources"].append(state["partial"])
             state["partial"] = None
         return state
@@ -171,7 +178,7 @@ class DepthAttention(Residual):
             return form.end(self, state)
         return self._mix(state["sources"], self.n_layers)
 
-    def history(self, state):
+    def completed(self, state):
         """The completed sources (embedding, block sums): appended, never changed. The equations'
         state only; the other forms keep derived tensors beside them and declare none."""
         return state["sources"] if self._form() is None else []
@@ -183,7 +190,7 @@ class DepthAttention(Residual):
             h, alpha = ablated_depth_attention(sources, lambda v: self._ablated_logits(v, i),
                                                "sigmoid" if self.sigmoid else "softmax", self.heads)
         else:
-            read = fla.depth_attention if self.impl == "fla" else depth_attention
+            read = _form("fla").depth_attention if self.impl == "fla" else depth_attention
             h, alpha = read(sources, self.query[i], self.key_gain[i])
         self._note_weights(alpha)
         return h
@@ -204,7 +211,7 @@ class DepthAttention(Residual):
         """Sources reader i (L: the output readout) attends over: the completed ones first read at
         or before i, the current block's partial sum, at most 1 + window."""
         L = self.n_layers
-        n = sum(1 for f in self._first if f <= i) + (1 if i < L and i != self._start[i] else 0)
+        n = sum(1 for f in self.first_read if f <= i) + (1 if i < L and i != self.block_start[i] else 0)
         return n if self.window is None else min(n, 1 + self.window)
 
     # -- declared costs ---------------------------------------------------------------------
@@ -220,7 +227,7 @@ class DepthAttention(Residual):
         sources once for all of its S readers and writes their S terms, then each later reader
         merges its term with the partial sum (3)."""
         L = self.n_layers
-        partial = 3 * sum(1 for i in range(L) if i != self._start[i])
+        partial = 3 * sum(1 for i in range(L) if i != self.block_start[i])
         if not self.two_phase:
             return sum(self.seen(i) + 1 for i in range(L + 1)) + partial
         blocks = sum(self.seen(s) + size + 3 * (size - 1) for s, size in zip(self.starts, self.block_sizes()))
@@ -245,20 +252,20 @@ class DepthAttention(Residual):
             return (v.to(dt) * inv_rms(v)) @ q.to(dt).t()
 
     # -- dynamics (opt-in, off the hot path): token-averaged softmax weights per reader ---------
-    _weights: list | None = None
+    recorded_weights: list | None = None  # per read, token-averaged (record_weights)
 
     def record_weights(self, on: bool) -> None:
-        self._weights = [] if on else None
+        self.recorded_weights = [] if on else None
 
     def depth_weights(self) -> list[list[float]] | None:
         """Rows = readers (sublayers, then the output readout); columns = that reader's sources
         in order: embedding, completed blocks, then the running partial sum when there is one."""
-        return self._weights
+        return self.recorded_weights
 
     @torch.no_grad()
     def _note_weights(self, alpha: torch.Tensor) -> None:
-        if self._weights is not None:
-            self._weights.append(alpha.reshape(alpha.shape[0], -1).mean(1).tolist())
+        if self.recorded_weights is not None:
+            self.recorded_weights.append(alpha.reshape(alpha.shape[0], -1).mean(1).tolist())
 
 
 @register("full-attnres")

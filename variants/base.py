@@ -17,6 +17,7 @@ tokens a variant keeps nothing beyond the attention's KV cache (the model's).
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Any
 
@@ -69,7 +70,7 @@ class Residual(nn.Module):
     def end(self, state: Any) -> torch.Tensor:
         raise NotImplementedError
 
-    def history(self, state: Any) -> list[torch.Tensor]:
+    def completed(self, state: Any) -> list[torch.Tensor]:
         """Tensors of `state` that, once there, are never changed or dropped, in the order they
         arrived (AttnRes's completed blocks). A pipeline rank that has received them may keep them
         instead of receiving them again (the AttnRes paper's cross-stage caching, §4.1). Default:
@@ -131,6 +132,24 @@ class Residual(nn.Module):
     def options(self) -> dict[str, Any]:
         """The option values this instance was built with (after resolution)."""
         return {k: getattr(self, k) for k in self.option_defaults()}
+
+
+# -- implementations: faster forms of a variant's equations ------------------------------
+
+FORMS: dict[tuple[str, str], Any] = {}  # (equations' module, impl) -> the form's module, once loaded
+
+
+def implementation(owner: type, impl: str):
+    """The form computing `owner`'s equations as `impl` (`impl: fast`, ...): the module
+    `_<module>_<impl>` beside the module that defines `owner` (variants/_attnres_fast.py is
+    AttnRes's `fast`), with the protocol's calls as functions of the module it serves. An
+    equations module imports none of its forms: a module built with one loads it here, and
+    `source_of` hashes every `_<module>_*` form with the variant (variants/__init__.py)."""
+    key = (owner.__module__, impl)
+    if key not in FORMS:
+        pkg, _, stem = owner.__module__.rpartition(".")
+        FORMS[key] = importlib.import_module(f"{pkg}._{stem}_{impl}" if pkg else f"_{stem}_{impl}")
+    return FORMS[key]
 
 
 # -- helpers shared by variants ---------------------------------------------------------

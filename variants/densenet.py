@@ -16,9 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import _densenet_fast as fast
 from . import register
-from .base import Residual, VariantError, check_choice, check_positive
+from .base import FORMS, Residual, VariantError, check_choice, check_positive, implementation
 
 IMPLS = ("fast", "reference")
 
@@ -29,6 +28,8 @@ class DenseFormerDWA(Residual):
         super().__init__(d_model, n_layers)
         check_choice("impl", impl, IMPLS)
         self.impl = impl
+        if impl == "fast":
+            implementation(DenseFormerDWA, "fast")  # its one form, loaded now
         if n_layers % 2:
             raise VariantError(f"densenet needs whole blocks (attn + mlp): n_layers={n_layers} is odd")
         check_positive("dilation", dilation)
@@ -59,7 +60,7 @@ class DenseFormerDWA(Residual):
 
     def begin(self, e):
         if self._fast():
-            return fast.begin(self, e)
+            return FORMS[(__name__, "fast")].begin(self, e)
         return {"x": e, "X": {0: e} if self.keep[0] else {}}
 
     def read(self, state, i):
@@ -67,7 +68,7 @@ class DenseFormerDWA(Residual):
 
     def write(self, state, i, y):
         if self._fast():
-            return fast.write(self, state, i, y)
+            return FORMS[(__name__, "fast")].write(self, state, i, y)
         x = state["x"] + y  # PreNorm inside the block
         if i % 2 == 1:  # the MLP closes block k: X_k = x, then Y_k = sum_j alpha_{k,j} X_j
             k = i // 2 + 1

@@ -89,12 +89,12 @@ class _Pool:
         return ("slots", self.params.slots if job.timed else 1)
 
     def fits(self, job: Job) -> bool:
-        kind, n = self.need(job)
-        return len(self.free_devices) >= n if kind == "devices" else self.free_slots >= n
+        pool, n = self.need(job)
+        return len(self.free_devices) >= n if pool == "devices" else self.free_slots >= n
 
     def take(self, job: Job):
-        kind, n = self.need(job)
-        if kind == "devices":
+        pool, n = self.need(job)
+        if pool == "devices":
             got, self.free_devices = self.free_devices[:n], self.free_devices[n:]
             return got
         self.free_slots -= n

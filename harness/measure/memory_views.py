@@ -39,7 +39,7 @@ def _call(module: nn.Module, params: dict | None, *args, **kwargs):
 
 
 def inference_bytes(model, idx, params=None, precision: Precision = FP32) -> int:
-    with torch.no_grad(), precision.context(idx.device), LiveBytesTracker() as t:
+    with precision.inference(idx.device), LiveBytesTracker() as t:
         _call(model, params, idx)
     return t.peak
 
@@ -78,7 +78,7 @@ class _Prefill(nn.Module):
 
 def prefill_bytes(model, idx, chunk: int = 0, params=None, precision: Precision = FP32) -> tuple[int, int]:
     """(peak bytes, KV cache bytes) of a prefill into a fresh cache, `chunk` tokens per forward."""
-    with torch.no_grad(), precision.context(idx.device), LiveBytesTracker() as t:
+    with precision.inference(idx.device), LiveBytesTracker() as t:
         kv = _call(_Prefill(model), _prefixed(params), idx, chunk, precision.param_dtype)
     return t.peak, kv
 

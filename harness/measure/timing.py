@@ -57,6 +57,7 @@ def time_interleaved(
     progress: Callable[[int], object] | None = None,
     on_error: Callable[[str, Exception], object] | None = None,
     stop: Callable[[int, dict[str, list[float]]], bool] | None = None,
+    before: Callable[[str], object] | None = None,
 ) -> dict[str, list[float]]:
     """Time each fn ``repeats`` times, interleaved: round r calls every fn once, starting at
     fn ``r % len(fns)`` (A B C, B C A, C A B, ...) so slow drift and order effects (caches,
@@ -71,6 +72,9 @@ def time_interleaved(
 
     With ``stop``, ``stop(rounds_done, samples)`` is asked after every timed round and ends the
     rounds early when it says so (adaptive rounds: ``repeats`` is then the most there may be).
+
+    ``before(name)`` runs before every call, outside its timing (distributed ranks meet at a
+    barrier there, so every rank starts the call together).
     """
     if warmup < 0 or repeats < 0:
         raise ValueError(f"warmup and repeats must be >= 0, got {warmup}, {repeats}")
@@ -79,6 +83,8 @@ def time_interleaved(
     live = list(names)
 
     def call(name, timed: bool) -> None:
+        if before is not None:
+            before(name)
         try:
             if timed:
                 samples[name].append(time_once(fns[name], device))

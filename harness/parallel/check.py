@@ -3,7 +3,7 @@
     python -m torch.distributed.run --standalone --nproc-per-node 2 -m resbench.parallel.check
 
 For every registered variant (its equations: impl reference where it has forms) and schedule, and
-both comm forms where the variant declares a history: the pipelined step's loss and the gradient
+both comm forms where the variant declares completed sources: the pipelined step's loss and the gradient
 of every parameter (summed over ranks) must equal a one-process step of the same model in fp64,
 and the counted forward bytes must equal what the layout predicts (harness/parallel/comm.py for AttnRes;
 one state of `streams()` d-vectors per transition for the single-stream variants). Rank 0 prints
@@ -32,7 +32,7 @@ def cases(names: list[str], schedules: list[str], virtual: int):
     for name in names:
         cls = variants.get(name)
         base = {"impl": "reference"} if "impl" in cls.option_defaults() else {}
-        cached = cls.history is not variants.base.Residual.history
+        cached = cls.completed is not variants.base.Residual.completed
         for opts in [base] + [{**base, **o} for o in EXTRA.get(name, [])]:
             for s in schedules:
                 for comm in COMMS if cached else ("naive",):

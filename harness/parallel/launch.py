@@ -8,6 +8,7 @@ ended (torchrun's summary), with faulthandler's stack for a crash.
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import torch.distributed as dist
 
 from ..cells import CONNECTION
 from ..errors import ConfigError
+from ..measure.timing import time_interleaved
 
 LAUNCHERS = ("local", "torchrun")
 BACKENDS = ("auto", "gloo", "nccl")
@@ -63,9 +65,9 @@ def parse_launch(raw) -> Launch:
     for k in raw:
         if k not in allowed:
             raise ConfigError(f"launcher: unknown key {k!r}; allowed: {', '.join(allowed)}")
-    kind = raw.get("type", "torchrun")
-    if kind not in LAUNCHERS:
-        raise ConfigError(f"launcher.type must be one of {', '.join(LAUNCHERS)}; got {kind!r}")
+    launcher = raw.get("type", "torchrun")
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"launcher.type must be one of {', '.join(LAUNCHERS)}; got {launcher!r}")
     out = {}
     for k in ("nproc", "nnodes"):
         v = raw.get(k, 2 if k == "nproc" else 1)
@@ -84,7 +86,7 @@ def parse_launch(raw) -> Launch:
         raise ConfigError(f"launcher.rdzv_id must be a plain name (letters, digits, _ . -), got {raw['rdzv_id']!r}"[:200])
     if out["nnodes"] > 1 and not raw.get("rdzv_endpoint"):
         raise ConfigError("launcher.nnodes > 1 needs launcher.rdzv_endpoint (host:port every node can reach)")
-    return Launch(kind, out["nproc"], out["nnodes"], backend, raw.get("rdzv_endpoint", ""),
+    return Launch(launcher, out["nproc"], out["nnodes"], backend, raw.get("rdzv_endpoint", ""),
                   raw.get("rdzv_id", "resbench"))
 
 
@@ -227,9 +229,9 @@ def rank_failure(output: str, log_dir: str | None = None) -> tuple[str, str] | N
             status, how = ended_by(code)
             causes.append((0, 0, r, status, how, how))
         elif raised:
-            kind = raised[2].split(":", 1)[0]
-            status = "oom" if kind in ("OutOfMemoryError", "MemoryError") else "error"
-            causes.append((1, raised[1], r, status, f"raised {raised[2]}", f"raised {kind}"))
+            exc_type = raised[2].split(":", 1)[0]
+            status = "oom" if exc_type in ("OutOfMemoryError", "MemoryError") else "error"
+            causes.append((1, raised[1], r, status, f"raised {raised[2]}", f"raised {exc_type}"))
         elif code > 0:
             causes.append((2, 0, r, "error", f"exited with code {code}", f"exited with code {code}"))
         else:
@@ -284,46 +286,36 @@ def fault_point(step: int) -> None:
     spec = os.environ.get(FAULT_ENV)
     if not spec or not dist.is_initialized():
         return
-    kind, rank, at = spec.split(":")
+    action, rank, at = spec.split(":")
     if dist.get_rank() == int(rank) and step == int(at):
-        if kind == "kill":
+        if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
-        elif kind == "hang":
+        elif action == "hang":
             time.sleep(10**6)
-        elif kind == "raise":
+        elif action == "raise":
             raise RuntimeError(f"injected fault on rank {rank}")
 
 
 def time_rounds(fns: dict, warmup: int, repeats: int, device: str, progress=None, plan=None,
                 baseline: str | None = None) -> dict[str, list[float]]:
-    """Wall seconds of each fn per round on this rank, interleaved as measure.time_interleaved
-    does (round r starts at fn r mod n), every call started together on all ranks (a barrier),
-    since a distributed step's cost includes waiting for the others. Call on every rank alike.
-    With adaptive `plan` (measure/rounds.py) the rounds may stop at a planned look, on the
-    slowest rank's ratios to `baseline`: rank 0 decides and every rank follows."""
-    names = list(fns)
-    out = {n: [] for n in names}
-    step = 0
-    for r in range(-warmup, repeats):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            fault_point(step)
-            step += 1
-            dist.barrier()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            fns[name]()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize(device)
-            if r >= 0:
-                out[name].append(time.perf_counter() - t0)
-            if progress is not None:
-                progress(1)
-        if r >= 0 and plan is not None and baseline in fns and plan.at_look(r + 1) and _agree_stop(plan, r + 1, out, baseline):
-            break
+    """Seconds of each fn per round on this rank: measure.time_interleaved's rounds, with every
+    call started together on all ranks (a barrier before it, outside its timing), since a
+    distributed step's cost includes waiting for the others. Call on every rank alike. With
+    adaptive `plan` (measure/rounds.py) the rounds may stop at a planned look, on the slowest
+    rank's ratios to `baseline`: rank 0 decides and every rank follows."""
+    calls = itertools.count()
+
+    def meet(_name) -> None:
+        fault_point(next(calls))
+        dist.barrier()
+
+    def stop(done: int, samples: dict[str, list[float]]) -> bool:
+        return plan.at_look(done) and _agree_stop(plan, done, samples, baseline)
+
+    adaptive = plan is not None and baseline in fns
+    out = time_interleaved(fns, device, warmup, repeats, progress, stop=stop if adaptive else None, before=meet)
     if plan is not None:
-        plan.rounds = len(out[names[0]]) if names else 0
+        plan.rounds = len(next(iter(out.values()), []))
     return out
 
 

@@ -3,8 +3,8 @@ boundaries into C = P·V chunks (chunk c on rank c mod P), the residual state cr
 the tensors of its pytree. PreNorm sends one stream, Full AttnRes every source so far, Block
 AttnRes its completed blocks and the partial sum.
 
-`comm="cached"` is the AttnRes paper's cross-stage caching (§4.1): a rank keeps the history
-(Residual.history: the completed sources) it started its earlier chunks from, so a transition
+`comm="cached"` is the AttnRes paper's cross-stage caching (§4.1): a rank keeps the completed
+sources (Residual.completed: the embedding and completed blocks) it started its earlier chunks from, so a transition
 sends only what the receiving rank has not seen since its previous chunk. A kept source is a new
 autograd leaf in the later chunk; its gradient is added, in the earlier chunk's backward, to the
 tensor it was kept from (_Keep), so gradients equal the naive form's (tests/test_distributed.py).
@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..errors import ConfigError
 
-# Schedules whose backward is one autograd.backward per chunk: kept history gets its .grad there
+# Schedules whose backward is one autograd.backward per chunk: kept completed sources get their .grad there
 # (_Keep). Zero-bubble schedules split backward with autograd.grad, which would drop it.
 SCHEDULES = {"gpipe": S.ScheduleGPipe, "1f1b": S.Schedule1F1B, "interleaved-1f1b": S.ScheduleInterleaved1F1B}
 MULTI_STAGE = ("interleaved-1f1b",)  # schedules running V >= 2 chunks per rank
@@ -53,11 +53,11 @@ def chunk_bounds(n_blocks: int, chunks: int) -> list[tuple[int, int]]:
 class Boundary:
     """The residual state entering a chunk, as traced: its pytree spec, the leaves that are not
     tensors (constants such as a None partial sum), each tensor leaf's trailing shape and dtype,
-    and the leaf index of each history tensor."""
+    and the leaf index of each completed source."""
     spec: object
     constants: dict[int, object]
     tensors: dict[int, tuple[tuple[int, ...], torch.dtype]]
-    history: list[int]
+    completed: list[int]
 
 
 def trace_boundaries(model, bounds) -> list[Boundary]:
@@ -75,7 +75,7 @@ def trace_boundaries(model, bounds) -> list[Boundary]:
             if bad or not _plain_spec(spec):
                 raise ConfigError(f"pipeline: {res.name}'s residual state holds {bad[0] if bad else 'a custom node'} "
                                   "(a fast form's store?); a stage boundary sends tensors only: use impl: reference")
-            hist = [ids[id(t)] for t in res.history(state)]
+            hist = [ids[id(t)] for t in res.completed(state)]
             out.append(Boundary(spec, {k: x for k, x in enumerate(leaves) if not isinstance(x, torch.Tensor)},
                                 {k: (tuple(t.shape[2:]), t.dtype) for k, t in enumerate(leaves)
                                  if isinstance(t, torch.Tensor)}, hist))
@@ -91,23 +91,23 @@ def _plain_spec(spec) -> bool:
     return all(_plain_spec(c) for c in kids)
 
 
-def known_history(boundaries: list[Boundary], c: int, ranks: int, comm: str) -> int:
+def known_completed(boundaries: list[Boundary], c: int, ranks: int, comm: str) -> int:
     """History tensors the rank of chunk c already holds when chunk c starts: those its previous
     chunk (c - P) started from (`cached`), or ended with (`cached-all`); none otherwise."""
     if comm == "naive" or c < ranks:
         return 0
-    return len(boundaries[c - ranks + (comm == "cached-all")].history)
+    return len(boundaries[c - ranks + (comm == "cached-all")].completed)
 
 
 def sent_leaves(boundaries: list[Boundary], c: int, ranks: int, comm: str) -> list[int]:
     """Leaf indices of the state entering chunk c (c >= 1) that the transition into it carries."""
     b = boundaries[c]
-    kept = set(b.history[:known_history(boundaries, c, ranks, comm)])
+    kept = set(b.completed[:known_completed(boundaries, c, ranks, comm)])
     return [k for k in sorted(b.tensors) if k not in kept]
 
 
 class _Keep(torch.autograd.Function):
-    """Identity on a history tensor a rank keeps; its backward adds the gradients its later
+    """Identity on a completed source a rank keeps; its backward adds the gradients its later
     chunks left on their copies of it (they run backward first: they are downstream)."""
 
     @staticmethod
@@ -151,10 +151,10 @@ class Chunk(nn.Module):
             self.norm_f, self.head = model.norm_f, model.head
         object.__setattr__(self, "_model", model)  # for embed(); not a submodule
         self.entry = boundaries[c]
-        self.known = known_history(boundaries, c, ranks, comm)
+        self.known = known_completed(boundaries, c, ranks, comm)
         self.received = [] if self.first else sent_leaves(boundaries, c, ranks, comm)
         self.send = [] if self.last else sent_leaves(boundaries, c + 1, ranks, comm)
-        self.kept = kept  # {microbatch: [_Slot per history index]}, shared by the rank's chunks
+        self.kept = kept  # {microbatch: [_Slot per completed source]}, shared by the rank's chunks
         # what this chunk starts from is kept only if a later chunk of this rank will read it;
         # under cached-all, what it produces too (it leaves as a sent tensor: see _keep)
         self.keeps = comm != "naive" and c + ranks < self.chunks
@@ -174,7 +174,7 @@ class Chunk(nn.Module):
             leaves, _ = tree_flatten(state)
         else:
             leaves = self._rebuild(args)
-        leaves = self._keep(leaves, self.entry.history, self.known)
+        leaves = self._keep(leaves, self.entry.completed, self.known)
         state = tree_unflatten(leaves, self.entry.spec)
         for i in range(self.start, self.stop):  # the residual, as in Transformer.run_sublayers
             state = res.write(state, i, self.sublayers[str(i)]([res.read(state, i)]))
@@ -182,16 +182,16 @@ class Chunk(nn.Module):
             return self.head(self.norm_f(res.end(state)))
         leaves, _ = tree_flatten(state)
         if self.exit is not None:
-            leaves = self._keep(leaves, self.exit.history, len(self.entry.history))
+            leaves = self._keep(leaves, self.exit.completed, len(self.entry.completed))
         return tuple(leaves[k] for k in self.send)
 
     def _rebuild(self, received):
-        """The entering state's leaves: constants, the history this rank kept, what was received."""
+        """The entering state's leaves: constants, the completed sources this rank kept, what was received."""
         b, leaves = self.entry, {**self.entry.constants}
         held = None if self.microbatch is None or not self.known else self.kept[self.microbatch]
         like = received[0]
         for k in range(self.known):
-            pos = b.history[k]
+            pos = b.completed[k]
             if held is None:  # shape inference outside a step: any values of the right shape
                 shape, dtype = b.tensors[pos]
                 leaves[pos] = torch.zeros(*like.shape[:2], *shape, dtype=dtype, device=like.device)
@@ -302,7 +302,7 @@ class Pipeline:
                        if not s.delivered and any(leaf.grad is not None for leaf in s.leaves)]
         self.kept.clear()
         if undelivered:
-            raise RuntimeError(f"rank {self.rank}: {len(undelivered)} kept history tensor(s) got gradients their "
+            raise RuntimeError(f"rank {self.rank}: {len(undelivered)} kept completed source(s) got gradients their "
                                "first chunk never read back (a source no sublayer of that chunk reads)")
         return float(sum(x.detach() for x in losses)) if losses else None
 

@@ -10,32 +10,11 @@ from typing import Any
 
 from ..config import Suite, apply_overrides, parse_suite, read_yaml, resolve_suite_path, short
 from ..errors import ConfigError
-from ..registry import discover
 from .base import REGISTRY, Study, register
 
 __all__ = ["Study", "register", "get", "names", "registered", "load", "parse"]
-_discovered = False
-
-
-def _discover() -> None:
-    global _discovered
-    if not _discovered:
-        _discovered = True
-        discover(__name__, __path__)
-
-
-def registered() -> list[Study]:
-    _discover()
-    return sorted(REGISTRY.values(), key=lambda s: s.name)
-
-
-def names() -> list[str]:
-    return [s.name for s in registered()]
-
-
-def get(kind: str) -> Study:
-    _discover()
-    return REGISTRY[kind]
+REGISTRY.scan(__name__, __path__)
+registered, names, get = REGISTRY.registered, REGISTRY.names, REGISTRY.lookup
 
 
 def parse(raw: Any, default_name: str = "suite") -> tuple[Study | None, Any]:

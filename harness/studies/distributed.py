@@ -8,7 +8,7 @@ from tabulate import tabulate
 
 from ..cells import BASELINE
 from ..results import newest_per_cell, newest_producer_only
-from ..workloads.base import fmt_ms, num
+from ..workloads.base import fmt_ms, num, rounds_notes
 from .base import Study, register
 
 
@@ -120,6 +120,10 @@ def render(records: list[dict]) -> tuple[str, bool]:
                 out += ["", "Forward traffic by state transfer, d-vectors per token per step, measured (the "
                             "paper's cross-stage caching, and cached-all keeping what a rank made too):", "",
                         tabulate(side[1:], headers=side[0], tablefmt="github", disable_numparse=True)]
+        # adaptive rounds (workloads' precision/budget_s): how many ran and why they ended, per workload
+        out += [f"{n.replace('Adaptive rounds', 'Adaptive rounds (rank 0 decides for all ranks)')}" for n in
+                rounds_notes([{f"{r['cell']['workload']}_rounds": r["metrics"].get("rounds")} for r in rs],
+                              tuple(dict.fromkeys(r["cell"]["workload"] for r in rs)))]
         out.append("")
     bad = [r for r in recs if r["status"] != "ok"]
     out += [f"- {r['cell']['label']} {r['cell']['workload']} {r['cell']['params'].get('schedule', '')} "

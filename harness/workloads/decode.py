@@ -99,7 +99,7 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
     rounds = wl["warmup"] + wl["repeats"] + (0 if mode == "none" else 2)  # compiled: ~2 warm-up calls per point
     calls = len(points) * rounds * len(models) * (1 + wl["new_tokens"])
     done, failed = 0, {}
-    itemsize = torch.tensor([], dtype=prec.param_dtype).element_size()
+    itemsize = prec.param_itemsize
 
     def tick(n=1):
         nonlocal done
@@ -118,7 +118,7 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
         def generate(key: str, timed: bool) -> None:
             model, run, cache = models[key], runs[key], caches[key]
             cache.length = 0
-            with torch.no_grad(), prec.context(device):
+            with prec.inference(device):
                 t = time_once(lambda: model.prefill(prompt, cache, wl["chunk"], forward=run), device)
                 if timed:
                     ttft[key].append(t)
@@ -169,7 +169,7 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
             cache = caches[key]
             cache.length = context
             reset_cuda_peak(device)
-            with torch.no_grad(), prec.context(device), LiveBytesTracker() as tracker:
+            with prec.inference(device), LiveBytesTracker() as tracker:
                 models[key](cont[:, :1], cache=cache, last_only=True)
                 synchronize(device)
             cuda = cuda_memory_snapshot(device)  # on a GPU: the allocator's peak, weights and caches included
@@ -185,8 +185,7 @@ def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | N
         del caches
     base_key = next((c.key for c in cells if is_baseline(c) and c.key in models and c.key not in failed), None)
     bandwidth = copy_bytes / min(copies) if copies else None
-    act_bytes = torch.tensor([], dtype=prec.compute_dtype).element_size()
-    param_bytes = torch.tensor([], dtype=prec.param_dtype).element_size()
+    act_bytes, param_bytes = prec.compute_itemsize, prec.param_itemsize
     for cell in cells:
         if cell.key not in models:
             continue

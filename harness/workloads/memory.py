@@ -66,7 +66,7 @@ def run_memory(cell: Cell) -> tuple[str, str | None, dict]:
     prec = get_precision(cell.precision)
 
     def prefill():
-        with torch.no_grad(), prec.context(cell.device):
+        with prec.inference(cell.device):
             model(x)
 
     inf = _tracked(cell.device, prefill)

@@ -82,11 +82,11 @@ class PipelineParallel(Workload):
         return {**params, "virtual": params["virtual"] if params["schedule"] in MULTI_STAGE else 1}
 
     def skips(self, params, variant):
-        """Caching needs a declared history (Residual.history) and a rank that runs a later chunk
+        """Caching needs declared completed sources (Residual.completed) and a rank that runs a later chunk
         (V >= 2); without them it is the naive form."""
         if params["comm"] == "naive":
             return False
-        return params["virtual"] == 1 or variants.get(variant).history is Residual.history
+        return params["virtual"] == 1 or variants.get(variant).completed is Residual.completed
 
     def jobs(self, cells, todo):
         return grouped_jobs(cells, todo, lambda c: (c.shape_name, c.precision, c.seed, c.params["schedule"], c.params["virtual"]))

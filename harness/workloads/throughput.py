@@ -8,7 +8,6 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 
-import torch
 
 from ..cells import BASELINE, Cell, is_baseline
 from ..compiling import compile_model, steady
@@ -91,7 +90,7 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
                 return train_step(model, opt, x, y, TrainConfig(), prec, scaler)
 
             def prefill_fn(model=model, x=x):
-                with torch.no_grad(), prec.context(device):
+                with prec.inference(device):
                     return model(x)
 
             # counting runs each once, eager (the same math compiled or not; a compiled graph's
@@ -177,19 +176,19 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
                     m[f"{view}_ratio_vs_{BASELINE}"] = med
                     m[f"{view}_ratio_ci"] = [lo, hi] if math.isfinite(lo) else None
                     m[f"{view}_roofline"] = _roofline(view, m, info[base_key], times[view][base_key], bandwidth,
-                                                      peak, prec.compute_dtype)
+                                                      peak, prec.compute_itemsize)
             out[cell.key] = ("ok", None, m)
     return out
 
 
 def _roofline(view: str, m: dict, base: dict, base_samples: list[float], bandwidth: dict, peak: float | None,
-              dtype: torch.dtype) -> float | None:
+              itemsize: int) -> float | None:
     """The variant's roofline ×: the baseline's median step plus the variant's extra residual
     bytes over the copy probe's bandwidth and its extra counted FLOPs over the GEMM peak."""
     if bandwidth["best_bytes_per_s"] is None:
         return None
-    moved = extra_bytes(m["residual_traffic"], base["residual_traffic"], m["tokens_per_step"], m["d_model"],
-                        torch.tensor([], dtype=dtype).element_size(), TRAIN_PASSES if view == "train" else 1)
+    moved = extra_bytes(m["residual_traffic"], base["residual_traffic"], m["tokens_per_step"], m["d_model"], itemsize,
+                        TRAIN_PASSES if view == "train" else 1)
     flops = m[f"{view}_flops"] - base[f"{view}_flops"]
     return roofline(statistics.median(base_samples), moved, bandwidth["best_bytes_per_s"],
                     flops, peak)
