@@ -301,7 +301,7 @@ def time_rounds(fns: dict, warmup: int, repeats: int, device: str, progress=None
     """Seconds of each fn per round on this rank: measure.time_interleaved's rounds, with every
     call started together on all ranks (a barrier before it, outside its timing), since a
     distributed step's cost includes waiting for the others. Call on every rank alike. With
-    adaptive `plan` (measure/rounds.py) the rounds may stop at a planned look, on the slowest
+    adaptive `plan` (harness/measure/rounds.py) the rounds may stop at a planned look, on the slowest
     rank's ratios to `baseline`: rank 0 decides and every rank follows."""
     calls = itertools.count()
 

@@ -62,7 +62,7 @@ def _round_ratios(jobs: dict, label: str) -> tuple[list[float], int]:
     """Per-round train-step ratios, the variant's round i over the baseline's round i of the same
     timing job, pooled over the jobs (one per seed): each job is an interleaved measurement. With
     them the most planned looks any job's adaptive rounds had: the pooled interval is taken at
-    that level, as each job's own is (measure/rounds.py)."""
+    that level, as each job's own is (harness/measure/rounds.py)."""
     out, looks = [], 1
     for by_label in jobs.values():
         rec, base = by_label.get(label), by_label.get(BASELINE)

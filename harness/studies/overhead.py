@@ -142,7 +142,7 @@ def render_overhead(records: list[dict], targets: dict | None = None) -> tuple[s
 
 
 def render_roofline(metrics: dict, targets: dict) -> list[str]:
-    """Per shape: each timed ratio beside its roofline × (measure/roofline.py), the gap between
+    """Per shape: each timed ratio beside its roofline × (harness/measure/roofline.py), the gap between
     them (what a better implementation could still win here), and the targets that even the
     roofline misses (no implementation of these equations meets them on this machine)."""
     lines, beyond = [], []
