@@ -26,8 +26,6 @@ def purpose(path: Path) -> str:
 
 
 def cell_count(study, cfg) -> int | None:
-    if study is not None and study.own_schema:
-        return study.count_cells(cfg)
     return len(expand_cells(cfg, cfg.device if cfg.device != "auto" else "cpu"))
 
 

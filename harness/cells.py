@@ -34,6 +34,7 @@ class VariantSpec:
     name: str
     options: dict = field(default_factory=dict)
     label: str = ""
+    shapes: tuple[str, ...] = ()  # only at these shapes of the suite (none: at every shape)
 
     def __post_init__(self):
         if not self.label:

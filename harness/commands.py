@@ -30,14 +30,6 @@ def cmd_run(args) -> int:
     if wanted and (study is None or study.name != wanted):
         raise UserError(f"`resbench {args.command}` runs a `kind: {wanted}` suite; {path} is "
                         f"{'a measurement suite' if study is None else f'kind: {study.name}'} (use `resbench run`)")
-    if study is not None and study.own_schema:
-        given = [f"--{n.replace('_', '-')}" for n in ("force", "resume_any", "device", *EXECUTOR_FLAGS, "detach",
-                                                      "shard", "only") if getattr(args, n, None)]
-        if given:
-            raise UserError(f"{' '.join(given)} does not apply to a {study.name} suite (its cells run in-process, "
-                            "always all of them)")
-        return study.run(cfg, Path(args.out) if args.out else results_root() / LOCAL_DIR / "scaling",
-                         progress=not args.quiet)
     suite = with_executor(cfg, args)
     out = Path(args.out) if args.out else default_results_path(suite.name)
     only, shard = parse_only(args.only or []), parse_shard(args.shard)
@@ -117,8 +109,6 @@ def cmd_report(args) -> int:
         raise UserError("--set changes a suite: it goes with --suite")
     study, cfg = studies.load(args.suite, args.set or []) if args.suite else (None, None)
     out = Path(args.out) if args.out else results_root() / LOCAL_DIR / (cfg.name if cfg else "report")
-    if study is not None and study.own_schema:
-        return study.report(args.results, cfg, out)
     records = read_records(*args.results)
     if not records:
         raise UserError(f"no records in {', '.join(args.results)}")
@@ -142,10 +132,59 @@ def add_subcommands(sub) -> None:
                          "this machine) in fresh worker processes, append one record per cell to the results file, "
                          "and print the tables (and the study's report for a suite with a `kind:`). Exit 0 when every "
                          "cell finished (and every target was met), 1 otherwise, 2 on a user error.")
-    run.add_argument("suite", nargs="?", default="quick", help="suite YAML path or shipped suite name (default: quick)")
+    run_arguments(run, "quick")
+    run.set_defaults(func=cmd_run)
+
+    su = sub.add_parser("suites", help="the shipped suites: kind, cells, purpose and how long a reference run took",
+                        description="Lists every shipped suite (benchmarks/suites/) with its study kind, device, the "
+                        "number of cells it expands to, what it is for, and the wall time of its committed reference "
+                        "run (a checkout only). --show NAME prints a suite's file, to copy and edit.")
+    su.add_argument("--json", action="store_true", help="the rows as JSON")
+    su.add_argument("--show", metavar="NAME", help="print this shipped suite's YAML")
+    su.set_defaults(func=cmd_suites)
+
+    ga = sub.add_parser("gather", help="collect the records of Slurm submissions (a --detach run, or one whose "
+                        "submitting process died) into their results file",
+                        description="Waits for the tasks of every submission of RESULTS not yet gathered, then "
+                        "appends their records (each once) under the file's lock. Exit 0 when every gathered cell "
+                        "finished, 1 otherwise.")
+    ga.add_argument("results", metavar="RESULTS", help="the results JSONL the submission was for")
+    ga.add_argument("--no-wait", action="store_true", help="gather what is finished and return, tasks still running "
+                                                           "stay for a later gather (exit 1)")
+    ga.add_argument("--quiet", action="store_true", help="no progress bar")
+    ga.set_defaults(func=cmd_gather)
+
+    rep = sub.add_parser("report", help="re-render the tables of results files, or a study's report (--suite)",
+                         description="The tables of any results files (one per shape, precision, compile mode and "
+                         "producer; the newest record per cell), or with --suite the report of that suite's study "
+                         "(overhead: exit 1 if a target is missed; loss: report.md and plots in --out).")
+    rep.add_argument("results", nargs="+", help="results JSONL file(s)")
+    rep.add_argument("--suite", metavar="SUITE", help="render the report of this suite's study (its `kind:`): "
+                     "overhead checks the targets (exit 1 if one is missed), loss writes report.md + PNG plots, "
+                     "scaling / projection re-render their tables and plots")
+    rep.add_argument("--out", metavar="DIR", help="where a study's report files go (default: "
+                     "results/local/<suite name>)")
+    rep.add_argument("--json", action="store_true", help="the tables as JSON (raw numbers: ms, bytes, ratios); "
+                     "not with --suite")
+    rep.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="with --suite: the same changes the run was given (repeatable)")
+    rep.set_defaults(func=cmd_report)
+
+    for study in studies.registered():  # shortcuts: `resbench scale` = `resbench run scaling`
+        if study.command:
+            sc = sub.add_parser(study.command, help=f"{study.help} (= resbench run on a kind: {study.name} suite)",
+                                description=f"{study.help[0].upper()}{study.help[1:]}: `resbench run` on a "
+                                f"kind: {study.name} suite (default: the shipped {study.default_suite}).")
+            run_arguments(sc, study.default_suite)
+            sc.set_defaults(func=cmd_run, kind=study.name)
+
+
+def run_arguments(run, default: str) -> None:
+    """The arguments of `resbench run` (and of its shortcuts, with their default suite)."""
+    run.add_argument("suite", nargs="?", default=default, help=f"suite YAML path or shipped suite name (default: {default})")
     run.add_argument("--out", help="results JSONL (default: results/local/<suite name>.jsonl under the resbench "
-                     "checkout you are in, else under the working directory); for a scaling or projection "
-                     "suite, the output directory (default: results/local/scaling)")
+                     "checkout you are in, else under the working directory); a study's report files go in "
+                     "the folder of the same name without .jsonl")
     run.add_argument("--force", action="store_true", help="redo cells that already have a finished record")
     run.add_argument("--resume-any", action="store_true",
                      help="also skip cells finished by other code or on another machine (default: only this code, "
@@ -180,52 +219,3 @@ def add_subcommands(sub) -> None:
     ex.add_argument("--sbatch-arg", dest="sbatch_args", action="append", metavar="OPT",
                     help="slurm: one more sbatch option, verbatim (repeatable), e.g. --sbatch-arg=--constraint=h100")
     ex.add_argument("--detach", action="store_true", help="slurm: submit and return; collect with `resbench gather`")
-    run.set_defaults(func=cmd_run)
-
-    su = sub.add_parser("suites", help="the shipped suites: kind, cells, purpose and how long a reference run took",
-                        description="Lists every shipped suite (benchmarks/suites/) with its study kind, device, the "
-                        "number of cells it expands to, what it is for, and the wall time of its committed reference "
-                        "run (a checkout only). --show NAME prints a suite's file, to copy and edit.")
-    su.add_argument("--json", action="store_true", help="the rows as JSON")
-    su.add_argument("--show", metavar="NAME", help="print this shipped suite's YAML")
-    su.set_defaults(func=cmd_suites)
-
-    ga = sub.add_parser("gather", help="collect the records of Slurm submissions (a --detach run, or one whose "
-                        "submitting process died) into their results file",
-                        description="Waits for the tasks of every submission of RESULTS not yet gathered, then "
-                        "appends their records (each once) under the file's lock. Exit 0 when every gathered cell "
-                        "finished, 1 otherwise.")
-    ga.add_argument("results", metavar="RESULTS", help="the results JSONL the submission was for")
-    ga.add_argument("--no-wait", action="store_true", help="gather what is finished and return, tasks still running "
-                                                           "stay for a later gather (exit 1)")
-    ga.add_argument("--quiet", action="store_true", help="no progress bar")
-    ga.set_defaults(func=cmd_gather)
-
-    rep = sub.add_parser("report", help="re-render the tables of results files, or a study's report (--suite)",
-                         description="The tables of any results files (one per shape, precision, compile mode and "
-                         "producer; the newest record per cell), or with --suite the report of that suite's study "
-                         "(overhead: exit 1 if a target is missed; loss: report.md and plots in --out).")
-    rep.add_argument("results", nargs="+", help="results JSONL file(s) (a scaling or projection study: its .jsonl)")
-    rep.add_argument("--suite", metavar="SUITE", help="render the report of this suite's study (its `kind:`): "
-                     "overhead checks the targets (exit 1 if one is missed), loss writes report.md + PNG plots, "
-                     "scaling / projection re-render their tables and plots")
-    rep.add_argument("--out", metavar="DIR", help="where a study's report files go (default: "
-                     "results/local/<suite name>)")
-    rep.add_argument("--json", action="store_true", help="the tables as JSON (raw numbers: ms, bytes, ratios); "
-                     "not with --suite")
-    rep.add_argument("--set", action="append", metavar="KEY=VALUE",
-                     help="with --suite: the same changes the run was given (repeatable)")
-    rep.set_defaults(func=cmd_report)
-
-    for study in studies.registered():  # shortcuts: `resbench scale` = `resbench run scaling`
-        if study.command:
-            sc = sub.add_parser(study.command, help=f"{study.help} (= resbench run on a kind: {study.name} suite)",
-                                description=f"{study.help[0].upper()}{study.help[1:]}: `resbench run` on a "
-                                f"kind: {study.name} suite (default: the shipped {study.default_suite}).")
-            sc.add_argument("suite", nargs="?", default=study.default_suite,
-                            help=f"{study.name} YAML path or shipped name (default: {study.default_suite})")
-            sc.add_argument("--out", help="output directory (default: results/local/scaling)")
-            sc.add_argument("--quiet", action="store_true", help="no per-cell progress lines")
-            sc.add_argument("--set", action="append", metavar="KEY=VALUE",
-                            help="change one value of the suite before it is checked (VALUE is YAML; repeatable)")
-            sc.set_defaults(func=cmd_run, kind=study.name)

@@ -44,7 +44,7 @@ class Suite:
     memory_cap_gb: float | None = None
     shape_overrides: dict = field(default_factory=dict)  # shape -> {batch|warmup|repeats: value}
     kind: str = ""  # the study on top of the records ("" = none); see studies/
-    study: dict = field(default_factory=dict)  # that study's own keys, validated by it (overhead: targets)
+    study_keys: dict = field(default_factory=dict)  # that study's own keys, validated by it (overhead: targets)
     launch: Launch = Launch()  # where distributed workloads' cells run (harness/parallel/launch.py)
     # {shape: {label: {(cost key, compile mode): bound}}}: the ratios its study checks against a bound
     # (overhead: targets); adaptive rounds of a timed workload also stop once each one is settled
@@ -176,16 +176,6 @@ def positive(where: str, value, typ=int, minimum=None):
     return value
 
 
-def int_list(where: str, raw, at_least: int = 1) -> tuple[int, ...]:
-    """A sorted tuple of distinct positive ints (depths, sweep values)."""
-    if not isinstance(raw, list) or len(raw) < at_least or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw):
-        raise ConfigError(f"{where} must be a list of at least {at_least} positive integers, got {short(raw)}")
-    if len(set(raw)) != len(raw):
-        raise ConfigError(f"{where} has duplicates: {short(raw)}")
-    return tuple(sorted(raw))
-
-
 def check_builds(spec: VariantSpec, cfg: ModelConfig, where: str):
     """The one check of a variant's options: it builds at this shape (on meta, no storage), else a
     ConfigError naming the variant and where."""
@@ -263,10 +253,17 @@ def parse_suite(raw: Any, default_name: str = "suite", extra_keys: tuple[str, ..
 
     shape_items, shape_overrides = _shape_overrides(raw["shapes"])
     shapes = parse_shapes(shape_items)
+    origin = {name: str(item.get("name", f"shape{n}")) for n, item in enumerate(shape_items)
+              for name, _ in swept(str(item.get("name", f"shape{n}")), {k: v for k, v in item.items() if k != "name"})}
+    shape_overrides = {name: shape_overrides[base] for name, base in origin.items() if base in shape_overrides}
     specs = parse_variants(raw["variants"])
-    for spec in specs:  # fail now, not in cell 37: every variant must build at every shape
+    names = [n for n, _ in shapes]
+    for spec in specs:  # fail now, not in cell 37: every variant must build at every shape it runs at
+        for bad in [s for s in spec.shapes if s not in names]:
+            raise ConfigError(f"variants[{spec.label}].shapes: no shape {short(bad)}; shapes: {', '.join(names)}")
         for shape_name, cfg in shapes:
-            check_builds(spec, cfg, f"shape {short(shape_name)}")
+            if not spec.shapes or shape_name in spec.shapes:
+                check_builds(spec, cfg, f"shape {short(shape_name)}")
     workloads_ = _parse_workloads(raw["workloads"])
     launch = parse_launch(raw.get("launcher"))
     executor = parse_executor(raw.get("executor"))
@@ -353,13 +350,6 @@ def parse_compile(raw: dict) -> tuple[str, ...]:
     return tuple(listed)
 
 
-def parse_seed(where: str, value) -> int:
-    value = coerce(where, value, int)
-    if not 0 <= value <= MAX_SEED:
-        raise ConfigError(f"{where} must be in 0 .. 2**63 - 1 (the generator's range), got {short(value)}")
-    return value
-
-
 def parse_precision(raw: dict, many: bool = False):
     """`precision:` (default fp32); with `many`, a list of them too (a tuple comes back). The
     old `dtype:` key names a tensor dtype, not how a model is trained: it is refused with the
@@ -409,8 +399,9 @@ def _shape_overrides(raw) -> tuple[Any, dict[str, dict[str, int]]]:
 
 
 def parse_variants(raw) -> tuple[VariantSpec, ...]:
-    """The suite's variants: names, {name, options, label}, or `all` (every registered variant
-    not named elsewhere in the list, with default options, in its place)."""
+    """The suite's variants: names, {name, options, label, shapes}, or `all` (every registered
+    variant not named elsewhere in the list, with default options, in its place). `shapes`: run
+    this entry only at these shapes (an N sweep at one depth)."""
     if not isinstance(raw, list) or not raw:
         raise ConfigError("variants must be a non-empty list of names or {name, options, label}, or all")
     registered = variants.names()
@@ -422,14 +413,17 @@ def parse_variants(raw) -> tuple[VariantSpec, ...]:
     for n, item in enumerate(raw):
         if isinstance(item, str):
             item = {"name": item}
-        check_keys(f"variants[{n}]", item, ("name", "options", "label"))
+        check_keys(f"variants[{n}]", item, ("name", "options", "label", "shapes"))
         name = item.get("name")
         if name not in registered:
             raise ConfigError(f"variants[{n}]: unknown variant {short(name)}; registered: {', '.join(registered)}")
         options = item.get("options") or {}
         if not isinstance(options, dict):
             raise ConfigError(f"variants[{n}].options must be a mapping, got {short(options)}")
-        spec = VariantSpec(name, dict(options), coerce(f"variants[{n}].label", item.get("label", ""), str))
+        at = item.get("shapes", [])
+        if not isinstance(at, list) or not all(isinstance(x, str) for x in at):
+            raise ConfigError(f"variants[{n}].shapes must be a list of shape names, got {short(at)}")
+        spec = VariantSpec(name, dict(options), coerce(f"variants[{n}].label", item.get("label", ""), str), tuple(at))
         _check_label(n, spec, registered)
         specs.append(spec)
     labels = [s.label for s in specs]
@@ -452,6 +446,8 @@ def _check_label(n: int, spec: VariantSpec, registered: list[str]) -> None:
 
 
 def parse_shapes(raw) -> tuple[tuple[str, ModelConfig], ...]:
+    """The suite's shapes. A field given as a list sweeps it: one shape per value, named
+    NAME-VALUE (`n_blocks: [8, 16]` in shape `depth` gives depth-8 and depth-16)."""
     if isinstance(raw, dict):  # {name: {...}} is accepted as well as a list
         raw = [{"name": k, **(v or {})} for k, v in raw.items()]
     if not isinstance(raw, list) or not raw:
@@ -461,11 +457,24 @@ def parse_shapes(raw) -> tuple[tuple[str, ModelConfig], ...]:
     for n, item in enumerate(raw):
         check_keys(f"shapes[{n}]", item, allowed)
         item = dict(item)
-        name = check_name(f"shapes[{n}].name", item.pop("name", f"shape{n}"))
-        if name in [x for x, _ in out]:
-            raise ConfigError(f"shapes: two shapes are named {name!r}; their settings would collide")
-        out.append((name, model_config(f"shapes[{name}]", item)))
+        base = check_name(f"shapes[{n}].name", item.pop("name", f"shape{n}"))
+        for name, values in swept(base, item):
+            if name in [x for x, _ in out]:
+                raise ConfigError(f"shapes: two shapes are named {name!r}; their settings would collide")
+            out.append((check_name(f"shapes[{n}].name", name), model_config(f"shapes[{name}]", values)))
     return tuple(out)
+
+
+def swept(name: str, item: dict) -> list[tuple[str, dict]]:
+    """(name, fields) per combination of the list-valued fields of one shape, in list order."""
+    out = [(name, dict(item))]
+    for key, values in item.items():
+        if isinstance(values, list):
+            if not values or len(set(map(repr, values))) != len(values):
+                raise ConfigError(f"shapes[{name}].{key} must be a value or a non-empty list of distinct values, "
+                                  f"got {short(values)}")
+            out = [(f"{n}-{v}", {**f, key: v}) for n, f in out for v in values]
+    return out
 
 
 def _parse_workloads(raw) -> dict[str, Any]:
@@ -527,7 +536,7 @@ def expand_cells(suite: Suite, device: str) -> list[Cell]:
                     for prec in suite.precisions:
                         for seed in suite.shape_overrides.get(shape_name, {}).get("seeds", suite.seeds):
                             for spec in suite.variants:
-                                if wl.skips(params, spec.name):
+                                if wl.skips(params, spec.name) or (spec.shapes and shape_name not in spec.shapes):
                                     continue
                                 cell = Cell(variant=spec.name, options=spec.options, label=spec.label,
                                             shape_name=shape_name, shape=cfg.to_dict(), workload=wl_name,

@@ -224,7 +224,7 @@ def test_targets_bound_compiled_ratios_by_mode_and_refuse_compiled_memory():
     raw = {**SUITE, "kind": "overhead", "compile": ["none", "default"],
            "targets": {"s": {"block-attnres(n_blocks=2)": {"train": 1.1, "train@default": 1.04}}}}
     _, suite = studies.parse(raw)
-    assert suite.study["targets"]["s"]["block-attnres(n_blocks=2)"] == {"train": 1.1, "train@default": 1.04}
+    assert suite.study_keys["targets"]["s"]["block-attnres(n_blocks=2)"] == {"train": 1.1, "train@default": 1.04}
     raw["targets"] = {"s": {"block-attnres(n_blocks=2)": {"train_memory@default": 1.0}}}
     with pytest.raises(ConfigError, match="unknown key 'train_memory@default'"):
         studies.parse(raw)

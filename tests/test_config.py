@@ -41,7 +41,7 @@ def test_shape_overrides_apply_to_workloads_with_the_field_at_that_shape_only():
     assert params[("s", "throughput")]["batch"] == 5 and params[("s", "throughput")]["repeats"] == 9
     assert params[("s", "memory")] == {"batch": 5}  # memory has no repeats
     assert params[("t", "throughput")]["batch"] == 2 and params[("t", "throughput")]["repeats"] == 2
-    assert suite.study == {"targets": {"s": {"prenorm": {"train": 1.1}}}} and suite.kind == "overhead"
+    assert suite.study_keys == {"targets": {"s": {"prenorm": {"train": 1.1}}}} and suite.kind == "overhead"
     assert studies.load("overhead")[1].shape_overrides["B"]["batch"] == 2
 
 

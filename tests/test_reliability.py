@@ -304,13 +304,13 @@ def test_suite_names_are_plain_names(name):
 
 
 def test_study_names_are_plain_names():
-    from resbench.studies.scaling import parse_study
+    from resbench.studies import parse
 
     raw = yaml.safe_load((ROOT / "benchmarks" / "suites" / "scaling.yaml").read_text())
     with pytest.raises(ConfigError, match="plain name"):
-        parse_study({**raw, "name": "../../etc/x"})
+        parse({**raw, "name": "../../etc/x"})
     with pytest.raises(ConfigError, match="threads must be >= 0"):
-        parse_study({**raw, "threads": -1})
+        parse({**raw, "threads": -1})
 
 
 def test_out_pointing_at_a_directory_fails_before_any_work(tmp_path, capsys):
@@ -450,15 +450,16 @@ def test_corpus_problems_stop_the_run_before_any_cell(tmp_path):
 
 
 def test_a_scale_cell_that_fails_is_a_status(faults, tmp_path, capsys):
-    raw = {"kind": "scaling", "name": "mini", "threads": 1, "batch": 1, "depths": [1, 2],
-           "shape": {"d_model": 16, "n_heads": 2, "seq_len": 8, "vocab_size": 32},
-           "variants": ["prenorm", "memerr"], "views": ["inference"], "pipeline_stages": 1}
+    raw = {"kind": "scaling", "name": "mini", "threads": 1,
+           "shapes": [{"name": "s", "d_model": 16, "n_heads": 2, "seq_len": 8, "vocab_size": 32, "n_blocks": [1, 2]}],
+           "variants": ["prenorm", "memerr"],
+           "workloads": {"memory_views": {"views": ["inference"], "pipeline_stages": 1}}}
     path = tmp_path / "mini.yaml"
     path.write_text(yaml.safe_dump(raw))
-    assert main(["scale", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 1
-    recs = [json.loads(x) for x in (tmp_path / "o" / "mini.jsonl").read_text().splitlines()]
-    assert {(r["variant"], r["status"]) for r in recs} == {("prenorm", "ok"), ("memerr", "oom")}
-    assert "memerr" in capsys.readouterr().err
+    assert main(["scale", str(path), "--out", str(tmp_path / "mini.jsonl"), "--quiet"]) == 1
+    recs = [json.loads(x) for x in (tmp_path / "mini.jsonl").read_text().splitlines()]
+    assert {(r["cell"]["variant"], r["status"]) for r in recs} == {("prenorm", "ok"), ("memerr", "oom")}
+    assert "memerr" in capsys.readouterr().out  # the report names what was left out of the fits
 
 
 # 16. exit status, worker stderr ----------------------------------------------------------------

@@ -16,7 +16,7 @@ from resbench.config import ConfigError
 from resbench.measure.projection import project
 from resbench.model import ModelConfig, build_model
 from resbench.measure import memory_views as V
-from resbench.studies.scaling import parse_study, run_study
+from resbench.studies.scaling import series
 from resbench.studies.scaling_fit import (
     declared_depth_class,
     declared_n_class,
@@ -210,9 +210,9 @@ def test_projection_matches_real_within_5_percent(name, options):
         real[view], kv = V.prefill_bytes(model, idx, chunk)
         assert kv == 2 * cfg.n_blocks * 2 * cfg.seq_len * cfg.d_model * 4  # keys and values, every block
         assert real[view] > kv
-    fake = project(cfg, name, options, 2, PRECISIONS["fp32"], tuple(real), checkpoint_every=1, stages=2, chunk=5)
+    fake, _ = project(cfg, name, options, 2, PRECISIONS["fp32"], tuple(real), checkpoint_every=1, stages=2, chunk=5)
     for view, r in real.items():
-        assert r > 0 and abs(fake[view] - r) <= 0.05 * r, (view, fake[view], r)
+        assert r > 0 and abs(fake["bytes"][view] - r) <= 0.05 * r, (view, fake["bytes"][view], r)
     assert fake["kv_cache_bytes"] == kv
 
 
@@ -229,28 +229,41 @@ def test_chunked_prefill_holds_one_chunk_beyond_the_cache(name, options):
 
 def test_projection_runs_a_production_shape_quickly():
     cfg = ModelConfig(vocab_size=256, d_model=7168, n_blocks=2, n_heads=56, seq_len=131072)
-    r = project(cfg, "prenorm", {}, 1, PRECISIONS["bf16-pure"], ("inference",))
+    r, _ = project(cfg, "prenorm", {}, 1, PRECISIONS["bf16-pure"], ("inference",))
     vec = 131072 * 7168 * 2
-    assert 2 * vec < r["inference"] < 20 * vec  # O(T) attention: no T² score matrix
+    assert 2 * vec < r["bytes"]["inference"] < 20 * vec  # O(T) attention: no T² score matrix
     assert r["seconds"] < 20
 
 
-# -- a mini sweep gives the expected classes --------------------------------------------------
+# -- a mini sweep through the runner gives the expected classes ------------------------------
 
 MINI = {
-    "kind": "scaling", "name": "mini", "threads": 1, "batch": 1,
-    "shape": {"d_model": 64, "n_heads": 4, "seq_len": 32, "vocab_size": 32, "mlp_ratio": 2},
-    "depths": [2, 4, 8],
+    "kind": "scaling", "name": "mini", "threads": 1,
+    "shapes": [{"name": "mini", "d_model": 64, "n_heads": 4, "seq_len": 32, "vocab_size": 32, "mlp_ratio": 2,
+                "n_blocks": [2, 4, 8]}],
     "variants": ["prenorm", "highway", "densenet", "full-attnres",
                  {"name": "block-attnres", "options": {"n_blocks": 2}},  # S >= 2 at every depth
-                 "hc"],  # n = 4 streams: n·d per token, constant in depth
-    "n_sweep": {"variant": "block-attnres", "blocks": 4, "values": [1, 2, 4]},
-    "checkpoint_every": 1, "pipeline_stages": 2,
+                 "hc",  # n = 4 streams: n·d per token, constant in depth
+                 # the N sweep at 4 blocks: N = 1, 2 (the entry above), 4
+                 {"name": "block-attnres", "options": {"n_blocks": 1}, "shapes": ["mini-4"]},
+                 {"name": "block-attnres", "options": {"n_blocks": 4}, "shapes": ["mini-4"]}],
+    "workloads": {"memory_views": {"batch": 1, "checkpoint_every": 1, "pipeline_stages": 2}},
 }
 
 
-def test_mini_sweep_classes():
-    rows = analyse(run_study(parse_study(MINI), progress=False))
+def write_suite(tmp_path, raw, name="s.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_mini_sweep_runs_through_the_runner_and_gives_the_declared_classes(tmp_path, capsys):
+    out = tmp_path / "mini.jsonl"
+    assert main(["scale", write_suite(tmp_path, MINI), "--out", str(out), "--quiet"]) == 0
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(records) == 6 * 3 + 2 and all(r["status"] == "ok" for r in records)
+    assert {r["cell"]["workload"] for r in records} == {"memory_views"}  # ordinary records, one format
+    rows = analyse(series(records))
     got = {(r["sweep"], r["variant"], r["view"]): r["class"] for r in rows}
     for view in ("inference", "pipeline", "checkpointed"):
         assert got[("depth", "prenorm", view)] == "O(d)"
@@ -263,6 +276,31 @@ def test_mini_sweep_classes():
     for label in ("prenorm", "highway", "densenet", "full-attnres", "block-attnres(n_blocks=2)", "hc"):
         assert got[("depth", label, "train")] == "O(L·d)"  # plain training saves everything
     assert all(r["agrees"] for r in rows), [r for r in rows if not r["agrees"]]
+    files = {p.name for p in (tmp_path / "mini").iterdir()}
+    assert {"mini_fits.csv", "mini_table.md"} <= files
+    # the report re-renders the same table from the records alone
+    table = (tmp_path / "mini" / "mini_table.md").read_text()
+    capsys.readouterr()
+    assert main(["report", str(out), "--suite", write_suite(tmp_path, MINI), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "mini_table.md").read_text() == table
+
+
+def _record(label, variant, options, shape_name, n_blocks, N, L):
+    cell = {"label": label, "variant": variant, "options": options, "shape_name": shape_name, "workload": "memory_views",
+            "shape": {"n_blocks": n_blocks, "d_model": 8, "seq_len": 4}, "precision": "fp32",
+            "params": {"batch": 1, "checkpoint_every": 1, "pipeline_stages": 2}}
+    return {"status": "ok", "cell": cell, "metrics": {"L": L, "N": N, "bytes": {}}}
+
+
+def test_series_are_found_in_the_records():
+    """A label at two depths is a depth series; one variant at one shape with two N values is an N
+    series, and a record may be in both; a variant whose N does not follow its option is none."""
+    recs = [_record("b8", "block-attnres", {"n_blocks": 8}, f"d-{b}", b, 8, 2 * b) for b in (8, 16)]
+    recs += [_record(f"b{n}", "block-attnres", {"n_blocks": n}, "d-16", 16, n, 32) for n in (2, 4)]
+    recs += [_record(f"s{n}", "stuck", {"n_blocks": n}, "d-16", 16, 1, 32) for n in (2, 4)]
+    got = [(r["sweep"], r["label"], r["L"], r["N"]) for r in series(recs)]
+    assert got == [("depth", "b8", 16, 8), ("depth", "b8", 32, 8),
+                   ("N", "block-attnres", 32, 2), ("N", "block-attnres", 32, 4), ("N", "block-attnres", 32, 8)]
 
 
 # -- schema and CLI ---------------------------------------------------------------------------
@@ -279,76 +317,59 @@ def load_study(spec: str):
 def test_shipped_suites_parse_and_cover_every_variant():
     scaling = load_study("scaling")
     assert {s.name for s in scaling.variants} == set(variants.names())
-    assert scaling.n_sweep.variant.name == "block-attnres"
+    assert [n for n, _ in scaling.shapes] == ["depth-8", "depth-12", "depth-16", "depth-24", "depth-32"]
+    swept = sorted(s.options["n_blocks"] for s in scaling.variants if s.shapes == ("depth-32",))
+    assert swept == [1, 2, 4, 16, 32]  # with the N = 8 entry at every depth: the paper's N and its neighbours
     proj = load_study("projection")
     (_, cfg), = proj.shapes
-    assert (cfg.d_model, cfg.n_blocks, cfg.seq_len, proj.precision, proj.batch) == (7168, 27, 131072, "bf16-pure", 1)
+    p = proj.workloads["memory_views"]
+    assert (cfg.d_model, cfg.n_blocks, cfg.seq_len, proj.precisions, p.batch, p.tensors) == \
+        (7168, 27, 131072, ("bf16-pure",), 1, "fake")
 
 
 @pytest.mark.parametrize("patch,match", [
-    ({"kind": "projection"}, "kind must be 'scaling'"),
-    ({"depth": [1, 2]}, "unknown key 'depth'"),
-    ({"depths": [4]}, "depths must be a list of at least 2"),
-    ({"views": ["inference", "bogus"]}, "views must be"),
-    ({"n_sweep": {"blocks": 8, "values": [1, 2], "options": {"n_blocks": 2}}}, "n_sweep.options"),
-    ({"n_sweep": {"blocks": 2, "values": [1, 8]}}, "n_sweep value 8"),
-    ({"n_sweep": {"blocks": 8, "values": [1, 2], "options": {"block_size": 4}}}, "must not set block_size"),
-    ({"shape": {"d_model": 64, "n_blocks": 3}}, "shape: unknown key 'n_blocks'"),
-    ({"pipeline_stages": 5}, "pipeline_stages"),
+    ({"workloads": {"memory_views": {"views": ["inference", "bogus"]}}}, "views must be"),
+    ({"workloads": {"memory_views": {"pipeline_stages": 3}}}, "pipeline_stages .3. must be <= the blocks"),
+    ({"workloads": {"memory_views": {"tensors": "paper"}}}, "tensors must be one of real, fake"),
+    ({"workloads": {"throughput": {}}}, "kind: scaling suite measures workloads.memory_views"),
+    ({"variants": [{"name": "prenorm", "shapes": ["mini-3"]}]}, "no shape 'mini-3'; shapes: mini-2, mini-4"),
+    ({"shapes": [{**MINI["shapes"][0], "n_blocks": [2, 2]}]}, "list of distinct values"),
+    ({"variants": [{"name": "block-attnres", "options": {"n_blocks": 8}}]}, "at shape 'mini-2'"),
 ])
 def test_bad_scaling_yaml_is_one_line_error(patch, match):
+    from resbench.studies import parse
+
     with pytest.raises(ConfigError, match=match) as exc:
-        parse_study({**MINI, **patch})
+        parse({**MINI, **patch})
     assert "\n" not in str(exc.value)
 
 
 def test_cli_bad_suite_exits_2(tmp_path, capsys):
     bad = tmp_path / "s.yaml"
-    bad.write_text("kind: scaling\nshape: {d_model: 64}\ndepths: [1, 2]\nvariants: [nope]\n")
-    assert main(["scale", str(bad), "--out", str(tmp_path)]) == 2
+    bad.write_text("kind: scaling\nshapes: [{d_model: 64, n_blocks: [1, 2]}]\nvariants: [nope]\n"
+                   "workloads: {memory_views: {}}\n")
+    assert main(["scale", str(bad), "--out", str(tmp_path / "r.jsonl")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("resbench: error:") and "unknown variant 'nope'" in err
     assert main(["project", "scaling"]) == 2
     assert "runs a `kind: projection` suite" in capsys.readouterr().err
 
 
-def test_project_cli_writes_its_table(tmp_path, capsys):
-    raw = {"kind": "projection", "name": "p", "precision": "bf16-pure", "batch": 1, "views": ["inference"],
-           "shapes": [{"name": "big", "d_model": 256, "n_blocks": 2, "n_heads": 4, "seq_len": 4096}],
-           "variants": ["prenorm", {"name": "block-attnres", "options": {"n_blocks": 2}}], "pipeline_stages": 2}
-    path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    assert main(["project", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 0
-    recs = [json.loads(x) for x in (tmp_path / "o" / "p.jsonl").read_text().splitlines()]
-    assert {r["label"] for r in recs} == {"prenorm", "block-attnres(n_blocks=2)"}
-    assert all(r["inference"] > 0 and r["env"]["code_hash"] for r in recs)
-    assert "big" in (tmp_path / "o" / "p.md").read_text()
+PROJ = {"kind": "projection", "name": "p", "precision": "bf16-pure",
+        "shapes": [{"name": "big", "d_model": 256, "n_blocks": 2, "n_heads": 4, "seq_len": 4096}],
+        "variants": ["prenorm", {"name": "block-attnres", "options": {"n_blocks": 2}}],
+        "workloads": {"memory_views": {"tensors": "fake", "views": ["inference", "prefill"], "pipeline_stages": 2}}}
 
 
-def test_n_sweep_must_vary_n(monkeypatch):
-    """A variant that takes n_blocks but does not build N blocks from it cannot be N-swept."""
-    from resbench.variants.base import Residual
-
-    class Stuck(Residual):
-        def __init__(self, d_model, n_layers, *, n_blocks: int = 1):
-            super().__init__(d_model, n_layers)
-            self.n_blocks = 1  # ignores the option
-
-    monkeypatch.setattr(variants, "_REGISTRY", {**variants._REGISTRY, "stuck": Stuck})
-    with pytest.raises(ConfigError, match="with n_blocks=2 builds N=1 AttnRes blocks, so N would not vary"):
-        parse_study({**MINI, "n_sweep": {"variant": "stuck", "blocks": 4, "values": [1, 2]}})
-
-
-def test_run_runs_a_study_suite_as_its_own_command_would(tmp_path, capsys):
-    """One CLI pattern: `resbench run SUITE` runs any suite kind (here: a projection)."""
-    raw = {"kind": "projection", "name": "p", "precision": "bf16-pure", "batch": 1, "views": ["inference"],
-           "shapes": [{"name": "big", "d_model": 64, "n_blocks": 2, "n_heads": 4, "seq_len": 256}],
-           "variants": ["prenorm"], "pipeline_stages": 2}
-    path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    assert main(["run", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 0
-    assert "big" in (tmp_path / "o" / "p.md").read_text()
+def test_project_and_run_are_one_command_with_one_record_format(tmp_path, capsys):
+    out = tmp_path / "p.jsonl"
+    assert main(["project", write_suite(tmp_path, PROJ), "--out", str(out), "--quiet"]) == 0
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert {r["cell"]["label"] for r in recs} == {"prenorm", "block-attnres(n_blocks=2)"}
+    assert all(r["metrics"]["bytes"]["inference"] > 0 and r["metrics"]["kv_cache_bytes"] > 0
+               and r["env"]["code_hash"] for r in recs)
+    table = (tmp_path / "p" / "p.md").read_text()
+    assert "Projected (fake tensors, no storage) — shape 'big'" in table and "prefill into KV cache" in table
     capsys.readouterr()
-    assert main(["run", str(path), "--force"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("resbench: error: --force does not apply to a projection suite") and err.count("\n") == 1
+    assert main(["run", write_suite(tmp_path, PROJ), "--out", str(out), "--quiet"]) == 0  # the same cells: resumed
+    assert "already finished" in capsys.readouterr().err

@@ -195,7 +195,7 @@ def measure(model, idx, targets, views, checkpoint_every: int, stages: int, para
             with precision.context(idx.device):
                 pipe = pipeline_bytes(model, idx, stages, params)
             out[view] = pipe["max"]
-            extra = {f"pipeline_{k}": {str(c): b for c, b in pipe[k].items()} for k in ("boundaries", "vectors", "fixed")}
+            extra.update({f"pipeline_{k}": {str(c): b for c, b in pipe[k].items()} for k in ("boundaries", "vectors", "fixed")})
         else:
             raise ValueError(f"unknown view {view!r}; views: {', '.join(VIEWS + PREFILL_VIEWS)}")
     return out, extra

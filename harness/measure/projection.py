@@ -39,15 +39,15 @@ def param_bytes(model: Transformer, dtype: torch.dtype) -> int:
 
 
 def project(cfg: ModelConfig, variant: str, options: dict | None, batch: int, precision: Precision,
-            views: tuple[str, ...], checkpoint_every: int = 1, stages: int = 4, chunk: int = 0) -> dict:
-    """Projected bytes per view (same functions and tracker as the real measurement)."""
+            views: tuple[str, ...], checkpoint_every: int = 1, stages: int = 4, chunk: int = 0) -> tuple[dict, Transformer]:
+    """(projected {"bytes": {view: bytes}, details, "param_bytes", "seconds"}, the meta model): the
+    same functions and tracker as the real measurement (measure.memory_views.measure)."""
     model = meta_model(cfg, variant, options)
     dtype = precision.param_dtype
-    out = {"param_bytes": param_bytes(model, dtype), "state_vectors": model.residual.state_vectors()}
     t0 = time.perf_counter()
     with FakeTensorMode():
         params = fake_params(model, dtype)
         idx = torch.zeros(batch, cfg.seq_len, dtype=torch.long)
         bytes_, extra = V.measure(model, idx, idx, views, checkpoint_every, stages, params, precision, chunk)
-    kv = {"kv_cache_bytes": extra["kv_cache_bytes"]} if "kv_cache_bytes" in extra else {}
-    return {**out, **bytes_, **kv, "seconds": time.perf_counter() - t0}
+    return {"bytes": bytes_, **extra, "param_bytes": param_bytes(model, dtype),
+            "seconds": round(time.perf_counter() - t0, 3)}, model

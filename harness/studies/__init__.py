@@ -35,12 +35,10 @@ def parse(raw: Any, default_name: str = "suite") -> tuple[Study | None, Any]:
         raise ConfigError(f"kind must be one of {', '.join(names())} (or absent: a plain measurement suite); "
                           f"got {short(kind)}")
     study = get(kind)
-    if study.own_schema:
-        return study, study.parse(raw, default_name)
     suite: Suite = parse_suite(raw, default_name, extra_keys=("kind", *study.keys))
     values = study.parse_keys({k: raw[k] for k in study.keys if k in raw}, [n for n, _ in suite.shapes],
                               [s.label for s in suite.variants])
-    suite = dataclasses.replace(suite, kind=kind, study=values, bounds=study.bounds(values))
+    suite = dataclasses.replace(suite, kind=kind, study_keys=values, bounds=study.bounds(values))
     study.check(suite)
     return study, suite
 

@@ -1,12 +1,9 @@
 """What a study declares. A study is a suite `kind:`; `resbench run SUITE` and `resbench report
 RESULTS --suite SUITE` dispatch on it, so adding a study is adding one module to this package.
 
-Two shapes of study share the protocol suite → cells → run → analyse → report:
-- a *measurement* study (loss, overhead) is a measurement suite (variants × shapes × workloads,
-  run by the runner in worker processes) plus the keys it adds (`keys`, checked by
-  `parse_keys`); `analyse` turns the suite's records into its report;
-- an *in-process* study (scaling, projection: `own_schema = True`) has its own schema (`parse`),
-  runs its cells itself (`run`) and re-renders from the records it wrote (`report`).
+A study only analyses: its suite is a measurement suite (variants × shapes × workloads, run by
+the runner in worker processes, one record per cell) plus the keys the study adds (`keys`,
+checked by `parse_keys`); `analyse` turns the suite's records into its report.
 """
 from __future__ import annotations
 
@@ -22,14 +19,12 @@ register = REGISTRY.register  # class decorator: one instance of the study, as s
 class Study:
     name: str = ""
     help: str = ""
-    own_schema: bool = False
-    keys: tuple[str, ...] = ()  # measurement study: the top-level suite keys it adds
-    command: str | None = None  # in-process study: a shortcut subcommand (`resbench scale` = `run scaling`)
+    keys: tuple[str, ...] = ()  # the top-level suite keys it adds
+    command: str | None = None  # a shortcut subcommand (`resbench scale` = `resbench run scaling`)
     default_suite: str | None = None  # the shipped suite the shortcut runs without an argument
 
-    # -- measurement studies -----------------------------------------------------------------
     def parse_keys(self, raw: dict, shapes: list[str], labels: list[str]) -> dict[str, Any]:
-        """This study's keys of a suite → their validated values (Suite.study)."""
+        """This study's keys of a suite → their validated values (Suite.study_keys)."""
         return {}
 
     def bounds(self, values: dict) -> dict:
@@ -45,16 +40,14 @@ class Study:
         """(report text, whether its checks pass) from the suite's records; files go under `out`."""
         raise NotImplementedError
 
-    # -- in-process studies -------------------------------------------------------------------
-    def parse(self, raw: dict, default_name: str):
-        raise NotImplementedError
 
-    def run(self, study, out: Path, progress: bool) -> int:
-        raise NotImplementedError
+def have_matplotlib() -> bool:
+    """Plots need the [plot] extra; without it a study still writes its tables."""
+    import sys
 
-    def report(self, paths: list[str], study, out: Path) -> int:
-        raise NotImplementedError
-
-    def count_cells(self, study) -> int:
-        """How many cells its config runs (`resbench suites`)."""
-        raise NotImplementedError
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("resbench: warning: matplotlib is not installed (pip install 'resbench[plot]'): no plots", file=sys.stderr)
+        return False
+    return True

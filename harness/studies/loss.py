@@ -293,7 +293,7 @@ def measured_by(records: list[dict], rederive_flops: bool) -> str:
 def report(records: list[dict], out: Path, rederive_flops: bool = True) -> str:
     data = collect(records, rederive_flops)
     out.mkdir(parents=True, exist_ok=True)
-    from .scaling import have_matplotlib
+    from .base import have_matplotlib
 
     plots = plot_curves(data, out) + plot_dynamics(data, out) if have_matplotlib() else []
     lines = ["# Short-run loss study", "", measured_by(records, rederive_flops), ""]

@@ -224,4 +224,4 @@ class Overhead(Study):
                 for shape, labels in values.get("targets", {}).items()}
 
     def analyse(self, records, suite, out):
-        return render_overhead(records, suite.study.get("targets"))
+        return render_overhead(records, suite.study_keys.get("targets"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from ..measure.memory_views import VIEWS
+from ..measure.memory_views import PREFILL_VIEWS, VIEWS
 from ..palette import colour, dashes, legend_outside
 from .scaling_fit import declared_depth_class, declared_n_class, depth_class, fit_line, n_class
 
@@ -71,14 +71,23 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def render_table(rows: list[dict], records: list[dict], study) -> str:
-    sh = study.shape
-    head = (f"Shape: d={sh.get('d_model')}, seq={sh.get('seq_len')}, batch={study.batch}, {study.precision}; "
-            f"checkpoint every {study.checkpoint_every} block(s); pipeline split into {study.pipeline_stages} "
+def _fixed(x: float, places: int) -> str:
+    """x to `places` decimals, never "-0.0": a flat fit's slope is a rounding error of either sign."""
+    return f"{round(x, places) + 0.0:.{places}f}"
+
+
+def render_table(rows: list[dict], records: list[dict]) -> str:
+    """The fits, and pipeline traffic at each depth series' deepest point; `records` are the
+    series points (scaling.series)."""
+    if not records:
+        return "No memory_views records of a depth or N series (two or more depths, or N values, per variant)."
+    r0 = records[0]
+    head = (f"Shape: d={r0['d_model']}, seq={r0['seq_len']}, batch={r0['batch']}, {r0['precision']}; "
+            f"checkpoint every {r0['checkpoint_every']} block(s); pipeline split into {r0['pipeline_stages']} "
             f"stages. Slope = bytes per token per added sublayer (depth sweep) or per added AttnRes block "
             f"(N sweep); 'd-vec' = slope / (d · itemsize); 'floor' = what any residual net keeps in that view.")
     table = tabulate(
-        [[r["sweep"], r["variant"], r["view"], f"{r['slope_bytes_per_token']:.1f}", f"{r['slope_dvec']:.3f}",
+        [[r["sweep"], r["variant"], r["view"], _fixed(r["slope_bytes_per_token"], 1), _fixed(r["slope_dvec"], 3),
           f"{r['floor_dvec']:.2f}" if r["floor_dvec"] else "", r["class"], f"{r['r2']:.4f}", r["expected"],
           "yes" if r["agrees"] else "**NO**", f"{r['bytes_per_token_at_max'] / 1024:.1f}"] for r in rows],
         headers=["sweep", "variant", "view", "slope B/token", "d-vec", "floor", "class (fit)", "R²",
@@ -157,26 +166,29 @@ def _gib(b: float) -> str:
     return f"{b / 2**30:.2f}"
 
 
-def render_projection(records: list[dict], study) -> str:
-    views = list(study.views)
+def render_projection(records: list[dict]) -> str:
+    """One table per shape of `memory_views` records (projected, or measured at a small shape)."""
     out = []
-    for shape in dict.fromkeys(r["shape"] for r in records):
-        recs = [r for r in records if r["shape"] == shape]
-        r0 = recs[0]
-        out.append(f"Projected (fake tensors, no storage) — shape {shape!r}: d={r0['d_model']}, "
-                   f"{r0['n_blocks']} blocks (L={2 * r0['n_blocks']}), heads={r0['n_heads']}, "
-                   f"seq={r0['seq_len']}, batch={r0['batch']}, vocab={r0['vocab_size']}, {r0['precision']}; "
-                   f"checkpoint every {r0['checkpoint_every']} block(s), {r0['pipeline_stages']} pipeline stages. "
-                   f"GiB for the whole batch ({r0['batch'] * r0['seq_len']:,} tokens): peaks of live tensors created by "
+    for shape in dict.fromkeys(r["cell"]["shape_name"] for r in records):
+        recs = [r for r in records if r["cell"]["shape_name"] == shape]
+        c0, m0 = recs[0]["cell"], recs[0]["metrics"]
+        sh, p = c0["shape"], c0["params"]
+        views = [v for v in VIEWS + PREFILL_VIEWS if v in p["views"]]
+        how = "Projected (fake tensors, no storage)" if p["tensors"] == "fake" else "Measured"
+        out.append(f"{how} — shape {shape!r}: d={sh['d_model']}, "
+                   f"{sh['n_blocks']} blocks (L={2 * sh['n_blocks']}), heads={sh['n_heads']}, "
+                   f"seq={sh['seq_len']}, batch={p['batch']}, vocab={sh['vocab_size']}, {c0['precision']}; "
+                   f"checkpoint every {p['checkpoint_every']} block(s), {p['pipeline_stages']} pipeline stages. "
+                   f"GiB for the whole batch ({m0['tokens']:,} tokens): peaks of live tensors created by "
                    f"the step (weights apart, column 'weights'; gradients and optimizer state excluded); pipeline = "
                    f"bytes crossing the busiest stage boundary."
-                   + (f" The prefill views hold the KV cache ({_gib(r0['kv_cache_bytes'])} GiB, the same for every "
-                      f"variant) plus the forward's peak; chunked: {r0.get('prefill_chunk', 0):,} tokens per forward "
-                      "(each chunk's chunk x context attention mask included)." if "kv_cache_bytes" in r0 else "")
+                   + (f" The prefill views hold the KV cache ({_gib(m0['kv_cache_bytes'])} GiB, the same for every "
+                      f"variant) plus the forward's peak; chunked: {p.get('prefill_chunk', 0):,} tokens per forward "
+                      "(each chunk's chunk x context attention mask included)." if "kv_cache_bytes" in m0 else "")
                    + "\n")
         out.append(tabulate(
-            [[r["label"], r["state_vectors"], _gib(r["param_bytes"])] + [_gib(r[v]) for v in views]
-             + [f"{r['seconds']:.0f}"] for r in recs],
+            [[r["cell"]["label"], r["metrics"]["state_vectors"], _gib(r["metrics"]["param_bytes"])]
+             + [_gib(r["metrics"]["bytes"][v]) for v in views] + [f"{r['metrics']['seconds']:.0f}"] for r in recs],
             headers=["variant", "state d-vecs", "weights"] + [VIEW_TITLES[v] for v in views] + ["s"],
             tablefmt="github", disable_numparse=True))
         out.append("")
