@@ -214,7 +214,7 @@ def add_subcommands(sub) -> None:
     cmp = sub.add_parser("compare", help="regression gate: HEAD's records against BASE's; exit 1 on a regression",
                          description="Compare HEAD's results with BASE's, metric by metric: two resbench JSONL files "
                          "(cells paired by key, timings tested with a one-sided Mann-Whitney U) or two asv results "
-                         "files (a threshold per kind of series). Exit 1 on a regression, 2 on a user error.")
+                         "files (a threshold per rule: ratio, time, exact, fixed-seed). Exit 1 on a regression, 2 on a user error.")
     cmp.add_argument("base", metavar="BASE", help="results JSONL, or JSONL@COMMIT for one commit's records, or an "
                                                   "asv results file (one per commit, e.g. "
                                                   "results/asv/xeon-2core/f8fd65b0-virtualenv-py3.11-torch2.13.0.json)")

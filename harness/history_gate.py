@@ -1,7 +1,7 @@
 """The regression gate over asv history: one commit's asv results against another's (or the
-same commit measured twice), series by series, with a threshold per kind of series.
+same commit measured twice), series by series, with a threshold per rule.
 
-The kind comes from the benchmark's declared unit (benchmarks/*.py): interleaved ratios vs
+A series' rule comes from the benchmark's declared unit (benchmarks/*.py): interleaved ratios vs
 PreNorm are what this machine resolves, so they gate at `--threshold`; absolute milliseconds
 move with the machine's load and gate only at the loose `--time-threshold`; bytes and FLOPs are
 exact, so any increase is a regression and any decrease a change worth seeing; the fixed-seed
@@ -21,8 +21,9 @@ from tabulate import tabulate
 from .compare import judge
 from .errors import UserError
 
-KINDS = {"x PreNorm": "ratio", "ms (machine-dependent)": "time", "bytes": "exact", "FLOPs/token": "exact",
-         "nats": "fixed-seed"}
+RULES = {  # the unit a benchmark declares -> how its series is gated
+    "x PreNorm": "ratio", "ms (machine-dependent)": "time", "bytes": "exact", "FLOPs/token": "exact",
+    "nats": "fixed-seed"}
 EXACT_TOLERANCE = 1e-9  # relative: JSON round-trips, nothing more
 LOSS_TOLERANCE = 1e-3
 
@@ -30,7 +31,7 @@ LOSS_TOLERANCE = 1e-3
 @dataclass
 class SeriesRow:
     series: str
-    kind: str
+    rule: str  # ratio, time, exact or fixed-seed (RULES)
     base: float | None
     head: float | None
     ratio: float | None
@@ -156,26 +157,26 @@ def compare(base: dict, head: dict, units: dict, threshold: float, time_threshol
     allowed = {"ratio": threshold, "time": time_threshold, "exact": EXACT_TOLERANCE, "fixed-seed": LOSS_TOLERANCE}
     rows = []
     for name in sorted(set(base) | set(head)):
-        kind = KINDS.get(units.get(name, ""), "ratio")
-        b, h, lim = base.get(name), head.get(name), allowed[kind]
+        rule = RULES.get(units.get(name, ""), "ratio")
+        b, h, lim = base.get(name), head.get(name), allowed[rule]
         if b is None:
-            rows.append(SeriesRow(name, kind, b, h, None, lim, "new at HEAD" if h is not None else "no data", False))
+            rows.append(SeriesRow(name, rule, b, h, None, lim, "new at HEAD" if h is not None else "no data", False))
             continue
         if h is None:
-            rows.append(SeriesRow(name, kind, b, h, None, lim, "missing at HEAD: REGRESSION", True))
+            rows.append(SeriesRow(name, rule, b, h, None, lim, "missing at HEAD: REGRESSION", True))
             continue
         ratio = h / b if b else (1.0 if h == b else math.inf)
-        _, verdict, bad = judge(ratio, lim, lower="better" if kind in ("ratio", "time") else "changed (lower)")
-        rows.append(SeriesRow(name, kind, b, h, ratio, lim, verdict, bad))
+        _, verdict, bad = judge(ratio, lim, lower="better" if rule in ("ratio", "time") else "changed (lower)")
+        rows.append(SeriesRow(name, rule, b, h, ratio, lim, verdict, bad))
     return rows
 
 
 def spread(rows: list[SeriesRow]) -> dict[str, float]:
-    """Largest |HEAD/BASE - 1| per kind of series: how far apart the two runs are at worst."""
+    """Largest |HEAD/BASE - 1| per rule: how far apart the two runs are at worst."""
     out: dict[str, float] = {}
     for r in rows:
         if r.ratio is not None:
-            out[r.kind] = max(out.get(r.kind, 0.0), abs(r.ratio - 1))
+            out[r.rule] = max(out.get(r.rule, 0.0), abs(r.ratio - 1))
     return out
 
 
@@ -184,10 +185,10 @@ def render(rows: list[SeriesRow], show_all: bool) -> str:
     def num(v):
         return "-" if v is None else f"{v:.10g}"
 
-    table = [[r.series, r.kind, num(r.base), num(r.head), "-" if r.ratio is None else f"{r.ratio:.4f}",
-              "exact" if r.kind == "exact" else f"±{r.allowed:.1%}",
+    table = [[r.series, r.rule, num(r.base), num(r.head), "-" if r.ratio is None else f"{r.ratio:.4f}",
+              "exact" if r.rule == "exact" else f"±{r.allowed:.1%}",
               r.verdict] for r in shown]
-    return tabulate(table, headers=["series", "kind", "BASE", "HEAD", "HEAD/BASE", "allowed", "verdict"],
+    return tabulate(table, headers=["series", "rule", "BASE", "HEAD", "HEAD/BASE", "allowed", "verdict"],
                     disable_numparse=True, tablefmt="github")
 
 

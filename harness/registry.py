@@ -12,9 +12,9 @@ class Registry(dict):
     """{name: the one instance of the class registered under it}. `scan` names the package whose
     modules register into it; `registered`, `names` and `lookup` import them on first use."""
 
-    def __init__(self, kind: str):
+    def __init__(self, item: str):
         super().__init__()
-        self.kind = kind
+        self.item = item  # what it holds, for messages: "workload", "study", "executor"
         self._package: tuple | None = None
         self._order: Callable = lambda obj: obj.name
         self._discovered = False
@@ -22,7 +22,7 @@ class Registry(dict):
     def register(self, name: str):
         def deco(cls):
             if name in self and type(self[name]) is not cls:
-                raise ValueError(f"{self.kind} {name!r} is already registered by {type(self[name]).__qualname__}")
+                raise ValueError(f"{self.item} {name!r} is already registered by {type(self[name]).__qualname__}")
             cls.name = name
             self[name] = cls()
             return cls

@@ -42,7 +42,7 @@ def written(path: str, by: str, fenced: bool = True):
     return ("written", [path, by, fenced])
 
 
-EPYC = "results/reference/epyc-2core"  # the overhead suite's reference runs, adaptive and fixed rounds
+EPYC = "results/reference/epyc-2core"  # this machine: overhead (adaptive and fixed rounds), compiled, inference, scaling, projection
 OVERHEAD = command("report", f"{EPYC}/overhead.jsonl", "--suite", "overhead")
 OVERHEAD_FIXED = command("report", f"{EPYC}/overhead-fixed.jsonl", "--suite", "overhead")
 COMPILED = command("report", f"{REF}/overhead-compiled.jsonl", "--suite", "overhead-compiled")
@@ -53,7 +53,8 @@ FIELD_OVERHEAD = command("report", f"{FIELD}/overhead-field.jsonl", "--suite", "
 DECISION = command("report", f"{FIELD}/decision/decision.jsonl", "--suite", "decision")
 DECISION_BUDGET = command("report", f"{FIELD}/decision/decision-budget.jsonl", "--suite", "decision-budget")
 DISTRIBUTED = command("report", "results/reference/epyc-2core/distributed/distributed.jsonl", "--suite", "distributed")
-PROJECTION = written(f"{REF}/scaling/projection.md", "resbench project", fenced=False)
+PROJECTION = written(f"{EPYC}/projection/projection.md",
+                     f"resbench project --out {EPYC}/projection.jsonl", fenced=False)
 GATE = written(f"{REF}/history-gate/summary.md", "python scripts/history_gate_check.py", fenced=False)
 BLOCKS = {
     "README.md": {
@@ -118,7 +119,8 @@ BLOCKS = {
                                    "--d-model 2048 --blocks 8 --heads 16 --batch 2 --top 12"),
     },
     "docs/SCALING.md": {
-        "scaling-table": written(f"{REF}/scaling/scaling_table.md", "resbench scale", fenced=False),
+        "scaling-table": written(f"{EPYC}/scaling/scaling_table.md", f"resbench scale --out {EPYC}/scaling.jsonl",
+                                 fenced=False),
         "projection-table": PROJECTION,
     },
 }
