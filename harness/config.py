@@ -403,7 +403,7 @@ def parse_variants(raw) -> tuple[VariantSpec, ...]:
     variant not named elsewhere in the list, with default options, in its place). `shapes`: run
     this entry only at these shapes (an N sweep at one depth)."""
     if not isinstance(raw, list) or not raw:
-        raise ConfigError("variants must be a non-empty list of names or {name, options, label}, or all")
+        raise ConfigError("variants must be a non-empty list of names or {name, options, label, shapes}, or all")
     registered = variants.names()
     if "all" in raw:
         named = {x if isinstance(x, str) else x.get("name") for x in raw if x != "all" and isinstance(x, (str, dict))}

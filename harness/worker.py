@@ -24,6 +24,7 @@ from .cells import Cell
 from .errors import classify
 from .parallel import launch
 from .provenance import environment
+from .workloads.common import RunContext
 
 
 PROGRESS = "resbench-progress"
@@ -85,15 +86,16 @@ def run_job(job: dict) -> dict:
 
 
 def _outcomes(cells: list[Cell], job: dict) -> dict:
-    if cells[0].threads:
-        torch.set_num_threads(cells[0].threads)
+    ctx = RunContext.of(cells)
+    if ctx.threads:
+        torch.set_num_threads(ctx.threads)
     workload = workloads.get(cells[0].workload)
     if workload.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     bad = foreign_variants(cells)
     if bad:
         return {c.key: ("error", bad.get(c.key, "a variant of this job is not the one expanded"), {}) for c in cells}
-    return workload.run(cells, progress=_Progress(job.get("progress")))
+    return workload.run(cells, ctx, progress=_Progress(job.get("progress")))
 
 
 def _exit_with_parent(job_dir: str) -> None:

@@ -17,6 +17,7 @@ import torch._dynamo
 from resbench import variants
 from resbench.compiling import CompileCounter, CompileError, compile_model, steady
 from resbench.model import KVCache, ModelConfig, build_model
+from resbench.workloads.common import RunContext
 
 from conftest import TINY, perturb_variant, tokens
 
@@ -263,8 +264,9 @@ def test_compiled_cells_run_and_record_their_compile_cost():
         "decode": {"contexts": [4], "batches": [1], "new_tokens": 2, "repeats": 2, "warmup": 0}}}
     _, suite = studies.parse(raw)
     cells = expand_cells(suite, "cpu")
-    tp = run_throughput([c for c in cells if c.workload == "throughput"])
-    dec = run_decode([c for c in cells if c.workload == "decode"])
+    tp_cells, dec_cells = [c for c in cells if c.workload == "throughput"], [c for c in cells if c.workload == "decode"]
+    tp = run_throughput(tp_cells, RunContext.of(tp_cells))
+    dec = run_decode(dec_cells, RunContext.of(dec_cells))
     for status, msg, m in [*tp.values(), *dec.values()]:
         assert status == "ok", msg
         assert m["compile"]["mode"] == "default"

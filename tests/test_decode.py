@@ -10,6 +10,7 @@ import torch
 from resbench import variants
 from resbench.errors import ConfigError
 from resbench.model import KVCache, build_model
+from resbench.workloads.common import RunContext
 
 from conftest import TINY, perturb_variant, tokens
 
@@ -98,7 +99,8 @@ def test_decode_workload_records_latency_cache_and_state_per_point():
     from resbench.workloads.decode import run_decode
 
     _, suite = studies.parse(DECODE_SUITE)
-    out = run_decode(expand_cells(suite, "cpu"))
+    cells = expand_cells(suite, "cpu")
+    out = run_decode(cells, RunContext.of(cells))
     base, full = (out[c.key] for c in expand_cells(suite, "cpu"))
     assert base[0] == full[0] == "ok", (base[1], full[1])
     d = 32

@@ -8,6 +8,7 @@ from resbench.config import expand_cells, parse_suite
 from resbench.results import append_record
 from resbench.studies.loss import collect, compute_equivalence, final_loss_table, report, time_to_target
 from resbench.workloads import run_loss
+from resbench.workloads.common import RunContext
 
 
 def _record(label, d, blocks, seed, final, flops_per_step, curve):
@@ -64,7 +65,7 @@ def test_real_loss_cells_with_dynamics_render_a_report(tmp_path, capsys):
                                "corpus": "generated", "corpus_bytes": 20000, "dynamics": True}}})
     out = tmp_path / "r.jsonl"
     for cell in expand_cells(suite, "cpu"):
-        status, msg, metrics = run_loss(cell)
+        status, msg, metrics = run_loss(cell, RunContext.of([cell]))
         assert status == "ok", msg
         append_record(out, {"key": cell.key, "cell": cell.to_dict(), "status": status, "metrics": metrics})
     dyn = metrics["dynamics"]  # the last cell: densenet at shape b (L = 4)

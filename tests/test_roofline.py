@@ -13,6 +13,7 @@ from resbench.measure.rounds import Rounds
 from resbench.studies import parse as parse_suite
 from resbench.studies.overhead import render_overhead
 from resbench import workloads
+from resbench.workloads.common import RunContext
 
 from test_overhead import records
 
@@ -89,7 +90,7 @@ def test_bounds_reach_only_adaptive_cells_and_key_them():
 def test_a_throughput_run_times_the_copy_probe_and_gives_each_variant_its_roofline():
     _, suite = parse_suite(_suite())
     cells = [c for c in expand_cells(suite, "cpu")]
-    out = workloads.get("throughput").run(cells)
+    out = workloads.get("throughput").run(cells, RunContext.of(cells))
     m = {c.label: out[c.key][2] for c in cells}
     assert all(out[c.key][0] == "ok" for c in cells)
     bw = m["prenorm"]["bandwidth"]

@@ -12,6 +12,7 @@ import pytest
 
 from resbench.measure import time_interleaved
 from resbench.measure.rounds import Rounds, planned_looks
+from resbench.workloads.common import RunContext
 
 RUNS = 1000
 
@@ -137,7 +138,8 @@ def _cells(**throughput):
 def test_the_throughput_record_says_how_many_rounds_ran_and_why_they_stopped():
     from resbench.workloads.throughput import run_throughput
 
-    out = run_throughput(_cells(precision=0.45))
+    cells = _cells(precision=0.45)
+    out = run_throughput(cells, RunContext.of(cells))
     for status, msg, m in out.values():
         assert status == "ok", msg
         for view in ("train", "prefill"):
@@ -183,7 +185,8 @@ def test_decode_points_say_their_rounds_and_adaptive_ones_stop_at_a_look():
     raw = {**GOOD, "workloads": {"decode": {"contexts": [4], "batches": [1], "new_tokens": 2, "warmup": 1,
                                             "repeats": 12, "precision": 0.45}}}
     _, suite = studies.parse(raw)
-    out = run_decode(expand_cells(suite, "cpu"))
+    cells = expand_cells(suite, "cpu")
+    out = run_decode(cells, RunContext.of(cells))
     for status, msg, m in out.values():
         assert status == "ok", msg
         (p,) = m["points"]

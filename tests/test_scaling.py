@@ -3,7 +3,6 @@ real split, fake-tensor projection vs real measurement, a mini sweep, the YAML s
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
@@ -26,7 +25,6 @@ from resbench.studies.scaling_fit import (
 )
 from resbench.studies.scaling_report import analyse
 from resbench.precision import PRECISIONS
-from resbench.variants.base import VariantError
 
 from conftest import TINY, perturb_variant, tokens
 

@@ -13,6 +13,7 @@ from resbench.config import expand_cells, parse_suite
 from resbench.errors import classify
 from resbench.executors.process import read_progress, run_job
 from resbench.runner import run_suite
+from resbench.workloads.common import RunContext
 
 SHAPE = [{"name": "t", "d_model": 16, "n_blocks": 1, "n_heads": 2, "seq_len": 8}]
 
@@ -72,7 +73,7 @@ def suite(**over):
 
 def test_sys_exit_in_a_variant_fails_that_cell_only(faults):
     cells = expand_cells(suite(variants=["prenorm", "exits", "densenet"]), "cpu")
-    out = workloads.get("memory").run(cells)  # in this process: it must survive the exit
+    out = workloads.get("memory").run(cells, RunContext.of(cells))  # in this process: it must survive the exit
     by = {c.variant: out[c.key] for c in cells}
     assert by["prenorm"][0] == by["densenet"][0] == "ok"
     assert by["exits"][0] == "error" and "sys.exit(3)" in by["exits"][1]

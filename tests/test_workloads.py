@@ -37,10 +37,10 @@ class CountParamsWorkload(Workload):
     columns = (("scaled params", lambda r: num(r["scaled"], ".0f")),)
     compare_metrics = {"scaled_params": (lambda m: (m.get("scaled"), None), "{:.0f}")}
 
-    def run_cell(self, cell):
+    def run_cell(self, cell, ctx):
         from resbench.workloads.common import model_of, static_info
 
-        cfg, model = model_of(cell)
+        cfg, model = model_of(cell, ctx)
         info = static_info(cell, cfg, model)
         return "ok", None, {**info, "scaled": info["params"] * cell.params["scale"]}
 

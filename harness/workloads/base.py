@@ -9,7 +9,8 @@ A workload module defines a `Workload` subclass, decorated with `@register("name
     timed/times       whether its jobs time things (executors never run one beside another job)
     check/preflight   checks against the rest of the suite (config time) and its data (before any cell)
     jobs              how its cells group into worker processes (default: one cell per process)
-    run / run_cell    what the worker process does: {cell key: (status, message, metrics)}
+    run / run_cell    what the worker process does, in the job's RunContext (device, precision,
+                      compile, threads; workloads/common.py): {cell key: (status, message, metrics)}
     summary/columns   the report's row fields from a variant's ok records, and the columns showing them
     footnotes/warning lines under a report table; a reason the table's numbers cannot be trusted
     compare_metrics   metric -> (read (value, raw samples or None) from metrics, format)
@@ -102,16 +103,17 @@ class Workload:
     def jobs(self, cells: list[Cell], todo: set[str]) -> list[list[Cell]]:
         return [[c] for c in cells if c.key in todo]
 
-    def run(self, cells: list[Cell], progress=None) -> dict[str, Outcome]:
+    def run(self, cells: list[Cell], ctx, progress=None) -> dict[str, Outcome]:
+        """`ctx`: the job's RunContext (workloads/common.py), resolved once by the worker."""
         out = {}
         for cell in cells:
             try:
-                out[cell.key] = self.run_cell(cell)
+                out[cell.key] = self.run_cell(cell, ctx)
             except (Exception, SystemExit) as exc:  # noqa: BLE001 - recorded as the cell's status
                 out[cell.key] = classify(exc)
         return out
 
-    def run_cell(self, cell: Cell) -> Outcome:
+    def run_cell(self, cell: Cell, ctx) -> Outcome:
         raise NotImplementedError
 
     # -- reading records --------------------------------------------------------------------

@@ -1,18 +1,48 @@
-"""What every workload builds the same way: the cell's model, a fixed batch, the static facts."""
+"""What every workload builds the same way: the job's run context, the cell's model, a fixed
+batch, the static facts."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
 from ..cells import Cell
 from ..model import ModelConfig, build_model, count_params
+from ..precision import Precision
 from ..precision import get as get_precision
 
 
-def model_of(cell: Cell):
+@dataclass(frozen=True)
+class RunContext:
+    """How this process runs a job's cells, resolved once by the worker and passed to the
+    workload: the device its tensors go to (under torchrun a rank's own GPU), the precision
+    policy (dtypes, autocast, grad scaler), the compile mode and torch's threads."""
+    device: str
+    precision: Precision
+    compile: str = "none"
+    threads: int = 0
+
+    @classmethod
+    def of(cls, cells: list[Cell]) -> RunContext:
+        """The context every cell of a job shares (the workloads' `jobs` group cells so)."""
+        first = cells[0]
+        how = {(c.device, c.precision, c.compile, c.threads) for c in cells}
+        if len(how) > 1:
+            raise ValueError(f"one job's cells must share device, precision, compile and threads; got {sorted(how)}")
+        device = first.device
+        if first.launch and device == "cuda":  # a rank: its local GPU (torchrun's LOCAL_RANK)
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        return cls(device, get_precision(first.precision), first.compile, first.threads)
+
+    def scaler(self):
+        """The grad scaler of a train step: fp16-autocast's, else None (every workload's, here)."""
+        return self.precision.scaler(self.device)
+
+
+def model_of(cell: Cell, ctx: RunContext):
     cfg = ModelConfig(**cell.shape)
-    model = build_model(cfg, cell.variant, cell.options, cell.seed, cell.device, get_precision(cell.precision).param_dtype)
+    model = build_model(cfg, cell.variant, cell.options, cell.seed, ctx.device, ctx.precision.param_dtype)
     return cfg, model
 
 
@@ -34,11 +64,6 @@ def static_info(cell: Cell, cfg: ModelConfig, model) -> dict:
         "n_layers": cfg.n_layers,
         "tokens_per_step": cell.params["batch"] * cfg.seq_len if "batch" in cell.params else None,
     }
-
-
-def rank_device(cell: Cell) -> str:
-    """A distributed cell's device on this rank: its local GPU (torchrun's LOCAL_RANK), or the CPU."""
-    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cell.device == "cuda" else "cpu"
 
 
 def progress_counter(progress, calls: int, params: dict):
@@ -74,12 +99,11 @@ def grouped_jobs(cells: list[Cell], todo: set[str], key) -> list[list[Cell]]:
 
 
 def rank_context(cells: list[Cell]):
-    """(rank, world, params, device, precision, ModelConfig) of a distributed job on this rank."""
+    """(rank, world, params, ModelConfig) of a distributed job on this rank."""
     import torch.distributed as dist
 
     first = cells[0]
-    return (dist.get_rank(), dist.get_world_size(), first.params, rank_device(first),
-            get_precision(first.precision), ModelConfig(**first.shape))
+    return dist.get_rank(), dist.get_world_size(), first.params, ModelConfig(**first.shape)
 
 
 def build_on_every_rank(cells: list[Cell], build) -> tuple[dict, dict]:

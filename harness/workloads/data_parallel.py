@@ -62,13 +62,14 @@ class DataParallel(Workload):
     def jobs(self, cells, todo):
         return grouped_jobs(cells, todo, lambda c: (c.shape_name, c.precision, c.seed))
 
-    def run(self, cells, progress=None):
-        rank, world, p, device, prec, cfg = rank_context(cells)
+    def run(self, cells, ctx, progress=None):
+        rank, world, p, cfg = rank_context(cells)
+        device, prec = ctx.device, ctx.precision
         x, y = fixed_batch(cfg, p["batch"], cells[0].seed + rank, device)  # each rank its own data
         def build(cell):
             model = build_model(cfg, cell.variant, cell.options, cell.seed, device, prec.param_dtype)
             wrapped = wrap(model, self.how, device)
-            opt, scaler = make_optimizer(model, TrainConfig()), prec.scaler(device)
+            opt, scaler = make_optimizer(model, TrainConfig()), ctx.scaler()
             return lambda: train_step(wrapped, opt, x, y, TrainConfig(), prec, scaler)
 
         fns, failed = build_on_every_rank(cells, build)

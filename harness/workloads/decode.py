@@ -26,11 +26,10 @@ from ..compiling import cannot_run, compile_model, guarded, warm
 from ..errors import ConfigError, classify
 from ..measure import LiveBytesTracker, cuda_memory_snapshot, reset_cuda_peak, summarize, synchronize, time_once
 from ..model import KVCache, ModelConfig
-from ..precision import get as get_precision
 from ..measure.rounds import Rounds
 from ..measure.roofline import copy_probe, extra_bytes, roofline
 from .base import Workload, check_rounds, num, register, rounds_notes
-from .common import model_of, static_info
+from .common import RunContext, model_of, static_info
 
 
 @dataclass(frozen=True)
@@ -71,16 +70,15 @@ def _ratio(samples: list[float], base: list[float], per_round: int,
     return med, ([lo, hi] if math.isfinite(lo) else None)
 
 
-def run_decode(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | None, dict]]:
+def run_decode(cells: list[Cell], ctx: RunContext, progress=None) -> dict[str, tuple[str, str | None, dict]]:
     first = cells[0]
-    device, wl = first.device, first.params
-    prec = get_precision(first.precision)
+    device, wl, prec = ctx.device, first.params, ctx.precision
     out: dict[str, tuple[str, str | None, dict]] = {}
     models, runs, info = {}, {}, {}
-    mode = first.compile  # one mode per group (jobs)
+    mode = ctx.compile  # one mode per group (jobs)
     for cell in cells:
         try:
-            cfg, model = model_of(cell)
+            cfg, model = model_of(cell, ctx)
             info[cell.key] = {**static_info(cell, cfg, model), "points": [],
                               "kv_cache": "dynamic" if mode == "none" else "static"}
             if mode != "none":
@@ -281,8 +279,8 @@ class Decode(Workload):
             groups[(cell.shape_name, cell.compile, cell.precision, cell.seed)].append(cell)
         return [g for g in groups.values() if any(c.key in todo for c in g)]
 
-    def run(self, cells, progress=None):
-        return run_decode(cells, progress)
+    def run(self, cells, ctx, progress=None):
+        return run_decode(cells, ctx, progress)
 
     def summary(self, metrics):
         p = headline(metrics[0]) if metrics else None

@@ -10,10 +10,9 @@ from ..data import batch_at, load_corpus, val_batches
 from ..dynamics import probe
 from ..errors import ConfigError
 from ..measure import count_flops
-from ..precision import get as get_precision
 from ..train import SCHEDULES, TrainConfig, lm_loss, train
 from .base import Workload, register
-from .common import model_of, static_info
+from .common import RunContext, model_of, static_info
 
 
 @dataclass(frozen=True)
@@ -40,28 +39,28 @@ def _loss_cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} sd (n={len(values)})"
 
 
-def run_loss(cell: Cell) -> tuple[str, str | None, dict]:
+def run_loss(cell: Cell, ctx: RunContext) -> tuple[str, str | None, dict]:
     p = cell.params
     corpus = load_corpus(p["corpus"], max_bytes=p["corpus_bytes"])
-    cfg, model = model_of(cell)
+    cfg, model = model_of(cell, ctx)
+    device, prec = ctx.device, ctx.precision
     if corpus.vocab_size > cfg.vocab_size:
         return "error", f"corpus vocab {corpus.vocab_size} > shape vocab_size {cfg.vocab_size}", {}
     tcfg = TrainConfig(steps=p["steps"], batch=p["batch"], lr=p["lr"], weight_decay=p["weight_decay"],
                        warmup=p["warmup"], schedule=p["schedule"], eval_every=p["eval_every"],
                        eval_batches=p["eval_batches"], budget_s=p.get("budget_s", 0.0))
     x, y = batch_at(corpus.train, 0, tcfg.batch, cfg.seq_len, cell.seed)
-    x, y = x.to(cell.device), y.to(cell.device)
+    x, y = x.to(device), y.to(device)
     # FLOPs of fwd + bwd (what FlopCounterMode sees of a step), counted without an optimizer
     # step so the training that follows is untouched.
-    prec = get_precision(cell.precision)
     flops = count_flops(lambda: lm_loss(model, x, y, prec).backward())
     model.zero_grad(set_to_none=True)
-    result = train(model, corpus, tcfg, seed=cell.seed, device=cell.device, precision=prec)
+    result = train(model, corpus, tcfg, seed=cell.seed, device=device, precision=prec)
     m = {**static_info(cell, cfg, model), **result, "corpus": corpus.describe(),
          "flops_per_step": flops, "train_flops": flops * result["steps_done"]}
     if p.get("dynamics"):
         vx, vy = val_batches(corpus, tcfg.batch, cfg.seq_len, 1)[0]
-        m["dynamics"] = probe(model, vx.to(cell.device), vy.to(cell.device))
+        m["dynamics"] = probe(model, vx.to(device), vy.to(device))
     return "ok", None, m
 
 
@@ -98,8 +97,8 @@ class Loss(Workload):
         machine's speed while it runs."""
         return bool(params.get("budget_s"))
 
-    def run_cell(self, cell):
-        return run_loss(cell)
+    def run_cell(self, cell, ctx):
+        return run_loss(cell, ctx)
 
     def summary(self, metrics):
         return {"val_loss": [m["final_val_loss"] for m in metrics]}

@@ -11,7 +11,7 @@ from ..measure import LiveBytesTracker, NvmlSampler, cuda_memory_snapshot, peak_
 from ..precision import get as get_precision
 from ..train import TrainConfig, make_optimizer, train_step
 from .base import Workload, num, register
-from .common import fixed_batch, model_of, static_info
+from .common import RunContext, fixed_batch, model_of, static_info
 
 MiB = 2**20
 
@@ -57,29 +57,29 @@ def _tracked(device: str, fn) -> dict:
             "nvml_peak_bytes": nvml.peak_bytes, "nvml_status": nvml.status}
 
 
-def run_memory(cell: Cell) -> tuple[str, str | None, dict]:
-    cfg, model = model_of(cell)
-    x, y = fixed_batch(cfg, cell.params["batch"], cell.seed, cell.device)
+def run_memory(cell: Cell, ctx: RunContext) -> tuple[str, str | None, dict]:
+    cfg, model = model_of(cell, ctx)
+    device, prec = ctx.device, ctx.precision
+    x, y = fixed_batch(cfg, cell.params["batch"], cell.seed, device)
     params = _param_bytes(model)
     m = static_info(cell, cfg, model)
     m["param_bytes"] = params
-    prec = get_precision(cell.precision)
 
     def prefill():
-        with prec.inference(cell.device):
+        with prec.inference(device):
             model(x)
 
-    inf = _tracked(cell.device, prefill)
+    inf = _tracked(device, prefill)
     inf["peak_bytes"] = params + inf["tracker_peak_bytes"]  # the tracker sees only what fn allocates
     inf["rss_peak_bytes"] = peak_rss_bytes()
     m["inference"] = inf
 
     opt = make_optimizer(model, TrainConfig())
-    scaler = prec.scaler(cell.device)
+    scaler = ctx.scaler()
     train_step(model, opt, x, y, TrainConfig(), prec, scaler)  # creates AdamW state: steady-state step follows
     opt.zero_grad(set_to_none=True)
     static = params + _optimizer_bytes(opt)
-    tr = _tracked(cell.device, lambda: train_step(model, opt, x, y, TrainConfig(), prec, scaler))
+    tr = _tracked(device, lambda: train_step(model, opt, x, y, TrainConfig(), prec, scaler))
     tr["peak_bytes"] = static + tr["tracker_peak_bytes"]
     tr["static_bytes"] = static
     tr["rss_peak_bytes"] = peak_rss_bytes()
@@ -106,8 +106,8 @@ class Memory(Workload):
     }
     metrics_schema = {"train": PEAK_SCHEMA, "inference": PEAK_SCHEMA, "state_vectors": int, "params?": int}
 
-    def run_cell(self, cell):
-        return run_memory(cell)
+    def run_cell(self, cell, ctx):
+        return run_memory(cell, ctx)
 
     def summary(self, metrics):
         train_peak, c1 = primary_peak(metrics[0]["train"]) if metrics else (None, "")

@@ -12,9 +12,8 @@ from ..cells import Cell
 from ..errors import ConfigError
 from ..measure import memory_views as V
 from ..model import ModelConfig, count_params
-from ..precision import get as get_precision
 from .base import Workload, num, register
-from .common import fixed_batch, grouped_jobs, model_of
+from .common import RunContext, fixed_batch, grouped_jobs, model_of
 
 KiB = 1024
 
@@ -35,8 +34,8 @@ def residual_blocks(residual) -> int | None:
     return n if isinstance(n, int) else None
 
 
-def measure_cell(cell: Cell) -> dict:
-    p, prec = cell.params, get_precision(cell.precision)
+def measure_cell(cell: Cell, ctx: RunContext) -> dict:
+    p, prec = cell.params, ctx.precision
     views = tuple(p["views"])
     if p["tensors"] == "fake":
         from ..measure.projection import project
@@ -45,8 +44,8 @@ def measure_cell(cell: Cell) -> dict:
         out, model = project(cfg, cell.variant, cell.options, p["batch"], prec, views, p["checkpoint_every"],
                              p["pipeline_stages"], p.get("prefill_chunk", 0))
     else:
-        cfg, model = model_of(cell)
-        idx, targets = fixed_batch(cfg, p["batch"], cell.seed, cell.device)
+        cfg, model = model_of(cell, ctx)
+        idx, targets = fixed_batch(cfg, p["batch"], cell.seed, ctx.device)
         t0 = time.perf_counter()
         bytes_, extra = V.measure(model, idx, targets, views, p["checkpoint_every"], p["pipeline_stages"],
                                   precision=prec, chunk=p.get("prefill_chunk", 0))
@@ -102,8 +101,8 @@ class MemoryViews(Workload):
         # so cells after one another in a process cannot see each other's bytes
         return grouped_jobs(cells, todo, key=lambda c: (c.shape_name, c.precision, c.seed))
 
-    def run_cell(self, cell):
-        return "ok", None, measure_cell(cell)
+    def run_cell(self, cell, ctx):
+        return "ok", None, measure_cell(cell, ctx)
 
     def summary(self, metrics):
         m = metrics[0] if metrics else None

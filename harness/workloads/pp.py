@@ -91,8 +91,9 @@ class PipelineParallel(Workload):
     def jobs(self, cells, todo):
         return grouped_jobs(cells, todo, lambda c: (c.shape_name, c.precision, c.seed, c.params["schedule"], c.params["virtual"]))
 
-    def run(self, cells, progress=None):
-        rank, world, p, device, prec, cfg = rank_context(cells)
+    def run(self, cells, ctx, progress=None):
+        rank, world, p, cfg = rank_context(cells)
+        device, prec = ctx.device, ctx.precision
         x, y = fixed_batch(cfg, p["batch"], cells[0].seed, device)
         busy = {c.key: [] for c in cells}
 

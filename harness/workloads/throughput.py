@@ -14,12 +14,11 @@ from ..compiling import compile_model, steady
 from ..errors import ConfigError, classify
 from ..measure import count_flops, device_peak_flops, gemm_probe, matmul_probe, mfu, summarize, time_interleaved
 from ..model import ModelConfig
-from ..precision import get as get_precision
 from ..measure.rounds import Rounds
 from ..measure.roofline import TRAIN_PASSES, copy_probe, extra_bytes, roofline
 from ..train import TrainConfig, make_optimizer, train_step
 from .base import TIMING_SCHEMA, Workload, check_rounds, fmt_ms, median_present, num, register, rounds_notes
-from .common import fixed_batch, model_of, static_info
+from .common import RunContext, fixed_batch, model_of, static_info
 
 
 @dataclass(frozen=True)
@@ -53,12 +52,11 @@ def gemm_shapes(cfg: ModelConfig, tokens: int) -> dict[str, tuple[int, int, int]
             "head": (M, d, V), "grad mlp-up": (d, M, h), "grad mlp-down": (h, M, d)}
 
 
-def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str | None, dict]]:
+def run_throughput(cells: list[Cell], ctx: RunContext, progress=None) -> dict[str, tuple[str, str | None, dict]]:
     """All cells share shape, seed and workload params. Returns {key: (status, message, metrics)}.
     ``progress(done, total)`` is called after every timed call (warm-up included)."""
     first = cells[0]
-    device, wl = first.device, first.params
-    prec = get_precision(first.precision)
+    device, wl, prec = ctx.device, first.params, ctx.precision
     out: dict[str, tuple[str, str | None, dict]] = {}
     peak = device_peak_flops(device, prec.compute_dtype)
     peak_source, probes = "datasheet (dense)", {}
@@ -81,10 +79,10 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
     train_fns, prefill_fns, info = {}, {}, {}
     for cell in cells:
         try:
-            cfg, model = model_of(cell)
+            cfg, model = model_of(cell, ctx)
             x, y = fixed_batch(cfg, wl["batch"], cell.seed, device)
             opt = make_optimizer(model, TrainConfig())
-            scaler = prec.scaler(device)
+            scaler = ctx.scaler()
 
             def train_fn(model=model, opt=opt, x=x, y=y, scaler=scaler):
                 return train_step(model, opt, x, y, TrainConfig(), prec, scaler)
@@ -97,9 +95,9 @@ def run_throughput(cells: list[Cell], progress=None) -> dict[str, tuple[str, str
             # fused kernels are invisible to the counter): also a warm-up that catches OOM early
             flops_train = count_flops(train_fn)
             flops_prefill = count_flops(prefill_fn)
-            run = compile_model(model, cell.compile)
+            run = compile_model(model, ctx.compile)
             fns, compiled = steady({"train": lambda run=run, f=train_fn: f(run),
-                                    "prefill": lambda run=run, f=prefill_fn: f(run)}, cell.compile)
+                                    "prefill": lambda run=run, f=prefill_fn: f(run)}, ctx.compile)
             info[cell.key] = {**static_info(cell, cfg, model), "train_flops": flops_train,
                               "prefill_flops": flops_prefill, "peak_flops_source": peak_source,
                               **({"compile": compiled} if compiled else {})}
@@ -265,8 +263,8 @@ class Throughput(Workload):
                 jobs.append(group)
         return jobs
 
-    def run(self, cells, progress=None):
-        return run_throughput(cells, progress)
+    def run(self, cells, ctx, progress=None):
+        return run_throughput(cells, ctx, progress)
 
     def summary(self, metrics):
         return {
