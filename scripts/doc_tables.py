@@ -25,7 +25,8 @@ from pathlib import Path
 from resbench.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-REF = "results/reference/xeon-2core"  # the machine of the latest reference runs
+REF = "results/reference/xeon-2core"  # the quick table, the per-op profiles and the asv gate
+EPYC = "results/reference/epyc-2core"  # overhead (adaptive and fixed rounds), compiled, inference, scaling, projection
 
 
 def command(*argv: str):
@@ -42,12 +43,11 @@ def written(path: str, by: str, fenced: bool = True):
     return ("written", [path, by, fenced])
 
 
-EPYC = "results/reference/epyc-2core"  # this machine: overhead (adaptive and fixed rounds), compiled, inference, scaling, projection
 OVERHEAD = command("report", f"{EPYC}/overhead.jsonl", "--suite", "overhead")
 OVERHEAD_FIXED = command("report", f"{EPYC}/overhead-fixed.jsonl", "--suite", "overhead")
-COMPILED = command("report", f"{REF}/overhead-compiled.jsonl", "--suite", "overhead-compiled")
-INFERENCE_TARGETS = command("report", f"{REF}/inference.jsonl", "--suite", "inference")
-INFERENCE = command("report", f"{REF}/inference.jsonl")
+COMPILED = command("report", f"{EPYC}/overhead-compiled.jsonl", "--suite", "overhead-compiled")
+INFERENCE_TARGETS = command("report", f"{EPYC}/inference.jsonl", "--suite", "inference")
+INFERENCE = command("report", f"{EPYC}/inference.jsonl")
 FIELD = "results/reference/epyc-zen4-2core"  # the field's schemes (another machine)
 FIELD_OVERHEAD = command("report", f"{FIELD}/overhead-field.jsonl", "--suite", "overhead-field")
 DECISION = command("report", f"{FIELD}/decision/decision.jsonl", "--suite", "decision")
