@@ -10,7 +10,7 @@ A workload module defines a `Workload` subclass, decorated with `@register("name
     check/preflight   checks against the rest of the suite (config time) and its data (before any cell)
     jobs              how its cells group into worker processes (default: one cell per process)
     run / run_cell    what the worker process does, in the job's RunContext (device, precision,
-                      compile, threads; workloads/common.py): {cell key: (status, message, metrics)}
+                      compile, threads; harness/workloads/common.py): {cell key: (status, message, metrics)}
     summary/columns   the report's row fields from a variant's ok records, and the columns showing them
     footnotes/warning lines under a report table; a reason the table's numbers cannot be trusted
     compare_metrics   metric -> (read (value, raw samples or None) from metrics, format)
@@ -104,7 +104,7 @@ class Workload:
         return [[c] for c in cells if c.key in todo]
 
     def run(self, cells: list[Cell], ctx, progress=None) -> dict[str, Outcome]:
-        """`ctx`: the job's RunContext (workloads/common.py), resolved once by the worker."""
+        """`ctx`: the job's RunContext (harness/workloads/common.py), resolved once by the worker."""
         out = {}
         for cell in cells:
             try:

@@ -69,7 +69,7 @@ class MemoryViews(Workload):
     order = 2
     positive = ("batch", "checkpoint_every", "pipeline_stages", "prefill_chunk")
     choices = {"tensors": ("real", "fake")}
-    # the scaling views; the prefill views are the projection report's (studies/projection.py)
+    # the scaling views; the prefill views are the projection report's (harness/studies/projection.py)
     columns = tuple((f"{view} KiB/token", _per_token(view)) for view in V.VIEWS)
     compare_metrics = {f"{view}_bytes": (lambda m, v=view: (m["bytes"].get(v), None), "{:.0f}")
                        for view in V.VIEWS + V.PREFILL_VIEWS}
