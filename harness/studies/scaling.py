@@ -25,7 +25,7 @@ def rows_of(record: dict, sweep: str, label: str) -> dict:
     return {"sweep": sweep, "label": label, "variant": c["variant"], "options": c["options"],
             "n_blocks": c["shape"]["n_blocks"], "d_model": c["shape"]["d_model"], "seq_len": c["shape"]["seq_len"],
             "batch": c["params"]["batch"], "precision": c["precision"], "checkpoint_every": c["params"]["checkpoint_every"],
-            "pipeline_stages": c["params"]["pipeline_stages"], **{k: v for k, v in m.items()}}
+            "pipeline_stages": c["params"]["pipeline_stages"], **m}
 
 
 def series(records: list[dict]) -> list[dict]:
