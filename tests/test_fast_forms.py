@@ -267,3 +267,42 @@ def test_the_equations_import_no_form_and_a_record_still_names_every_form():
         assert not {m for m in imported if m.startswith(f"_{module}_")}, imported
         files = {f.name for f in variants.source_files(name)}
         assert {f"_{module}_{f}.py" for f in forms} <= files, files
+
+
+@pytest.mark.parametrize("name,options", [("full-attnres", {}), ("block-attnres", {"block_size": 3})],
+                         ids=["full", "block-3"])
+def test_every_form_keeps_the_one_state_layout(name, options):
+    """Every AttnRes form carries the equations' "sources" and "partial" (derived entries beside
+    them), so completed() names the same tensors, with the same values, at every sublayer."""
+    idx = tokens(CFG, seed=8, batch=2)
+    seen = {}
+    for impl in ("reference", "fast", "functional"):
+        model = make_model(CFG, name, {**options, "impl": impl}, seed=5, perturb=True)
+        res, rows = model.residual, []
+        with torch.no_grad():
+            state = res.begin(model.embed(idx))
+            for i in range(CFG.n_layers):
+                rows.append([t.clone() for t in res.completed(state)])
+                assert (state["partial"] is None) == (i == res.block_start[i]), (impl, i)
+                state = model.run_sublayers(state, i, i + 1)
+        seen[impl] = rows
+    for impl in ("fast", "functional"):
+        for i, (a, b) in enumerate(zip(seen[impl], seen["reference"])):
+            assert len(a) == len(b), (impl, i)
+            for x, y in zip(a, b):
+                torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", ["fast", "functional"])
+def test_a_pipeline_refuses_every_faster_form_alike(impl):
+    """A stage boundary sends per-token tensors; the faster forms also keep folded queries (and the
+    fast form a backward store), so both are refused with one message naming the equations."""
+    from resbench.errors import ConfigError
+    from resbench.parallel.pipeline import chunk_bounds, trace_boundaries
+
+    model = make_model(CFG, "block-attnres", {"n_blocks": 2, "impl": impl}, seed=5)
+    with pytest.raises(ConfigError, match=r"not per-token tensors, which a stage boundary cannot send: use impl: reference"):
+        trace_boundaries(model, chunk_bounds(CFG.n_blocks, 2))
+    ref = make_model(CFG, "block-attnres", {"n_blocks": 2, "impl": "reference"}, seed=5)
+    # the cut falls after the first of two blocks: the embedding, then the embedding and that block
+    assert [b.completed for b in trace_boundaries(ref, chunk_bounds(CFG.n_blocks, 2))] == [[0], [0, 1]]

@@ -257,44 +257,47 @@ def attend(reader, qk, p, pre, store, values, cols):
 
 
 # -- the protocol calls of the fast form -------------------------------------------------------
-# State (a pytree of tensors, so activation checkpointing can carry it): completed sources "v",
-# their logits against every later reader "s" (one tuple per source), the folded queries "qk",
-# the running partial sum "p" of the current block and the two-phase precomputations "pre".
-# Source k is first read by reader m.first_read[k].
+# The state is the equations' layout (variants/attnres.py: "sources", "partial") plus what this
+# form derives, all a pytree so activation checkpointing can carry it: each source's logits
+# against every later reader ("logits", one tuple per source), the folded queries ("qk"), the
+# two-phase precomputations ("pre") and the backward store. Source k is first read by reader
+# m.first_read[k].
 
 def begin(m, e):
     qk = m.key_gain * m.query
     store = _Store(defer=len(m.starts) == m.n_layers)  # one source per sublayer: Full
-    return {"v": [e], "s": [source_logits(e, qk, 0, 0, store)], "qk": qk, "p": None, "pre": None, "store": store}
+    return {"sources": [e], "partial": None, "logits": [source_logits(e, qk, 0, 0, store)], "qk": qk, "pre": None,
+            "store": store}
 
 
 def read(m, state, i):
     pos = i - m.block_start[i]
-    values = state["v"]
-    cols = [s[i - m.first_read[k]] for k, s in enumerate(state["s"])]
+    values = state["sources"]
+    cols = [s[i - m.first_read[k]] for k, s in enumerate(state["logits"])]
     pre = None
     if m.two_phase and pos == 0:
-        state["pre"] = _phase_one(m, values, state["s"], i + 1, m.block_end[i])
+        state["pre"] = _phase_one(m, values, state["logits"], i + 1, m.block_end[i])
     elif m.two_phase:
         pre = state["pre"][pos - 1]
     _note_weights(m, state, i, cols)
-    return attend(i, state["qk"], state["p"], pre, state["store"], values, cols)
+    return attend(i, state["qk"], state["partial"], pre, state["store"], values, cols)
 
 
 def write(m, state, i, y):
-    state["p"] = y if i == m.block_start[i] else state["p"] + y
+    state["partial"] = y if i == m.block_start[i] else state["partial"] + y
     if i + 1 == m.block_end[i]:  # block complete: a new source
-        state["v"].append(state["p"])
-        state["s"].append(source_logits(state["p"], state["qk"], len(state["v"]) - 1, i + 1, state["store"]))
-        state["p"] = state["pre"] = None
+        k = len(state["sources"])
+        state["sources"].append(state["partial"])
+        state["logits"].append(source_logits(state["partial"], state["qk"], k, i + 1, state["store"]))
+        state["partial"] = state["pre"] = None
     return state
 
 
 def end(m, state):
     L = m.n_layers
-    cols = [s[L - m.first_read[k]] for k, s in enumerate(state["s"])]
+    cols = [s[L - m.first_read[k]] for k, s in enumerate(state["logits"])]
     _note_weights(m, state, L, cols)
-    return attend(L, state["qk"], None, None, state["store"], state["v"], cols)
+    return attend(L, state["qk"], None, None, state["store"], state["sources"], cols)
 
 
 @torch.no_grad()
@@ -319,7 +322,7 @@ def _note_weights(m, state, i, cols) -> None:
     if m.recorded_weights is None:
         return
     logits = [c.float() for c in cols]
-    if state["p"] is not None:
-        logits.append(m.logits(state["p"], slice(i, i + 1))[..., 0].float())
+    if state["partial"] is not None:
+        logits.append(m.logits(state["partial"], slice(i, i + 1))[..., 0].float())
     a = torch.softmax(torch.stack(logits, dim=-1), dim=-1)
     m.recorded_weights.append(a.reshape(-1, a.shape[-1]).mean(0).tolist())

@@ -36,19 +36,20 @@ def _attend(m, values: list[torch.Tensor], cols: list[torch.Tensor]) -> torch.Te
     return h.to(values[0].dtype)
 
 
-# State: completed sources "v" and their logits "s" (one [B, T, R] tensor per source, column j
-# = reader first + j), the folded queries "qk" and the current block's partial sum "p".
+# The state is the equations' layout (variants/attnres.py: "sources", "partial") plus each
+# source's logits against every later reader ("logits": one [B, T, R] tensor per source, column j
+# = reader first + j) and the folded queries ("qk").
 
 def begin(m, e):
     with no_autocast(e):
         qk = m.key_gain * m.query
-        return {"v": [e], "s": [_source_logits(e, qk, 0)], "qk": qk, "p": None}
+        return {"sources": [e], "partial": None, "logits": [_source_logits(e, qk, 0)], "qk": qk}
 
 
 def read(m, state, i):
-    values = list(state["v"])
-    cols = [s[..., i - m.first_read[k]] for k, s in enumerate(state["s"])]
-    p = state["p"]
+    values = list(state["sources"])
+    cols = [s[..., i - m.first_read[k]] for k, s in enumerate(state["logits"])]
+    p = state["partial"]
     with no_autocast(values[0]):
         if p is not None:  # the running partial sum of the current block is a source too
             cols.append(_source_logits(p, state["qk"][i:i + 1], 0)[..., 0])
@@ -57,17 +58,17 @@ def read(m, state, i):
 
 
 def write(m, state, i, y):
-    state["p"] = y if i == m.block_start[i] else state["p"] + y
+    state["partial"] = y if i == m.block_start[i] else state["partial"] + y
     if i + 1 == m.block_end[i]:  # block complete: a new source
         with no_autocast(y):
-            state["s"].append(_source_logits(state["p"], state["qk"], i + 1))
-        state["v"].append(state["p"])
-        state["p"] = None
+            state["logits"].append(_source_logits(state["partial"], state["qk"], i + 1))
+        state["sources"].append(state["partial"])
+        state["partial"] = None
     return state
 
 
 def end(m, state):
     L = m.n_layers
-    cols = [s[..., L - m.first_read[k]] for k, s in enumerate(state["s"])]
-    with no_autocast(state["v"][0]):
-        return _attend(m, state["v"], cols)
+    cols = [s[..., L - m.first_read[k]] for k, s in enumerate(state["logits"])]
+    with no_autocast(state["sources"][0]):
+        return _attend(m, state["sources"], cols)

@@ -132,8 +132,9 @@ class DepthAttention(Residual):
         if self.static_mixing:
             self.mix_logits = nn.ParameterList(nn.Parameter(torch.zeros(self.seen(i))) for i in range(L + 1))
 
-    # -- the equations (impl: reference); the other forms run the same protocol in their modules --
-    # state: the completed sources (embedding, then block sums) and the current block's partial sum
+    # -- the protocol. One state layout for every form: "sources" (the embedding, then each
+    # completed block's sum: appended, never changed) and "partial" (the current block's running
+    # sum; None between blocks). A form (impl) keeps what it derives from them beside these.
     two_phase = False
 
     def _form(self):
@@ -179,9 +180,8 @@ class DepthAttention(Residual):
         return self._mix(state["sources"], self.n_layers)
 
     def completed(self, state):
-        """The completed sources (embedding, block sums): appended, never changed. The equations'
-        state only; the other forms keep derived tensors beside them and declare none."""
-        return state["sources"] if self._form() is None else []
+        """The completed sources (embedding, block sums), in every form: the one state layout."""
+        return state["sources"]
 
     def _mix(self, sources, i):
         if self.window is not None and len(sources) > 1 + self.window:

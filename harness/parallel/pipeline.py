@@ -72,9 +72,11 @@ def trace_boundaries(model, bounds) -> list[Boundary]:
             leaves, spec = tree_flatten(state)
             ids = {id(t): k for k, t in enumerate(leaves) if isinstance(t, torch.Tensor)}
             bad = [type(x).__name__ for x in leaves if x is not None and not isinstance(x, (torch.Tensor, int, float, bool))]
+            # a form's derived state (folded queries, a backward store) is not per token: it cannot be cut by microbatch
+            bad += [f"a {tuple(t.shape)} tensor" for t in leaves if isinstance(t, torch.Tensor) and t.shape[:2] != idx.shape]
             if bad or not _plain_spec(spec):
-                raise ConfigError(f"pipeline: {res.name}'s residual state holds {bad[0] if bad else 'a custom node'} "
-                                  "(a fast form's store?); a stage boundary sends tensors only: use impl: reference")
+                raise ConfigError(f"pipeline: {res.name}'s residual state holds {bad[0] if bad else 'a custom node'}, "
+                                  "not per-token tensors, which a stage boundary cannot send: use impl: reference")
             hist = [ids[id(t)] for t in res.completed(state)]
             out.append(Boundary(spec, {k: x for k, x in enumerate(leaves) if not isinstance(x, torch.Tensor)},
                                 {k: (tuple(t.shape[2:]), t.dtype) for k, t in enumerate(leaves)
