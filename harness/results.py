@@ -352,6 +352,27 @@ def _upgrade(rec: dict) -> None:
     cell = rec.get("cell")
     if isinstance(cell, dict) and "precision" not in cell and "dtype" in cell and isinstance(cell["dtype"], str):
         cell["precision"] = _OLD_DTYPES.get(cell.pop("dtype"), "?")
+    # records of the distributed workloads written before their peak memory's `kind` was named
+    # `counter` (the memory workload's term; "kind" means a suite's study elsewhere): ddp/fsdp hold
+    # one mapping, pp a list of them (one per rank); metrics are not in the key, so only readers care
+    metrics = rec.get("metrics")
+    if isinstance(cell, dict) and isinstance(metrics, dict) and "memory" in metrics and _distributed(cell):
+        mem = metrics["memory"]
+        metrics["memory"] = [_counter(m) for m in mem] if isinstance(mem, list) else _counter(mem)
+
+
+def _distributed(cell: dict) -> bool:
+    try:
+        return workloads.get(cell.get("workload")).distributed
+    except (KeyError, TypeError):  # a workload this code does not have, or not a name
+        return False
+
+
+def _counter(mem):
+    """A distributed workload's peak-memory mapping with `kind` renamed `counter` (key order kept)."""
+    if not (isinstance(mem, dict) and "kind" in mem and "counter" not in mem):
+        return mem
+    return {"counter" if k == "kind" else k: v for k, v in mem.items()}
 
 
 def latest_by_key(records: list[dict]) -> dict[str, dict]:

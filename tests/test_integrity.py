@@ -170,6 +170,38 @@ def test_a_record_whose_key_is_not_its_cells_is_not_trusted(tmp_path):
     assert {r["key"] for r in recs} == {a.key, b.key}
 
 
+def test_a_distributed_record_written_with_memory_kind_reads_with_counter(tmp_path):
+    """Peak memory's `kind` became `counter` (results._upgrade): the committed references, written
+    before, read as new records, the dict (ddp, fsdp) and the per-rank list (pp) alike, and a
+    record of the new form must name its counter (DataParallel.metrics_schema)."""
+    from resbench.results import check_record
+
+    ref = ROOT / "results/reference/epyc-2core/distributed/distributed.jsonl"
+    old = {}
+    for line in ref.read_text().splitlines():
+        rec = json.loads(line)
+        old.setdefault(rec["cell"]["workload"], rec)
+    assert set(old) == {"ddp", "fsdp", "pp"} and "kind" in old["ddp"]["metrics"]["memory"]  # written before
+    assert all("kind" in m for m in old["pp"]["metrics"]["memory"])
+    out = tmp_path / "r.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in old.values()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # none skipped
+        got = {r["cell"]["workload"]: r for r in read_records(out)}
+    for wl, rec in old.items():
+        mem, was = got[wl]["metrics"]["memory"], rec["metrics"]["memory"]
+        for m, w in zip(mem, was) if wl == "pp" else [(mem, was)]:
+            assert list(m) == ["counter" if k == "kind" else k for k in w]  # renamed, in place
+            assert m["counter"] == w["kind"] == "process peak RSS"
+        assert {k: v for k, v in got[wl]["metrics"].items() if k != "memory"} == \
+               {k: v for k, v in rec["metrics"].items() if k != "memory"}
+    assert "memory.counter is missing" in check_record(old["ddp"])  # read without the upgrade: refused
+    new = got["ddp"]
+    assert check_record(new) is None and planted_metrics("ddp")["memory"]["counter"]
+    del new["metrics"]["memory"]["counter"]
+    assert check_record(new) == "metrics.memory.counter is missing"
+
+
 def test_an_oom_under_a_cap_that_was_raised_is_measured_again(tmp_path):
     out = tmp_path / "r.jsonl"
     s = suite(memory_cap_gb=0.2)

@@ -274,10 +274,11 @@ def gather(obj) -> list:
 
 
 def peak_memory(device: str) -> dict:
-    """This rank's peak: allocated bytes on a GPU, resident set size (the process's) on a CPU."""
+    """This rank's peak: allocated bytes on a GPU, resident set size (the process's) on a CPU; `counter`
+    names which (the memory workload's term, memory_counters)."""
     if device.startswith("cuda"):
-        return {"kind": "cuda max_memory_allocated", "bytes": int(torch.cuda.max_memory_allocated(device))}
-    return {"kind": "process peak RSS", "bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024}
+        return {"counter": "cuda max_memory_allocated", "bytes": int(torch.cuda.max_memory_allocated(device))}
+    return {"counter": "process peak RSS", "bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024}
 
 
 def fault_point(step: int) -> None:

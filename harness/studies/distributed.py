@@ -97,7 +97,7 @@ def render(records: list[dict]) -> tuple[str, bool]:
                         f"{dp[0]['cell']['params']['batch']}):", "",
                     tabulate(dp_rows(dp), headers=["variant", "wrap", "ranks", "step ms [min–max]", "× prenorm",
                                                    "tok/s", "tok/s per rank", "slowest rank",
-                                                   f"peak MiB max / min ({dp[0]['metrics']['memory']['kind']}, job)"],
+                                                   f"peak MiB max / min ({dp[0]['metrics']['memory']['counter']}, job)"],
                              tablefmt="github", disable_numparse=True)]
         pp = [r for r in rs if r["cell"]["workload"] == "pp"]
         if pp:

@@ -54,7 +54,8 @@ class DataParallel(Workload):
     unkeyed_defaults = {"precision": 0.0, "budget_s": 0.0}
     how = "?"
     metrics_schema = {"ranks": int, "step_ms": TIMING_SCHEMA, "x_prenorm": RATIO_SCHEMA, "tokens_per_s": float,
-                      "rank_tokens_per_s": list, "slowest_rank": int, "memory": {"max": int, "min": int}}
+                      "rank_tokens_per_s": list, "slowest_rank": int,
+                      "memory": {"counter": str, "max": int, "min": int}}
 
     def check(self, params, variant_names):
         check_rounds(self.name, params)
@@ -102,7 +103,7 @@ class DataParallel(Workload):
             "tokens_per_s": tokens * world / statistics.median(slowest),
             "rank_tokens_per_s": [tokens / statistics.median(t) for t in per],
             "slowest_rank": max(range(world), key=lambda r: statistics.median(per[r])),
-            "memory": {"kind": every[0]["memory"]["kind"], "max": max(mem), "min": min(mem)},
+            "memory": {"counter": every[0]["memory"]["counter"], "max": max(mem), "min": min(mem)},
             "rounds": plan.record(),
         }
 
