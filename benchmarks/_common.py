@@ -89,8 +89,12 @@ def pin_threads() -> None:
 
 
 def model_config(blocks: int, shape: dict = SHAPE):
+    import dataclasses
+
     ModelConfig = need("model", "ModelConfig")
-    return ModelConfig(n_blocks=blocks, **shape)
+    # commits before the shape field was named depth call it n_blocks
+    field = "depth" if "depth" in {f.name for f in dataclasses.fields(ModelConfig)} else "n_blocks"
+    return ModelConfig(**{field: blocks}, **shape)
 
 
 def build(variant: str, blocks: int, dev: str, shape: dict = SHAPE):

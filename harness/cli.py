@@ -33,7 +33,7 @@ def _fmt_opts(opts: dict, ablations: tuple = ()) -> str:
 
 
 def cmd_list(args) -> int:
-    cfg = ModelConfig(d_model=args.d_model, n_blocks=args.blocks, n_heads=args.heads, seq_len=8)
+    cfg = ModelConfig(d_model=args.d_model, depth=args.depth, n_heads=args.heads, seq_len=8)
     # meta device: the analytic costs need shapes, not storage (a 4096-wide Highway is 2 GB)
     with torch.device("meta"):
         base = count_params(Transformer(cfg, variants.build("prenorm", cfg.d_model, cfg.n_layers)))
@@ -47,10 +47,10 @@ def cmd_list(args) -> int:
                      "state_vectors": residual.state_vectors(), "mixing_flops_per_token": residual.mixing_flops(),
                      "source": variants.source_of(name)})
     if args.json:
-        print(json.dumps({"d_model": cfg.d_model, "n_blocks": cfg.n_blocks, "n_layers": cfg.n_layers,
+        print(json.dumps({"d_model": cfg.d_model, "depth": cfg.depth, "n_layers": cfg.n_layers,
                           "shared_params": base, "variants": rows}, indent=1), file=getattr(args, "stdout", sys.stdout))
         return 0
-    print(f"shape: d_model={cfg.d_model}, {cfg.n_blocks} blocks (L={cfg.n_layers} sublayers), "
+    print(f"shape: d_model={cfg.d_model}, {cfg.depth} blocks (L={cfg.n_layers} sublayers), "
           f"{base:,} shared params")
     table = [[r["variant"], _fmt_opts(r["options"], tuple(r["ablations"])), f"{r['extra_params']:,}", f"{r['extra_params_vs_shared']:.2%}",
               r["state_vectors"], f"{r['mixing_flops_per_token']:,}", r["source"].split(":")[0]] for r in rows]
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "points) with its options and defaults and what it declares at the given shape: extra "
                         "parameters, residual-state d-vectors per token, mixing FLOPs per token, its module.")
     ls.add_argument("--d-model", type=int, default=1024, help="model width for the costs (default 1024)")
-    ls.add_argument("--blocks", type=int, default=16, help="transformer blocks (L = 2 x blocks sublayers; default 16)")
+    ls.add_argument("--depth", type=int, default=16, help="transformer blocks (L = 2 x depth sublayers; default 16)")
     ls.add_argument("--heads", type=int, default=8, help="attention heads (default 8; must divide --d-model)")
     ls.add_argument("--json", action="store_true", help="print the rows as JSON")
     ls.set_defaults(func=cmd_list)

@@ -447,7 +447,7 @@ def _check_label(n: int, spec: VariantSpec, registered: list[str]) -> None:
 
 def parse_shapes(raw) -> tuple[tuple[str, ModelConfig], ...]:
     """The suite's shapes. A field given as a list sweeps it: one shape per value, named
-    NAME-VALUE (`n_blocks: [8, 16]` in shape `depth` gives depth-8 and depth-16)."""
+    NAME-VALUE (`depth: [8, 16]` in shape `d` gives d-8 and d-16)."""
     if isinstance(raw, dict):  # {name: {...}} is accepted as well as a list
         raw = [{"name": k, **(v or {})} for k, v in raw.items()]
     if not isinstance(raw, list) or not raw:
@@ -455,6 +455,9 @@ def parse_shapes(raw) -> tuple[tuple[str, ModelConfig], ...]:
     allowed = ["name"] + [f.name for f in fields(ModelConfig)]
     out = []
     for n, item in enumerate(raw):
+        if isinstance(item, dict) and "n_blocks" in item:  # the shape field's old name; n_blocks is AttnRes's N
+            raise ConfigError(f"shapes[{n}]: n_blocks is now depth (transformer blocks; Block AttnRes's option "
+                              "n_blocks is its N): write depth")
         check_keys(f"shapes[{n}]", item, allowed)
         item = dict(item)
         base = check_name(f"shapes[{n}].name", item.pop("name", f"shape{n}"))

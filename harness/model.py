@@ -2,7 +2,7 @@
 
 Every variant runs on exactly these sublayers: embedding (+ learned positions), causal
 self-attention (F.scaled_dot_product_attention), a GELU MLP, RMSNorm, a final norm and an LM head.
-A transformer block is two sublayers (attention, MLP), so L = 2 * n_blocks.
+`depth` counts transformer blocks; a block is two sublayers (attention, MLP), so L = 2 * depth.
 """
 from __future__ import annotations
 
@@ -24,13 +24,13 @@ from .variants.base import RMS_EPS, Residual
 class ModelConfig:
     vocab_size: int = 256
     d_model: int = 128
-    n_blocks: int = 4
+    depth: int = 4  # transformer blocks (L = 2 * depth sublayers)
     n_heads: int = 4
     mlp_ratio: float = 4.0
     seq_len: int = 128
 
     def __post_init__(self):
-        for key in ("vocab_size", "d_model", "n_blocks", "n_heads", "seq_len"):
+        for key in ("vocab_size", "d_model", "depth", "n_heads", "seq_len"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{key} must be a positive integer, got {v!r}")
@@ -42,7 +42,7 @@ class ModelConfig:
     @property
     def n_layers(self) -> int:
         """L: sublayers, attention and MLP counted separately."""
-        return 2 * self.n_blocks
+        return 2 * self.depth
 
     @property
     def d_hidden(self) -> int:
@@ -72,7 +72,7 @@ def take(h):
 
 class KVCache:
     """Keys and values of every attention sublayer for the tokens seen so far, preallocated for
-    `max_len` positions ([n_blocks, B, H, max_len, d_head] each). `length` is the positions
+    `max_len` positions ([depth, B, H, max_len, d_head] each). `length` is the positions
     filled; Transformer.forward advances it after each call. This is all incremental decoding
     keeps between tokens: every registered variant mixes depth within a token (see
     Residual.token_local), so its depth state is rebuilt per token and dies with it.
@@ -87,7 +87,7 @@ class KVCache:
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int | None = None, dtype=torch.float32,
                  device: torch.device | str = "cpu", static: bool = False):
         self.max_len = max_len or cfg.seq_len
-        shape = (cfg.n_blocks, batch, cfg.n_heads, self.max_len, cfg.d_model // cfg.n_heads)
+        shape = (cfg.depth, batch, cfg.n_heads, self.max_len, cfg.d_model // cfg.n_heads)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.static = static
@@ -214,13 +214,13 @@ class Transformer(nn.Module):
                     m.weight.fill_(1.0)
                 elif isinstance(m, (nn.Linear, nn.Embedding)):
                     # projections write into the residual stream: GPT-2's 1/sqrt(2 * blocks)
-                    scale = (2 * self.cfg.n_blocks) ** -0.5 if name.endswith("proj") else 1.0
+                    scale = (2 * self.cfg.depth) ** -0.5 if name.endswith("proj") else 1.0
                     m.weight.normal_(0.0, std * scale, generator=generator)
         self._apply_init_scales()
 
     def _apply_init_scales(self) -> None:
         """The variant's init_scale per role (e.g. DeepNorm's beta), on the weights just drawn."""
-        d, gpt2 = self.cfg.d_model, (2 * self.cfg.n_blocks) ** -0.5
+        d, gpt2 = self.cfg.d_model, (2 * self.cfg.depth) ** -0.5
         for i, sub in enumerate(self.sublayers):
             if isinstance(sub, Attention):
                 parts = [("attn.q", sub.qkv.weight[:d], 1.0), ("attn.k", sub.qkv.weight[d:2 * d], 1.0),
@@ -328,7 +328,7 @@ def step_flops(cfg: ModelConfig, mixing_per_token: int, tokens: int, train: bool
     (measure/flops.py): each Linear 2·in·out per token forward, twice that backward; attention
     scores and values 2·T·d each per token, backward five such products. Equal to the counted
     FLOPs exactly (tests/test_measure_flops.py)."""
-    d, h, V, T, blocks = cfg.d_model, cfg.d_hidden, cfg.vocab_size, cfg.seq_len, cfg.n_blocks
+    d, h, V, T, blocks = cfg.d_model, cfg.d_hidden, cfg.vocab_size, cfg.seq_len, cfg.depth
     linear = blocks * (8 * d * d + 4 * d * h) + 2 * d * V
     attn = blocks * 4 * T * d
     if not train:

@@ -40,7 +40,7 @@ def tables(records: list[dict]) -> list[dict]:
         hosts = {(e.get("machine") or {}).get("hostname") for e in envs if e} - {None}
         rows, notes = summary_rows(rs)
         out.append({
-            "heading": f"{shape_name}: d_model={shape['d_model']}, {shape['n_blocks']} blocks (L={2 * shape['n_blocks']}), "
+            "heading": f"{shape_name}: d_model={shape['d_model']}, {shape['depth']} blocks (L={2 * shape['depth']}), "
                        f"{shape['n_heads']} heads, seq {shape['seq_len']} — {device} {precision}"
                        f"{'' if mode == 'none' else f', torch.compile {mode}'}, "
                        f"{env.get('gpu') or env.get('cpu', '?')}, {env.get('threads', '?')} threads, "

@@ -352,6 +352,11 @@ def _upgrade(rec: dict) -> None:
     cell = rec.get("cell")
     if isinstance(cell, dict) and "precision" not in cell and "dtype" in cell and isinstance(cell["dtype"], str):
         cell["precision"] = _OLD_DTYPES.get(cell.pop("dtype"), "?")
+    # records written before the shape's transformer-block count was named `depth` (n_blocks now
+    # means only Block AttnRes's N); the key, checked before this, is still the hash as written
+    shape = cell.get("shape") if isinstance(cell, dict) else None
+    if isinstance(shape, dict) and "n_blocks" in shape and "depth" not in shape:
+        cell["shape"] = {"depth" if k == "n_blocks" else k: v for k, v in shape.items()}
     # records of the distributed workloads written before their peak memory's `kind` was named
     # `counter` (the memory workload's term; "kind" means a suite's study elsewhere): ddp/fsdp hold
     # one mapping, pp a list of them (one per rank); metrics are not in the key, so only readers care

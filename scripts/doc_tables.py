@@ -71,7 +71,7 @@ BLOCKS = {
         "decision-readme": DECISION,
     },
     "docs/VARIANTS.md": {
-        "list-table": command("list", "--d-model", "1024", "--blocks", "16"),
+        "list-table": command("list", "--d-model", "1024", "--depth", "16"),
     },
     "docs/CLUSTER.md": {
         "executors-pool": written("results/reference/epyc-2core/executors/summary-pool.md",
@@ -116,7 +116,7 @@ BLOCKS = {
                                   "python scripts/profile_overhead.py full-attnres --top 12"),
         "profile-block-B": written(f"{REF}/overhead/profile-block-B.md",
                                    "python scripts/profile_overhead.py block-attnres --option block_size=4 "
-                                   "--d-model 2048 --blocks 8 --heads 16 --batch 2 --top 12"),
+                                   "--d-model 2048 --depth 8 --heads 16 --batch 2 --top 12"),
     },
     "docs/SCALING.md": {
         "scaling-table": written(f"{EPYC}/scaling/scaling_table.md", f"resbench scale --out {EPYC}/scaling.jsonl",

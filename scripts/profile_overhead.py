@@ -1,7 +1,7 @@
 """Where does a variant's extra time go? Profile one train step (or prefill, or one decode token)
 of a variant and of prenorm at the same shape and print the ops whose self time differs most.
 
-    python scripts/profile_overhead.py full-attnres --d-model 512 --blocks 16 --heads 8 --batch 8
+    python scripts/profile_overhead.py full-attnres --d-model 512 --depth 16 --heads 8 --batch 8
     python scripts/profile_overhead.py block-attnres --option block_size=4 --view prefill
     python scripts/profile_overhead.py block-attnres --option block_size=4 --view decode --batch 1
 
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     ap.add_argument("variant")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="variant option (YAML value)")
     ap.add_argument("--d-model", type=int, default=512)
-    ap.add_argument("--blocks", type=int, default=16)
+    ap.add_argument("--depth", type=int, default=16)
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     options = dict(kv.split("=", 1) for kv in args.option)
     options = {k: yaml.safe_load(v) for k, v in options.items()}
     seq = args.seq + (16 if args.view == "decode" else 0)  # room for the decoded tokens' positions
-    cfg = ModelConfig(d_model=args.d_model, n_blocks=args.blocks, n_heads=args.heads, seq_len=seq)
+    cfg = ModelConfig(d_model=args.d_model, depth=args.depth, n_heads=args.heads, seq_len=seq)
     fns = {"base": step_fn("prenorm", {}, cfg, args.batch, args.view, args.compile),
            "var": step_fn(args.variant, options, cfg, args.batch, args.view, args.compile)}
     # rounds alternate the order (A B, B A, ...) so a slow moment of the machine falls on both

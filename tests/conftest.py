@@ -12,7 +12,7 @@ import resbench.variants.base
 from resbench.model import ModelConfig, build_model
 
 # vocab 64, d 32, 3 blocks (L = 6 sublayers), 4 heads, seq 16: every test runs in milliseconds.
-TINY = ModelConfig(vocab_size=64, d_model=32, n_blocks=3, n_heads=4, mlp_ratio=2.0, seq_len=16)
+TINY = ModelConfig(vocab_size=64, d_model=32, depth=3, n_heads=4, mlp_ratio=2.0, seq_len=16)
 BATCH = 2
 
 

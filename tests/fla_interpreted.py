@@ -67,7 +67,7 @@ def count_kernel_calls() -> None:
 def case(name: str, options: dict) -> dict:
     from resbench.model import ModelConfig, build_model
 
-    cfg = ModelConfig(vocab_size=64, d_model=32, n_blocks=2, n_heads=2, seq_len=8)
+    cfg = ModelConfig(vocab_size=64, d_model=32, depth=2, n_heads=2, seq_len=8)
     x = torch.randint(0, cfg.vocab_size, (2, cfg.seq_len + 1), generator=torch.Generator().manual_seed(0))
     out = {}
     for impl in ("reference", "fla"):

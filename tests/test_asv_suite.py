@@ -74,10 +74,10 @@ def test_timed_shape_is_the_quick_suites():
     from benchmarks import _common as c
 
     quick = yaml.safe_load((ROOT / "benchmarks" / "suites" / "quick.yaml").read_text())
-    small = {k: v for k, v in quick["shapes"][0].items() if k not in ("name", "n_blocks")}
+    small = {k: v for k, v in quick["shapes"][0].items() if k not in ("name", "depth")}
     assert {k: float(v) if k == "mlp_ratio" else v for k, v in small.items()} == c.SHAPE
     assert quick["workloads"]["throughput"]["batch"] == c.BATCH
-    assert quick["shapes"][0]["n_blocks"] in c.DEPTHS
+    assert quick["shapes"][0]["depth"] in c.DEPTHS
 
 
 def test_speed_cache_pairs_rounds_against_prenorm(monkeypatch):

@@ -93,8 +93,8 @@ def test_default_shape_shared_params_and_ratio(capsys):
 @pytest.mark.parametrize("d,blocks,heads", [(64, 2, 4), (48, 3, 2)])
 def test_small_shape_costs_match_real_models(capsys, d, blocks, heads):
     """At a shape small enough to build, the printed numbers are the real parameter counts."""
-    header, rows = list_rows(capsys, "--d-model", str(d), "--blocks", str(blocks), "--heads", str(heads))
-    cfg = ModelConfig(d_model=d, n_blocks=blocks, n_heads=heads, seq_len=8)
+    header, rows = list_rows(capsys, "--d-model", str(d), "--depth", str(blocks), "--heads", str(heads))
+    cfg = ModelConfig(d_model=d, depth=blocks, n_heads=heads, seq_len=8)
     base = count_params(Transformer(cfg, variants.build("prenorm", d, cfg.n_layers)))
     assert base == shared_params_formula(d, blocks)
     assert f"{base:,} shared params" in header
@@ -111,13 +111,13 @@ def test_small_shape_costs_match_real_models(capsys, d, blocks, heads):
 
 def test_list_uses_meta_device_for_huge_shapes(capsys):
     # a 4096-wide, 48-block Highway would be ~13 GB of gates on CPU; listing must not allocate it
-    _, rows = list_rows(capsys, "--d-model", "4096", "--blocks", "48", "--heads", "32")
+    _, rows = list_rows(capsys, "--d-model", "4096", "--depth", "48", "--heads", "32")
     assert costs(rows, "highway") == (96 * (4096 * 4096 + 4096), 1)
     assert torch.zeros(1).device.type == "cpu"  # the default device is restored
 
 
 def test_list_json_has_the_declared_costs(capsys):
-    assert main(["list", "--json", "--d-model", "64", "--blocks", "2"]) == 0
+    assert main(["list", "--json", "--d-model", "64", "--depth", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
     by = {r["variant"]: r for r in out["variants"]}
     assert by["highway"]["mixing_flops_per_token"] == 4 * 2 * 64 * 64 and by["prenorm"]["extra_params"] == 0

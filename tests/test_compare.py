@@ -10,7 +10,7 @@ from resbench.cli import main
 from resbench.compare import compare, load_side
 from resbench.config import Cell
 
-SHAPE = {"vocab_size": 256, "d_model": 64, "n_blocks": 2, "n_heads": 4, "mlp_ratio": 4.0, "seq_len": 64}
+SHAPE = {"vocab_size": 256, "d_model": 64, "depth": 2, "n_heads": 4, "mlp_ratio": 4.0, "seq_len": 64}
 
 
 def cell(workload: str, label: str = "prenorm", threads: int = 2) -> Cell:

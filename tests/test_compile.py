@@ -101,7 +101,7 @@ def test_compiled_decode_equals_the_full_forward():
 
 
 # inductor's code generation: a 2-block model (L = 4) keeps each compile to seconds
-SMALL = ModelConfig(vocab_size=64, d_model=32, n_blocks=2, n_heads=4, mlp_ratio=2.0, seq_len=16)
+SMALL = ModelConfig(vocab_size=64, d_model=32, depth=2, n_heads=4, mlp_ratio=2.0, seq_len=16)
 
 
 @pytest.mark.parametrize("name", INDUCTOR_NAMES)
@@ -145,7 +145,7 @@ def test_a_variant_that_cannot_compile_says_so_never_runs_eager():
 import torch
 from resbench.compiling import CompileError, compile_model, steady
 from resbench.model import ModelConfig, build_model
-cfg = ModelConfig(vocab_size=64, d_model=32, n_blocks=3, n_heads=4, mlp_ratio=2.0, seq_len=16)
+cfg = ModelConfig(vocab_size=64, d_model=32, depth=3, n_heads=4, mlp_ratio=2.0, seq_len=16)
 model = build_model(cfg, "block-attnres", {"n_blocks": 2, "two_phase": True}, dtype=torch.float64)
 run = compile_model(model, "default", backend="aot_eager")
 idx = torch.randint(0, 64, (2, 16))
@@ -181,7 +181,7 @@ def test_mode_none_is_the_model_itself():
 # -- the suite's compile axis ----------------------------------------------------------------
 
 SUITE = {"name": "c", "threads": 1, "variants": ["prenorm", {"name": "block-attnres", "options": {"n_blocks": 2}}],
-         "shapes": [{"name": "s", "d_model": 32, "n_blocks": 2, "n_heads": 2, "seq_len": 16}],
+         "shapes": [{"name": "s", "d_model": 32, "depth": 2, "n_heads": 2, "seq_len": 16}],
          "workloads": {"throughput": {"batch": 2, "warmup": 0, "repeats": 2}, "memory": {"batch": 2}}}
 
 

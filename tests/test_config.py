@@ -11,7 +11,7 @@ from resbench.config import ConfigError, expand_cells, load_suite, parse_suite
 GOOD = {
     "name": "t",
     "variants": ["prenorm", {"name": "block-attnres", "options": {"n_blocks": 2}}],
-    "shapes": [{"name": "s", "d_model": 32, "n_blocks": 2, "n_heads": 2, "seq_len": 16}],
+    "shapes": [{"name": "s", "d_model": 32, "depth": 2, "n_heads": 2, "seq_len": 16}],
     "workloads": {"throughput": {"batch": 2, "warmup": 1, "repeats": 2}, "memory": {"batch": 2}},
 }
 
@@ -63,7 +63,8 @@ def test_cell_key_ignores_label_but_not_options():
     (bad(shapes=[{"d_model": 30, "n_heads": 4}]), "divisible by n_heads"),
     (bad(shapes=[{"d_model": -8}]), "d_model"),
     (bad(shapes=[{"d_model": "wide"}]), "shapes[shape0].d_model must be int"),
-    (bad(shapes=[{"depth": 3}]), "unknown key 'depth'"),
+    (bad(shapes=[{"width": 3}]), "unknown key 'width'"),
+    (bad(shapes=[{"n_blocks": 3}]), "shapes[0]: n_blocks is now depth"),
     (bad(workloads={"speed": {}}), "unknown key 'speed'; allowed: throughput, memory, loss"),
     (bad(workloads={"throughput": {"batch": 0}}), "workloads.throughput.batch must be > 0"),
     (bad(workloads={"throughput": {"batch": "8"}}), "workloads.throughput.batch must be int"),
@@ -162,8 +163,8 @@ def test_a_shape_may_run_more_seeds():
     """shapes[NAME].seeds: more seeds where an effect is small (the largest size), the suite's elsewhere."""
     from resbench.config import expand_cells, parse_suite
     raw = {"name": "s", "variants": ["prenorm"], "seeds": [0, 1], "workloads": {"memory": {}},
-           "shapes": [{"name": "a", "d_model": 32, "n_blocks": 1, "n_heads": 2, "seq_len": 16},
-                      {"name": "b", "d_model": 32, "n_blocks": 2, "n_heads": 2, "seq_len": 16, "seeds": [0, 1, 2, 3]}]}
+           "shapes": [{"name": "a", "d_model": 32, "depth": 1, "n_heads": 2, "seq_len": 16},
+                      {"name": "b", "d_model": 32, "depth": 2, "n_heads": 2, "seq_len": 16, "seeds": [0, 1, 2, 3]}]}
     cells = expand_cells(parse_suite(raw), "cpu")
     assert sorted((c.shape_name, c.seed) for c in cells) == [("a", 0), ("a", 1)] + [("b", s) for s in range(4)]
     raw["shapes"][1]["seeds"] = [1, 1]

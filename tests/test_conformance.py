@@ -48,10 +48,10 @@ def test_registry_has_the_five_mission_variants():
 
 def test_deepnorm_scales_the_shared_draw_by_beta(tiny_cfg):
     """DeepNet's decoder-only beta = (8N)^(-1/4) on v, out, and both MLP matrices; q, k as drawn."""
-    beta = (8 * tiny_cfg.n_blocks) ** -0.25
-    d, gpt2 = tiny_cfg.d_model, (2 * tiny_cfg.n_blocks) ** -0.5
+    beta = (8 * tiny_cfg.depth) ** -0.25
+    d, gpt2 = tiny_cfg.d_model, (2 * tiny_cfg.depth) ** -0.5
     ref, got = make_model(tiny_cfg, "prenorm", seed=3), make_model(tiny_cfg, "deepnorm", seed=3)
-    assert got.residual.beta == pytest.approx(beta) and got.residual.alpha == pytest.approx((2 * tiny_cfg.n_blocks) ** 0.25)
+    assert got.residual.beta == pytest.approx(beta) and got.residual.alpha == pytest.approx((2 * tiny_cfg.depth) ** 0.25)
     qkv, qkv0 = got.sublayers[0].qkv.weight, ref.sublayers[0].qkv.weight
     assert torch.equal(qkv[:2 * d], qkv0[:2 * d])
     torch.testing.assert_close(qkv[2 * d:], qkv0[2 * d:] * beta)
@@ -129,8 +129,8 @@ def test_declared_extra_params_match_count(tiny_cfg, name, options):
 def declared_scales(residual, cfg, key):
     """[rows] multipliers a variant's init_scale puts on prenorm's draw of shared weight `key`,
     from the roles' definition (docs/VARIANTS.md): qkv rows are q, k, v; "proj" replaces GPT-2's
-    1/sqrt(2 n_blocks)."""
-    d, gpt2 = cfg.d_model, (2 * cfg.n_blocks) ** -0.5
+    1/sqrt(2 depth)."""
+    d, gpt2 = cfg.d_model, (2 * cfg.depth) ** -0.5
     parts = key.split(".")
     if parts[0] != "sublayers":
         return None

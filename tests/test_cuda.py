@@ -19,7 +19,7 @@ from resbench.train import TrainConfig, make_optimizer, train_step
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
 
-CFG = ModelConfig(vocab_size=256, d_model=128, n_blocks=2, n_heads=4, mlp_ratio=4.0, seq_len=64)
+CFG = ModelConfig(vocab_size=256, d_model=128, depth=2, n_heads=4, mlp_ratio=4.0, seq_len=64)
 
 
 @pytest.mark.parametrize("name", variants.names())

@@ -73,7 +73,7 @@ def reduced_gpu_suite(compile_modes) -> dict:
     raw.update(device="cpu", compile=compile_modes, threads=1, seeds=[0, 1], timeout_s=300)
     raw["variants"] = [raw["variants"][0], raw["variants"][-1]]
     for shape, blocks in zip(raw["shapes"], (2, 3, 4)):
-        shape.update(d_model=32, n_heads=2, seq_len=32, n_blocks=blocks)
+        shape.update(d_model=32, n_heads=2, seq_len=32, depth=blocks)
     raw["workloads"]["loss"].update(steps=6, batch=2, warmup=1, eval_every=3, eval_batches=1, corpus_bytes=200_000)
     raw["workloads"]["throughput"].update(batch=2, warmup=1, repeats=3)
     raw["workloads"]["memory"].update(batch=2)

@@ -65,7 +65,7 @@ def test_chunked_prefill_equals_one_prefill(name, options):
 def test_cache_bytes_are_keys_and_values_of_every_block():
     cache = KVCache(TINY, batch=2, max_len=10, dtype=torch.float32)
     cache.length = 7
-    assert cache.nbytes() == 2 * TINY.n_blocks * 2 * 7 * TINY.d_model * 4
+    assert cache.nbytes() == 2 * TINY.depth * 2 * 7 * TINY.d_model * 4
     assert cache.nbytes(10) == cache.k.nbytes + cache.v.nbytes
 
 
@@ -88,7 +88,7 @@ def test_every_registered_variant_declares_token_local_mixing():
 # -- the decode workload ----------------------------------------------------------------------
 
 DECODE_SUITE = {"name": "dec", "threads": 1, "variants": ["prenorm", "full-attnres"],
-                "shapes": [{"name": "s", "d_model": 32, "n_blocks": 2, "n_heads": 2, "seq_len": 32}],
+                "shapes": [{"name": "s", "d_model": 32, "depth": 2, "n_heads": 2, "seq_len": 32}],
                 "workloads": {"decode": {"contexts": [4, 16], "batches": [1, 2], "new_tokens": 3, "repeats": 3,
                                          "warmup": 0}}}
 

@@ -118,7 +118,7 @@ def _suite(**over):
            "launcher": {"type": "torchrun", "nproc": 2},
            "variants": ["prenorm", {"name": "block-attnres", "options": {"impl": "reference", "n_blocks": 2},
                                     "label": "block-attnres"}],
-           "shapes": [{"name": "t", "d_model": 32, "n_blocks": 4, "n_heads": 2, "seq_len": 16, "vocab_size": 64}],
+           "shapes": [{"name": "t", "d_model": 32, "depth": 4, "n_heads": 2, "seq_len": 16, "vocab_size": 64}],
            "workloads": {"ddp": {"batch": 2, "repeats": 2}, "fsdp": {"batch": 2, "repeats": 2},
                          "pp": {"batch": 4, "microbatches": 2, "repeats": 2,
                                       "schedule": ["1f1b", "interleaved-1f1b"], "comm": ["naive", "cached"]}}}

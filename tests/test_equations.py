@@ -213,7 +213,7 @@ def assert_matches(model, ref, idx, tol=TOL):
         torch.testing.assert_close(a, b, **tol, msg=lambda m, n=n: f"gradient of {n}: {m}")
 
 
-CFG = ModelConfig(vocab_size=64, d_model=32, n_blocks=3, n_heads=4, mlp_ratio=2.0, seq_len=12)  # L = 6
+CFG = ModelConfig(vocab_size=64, d_model=32, depth=3, n_heads=4, mlp_ratio=2.0, seq_len=12)  # L = 6
 
 CASES = [
     ("prenorm", {}, ref_prenorm),

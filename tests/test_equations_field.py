@@ -314,13 +314,13 @@ def test_mhc_lite_carry_is_a_convex_mix_of_permutations():
 # -- DeepNorm's constants ----------------------------------------------------------------------
 
 def test_deepnorm_constants_are_the_papers_decoder_only():
-    N = CFG.n_blocks
+    N = CFG.depth
     model = make_model(CFG, "deepnorm", seed=11)
     assert model.residual.alpha == pytest.approx((2 * N) ** 0.25, rel=1e-15)
     assert model.residual.beta == pytest.approx((8 * N) ** -0.25, rel=1e-15)
     assert make_model(CFG, "postnorm", seed=11).residual.alpha == 1.0
     # beta replaces the shared init's scale on values, output projections and both MLP matrices
-    # (GPT-2's 1/sqrt(2 n_blocks) on the projections dropped); queries and keys keep theirs
+    # (GPT-2's 1/sqrt(2 depth) on the projections dropped); queries and keys keep theirs
     base = make_model(CFG, "prenorm", seed=11)
     beta, gpt2, d = model.residual.beta, (2 * N) ** -0.5, CFG.d_model
     close = dict(rtol=1e-6, atol=0)  # the rescale runs in fp32 before the cast to fp64

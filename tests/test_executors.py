@@ -20,7 +20,7 @@ from resbench.report import tables
 from resbench.results import read_records
 from resbench.runner import parse_only, parse_shard, plan, run_suite, selection
 
-SHAPE = [{"name": "t", "d_model": 16, "n_blocks": 1, "n_heads": 2, "seq_len": 8}]
+SHAPE = [{"name": "t", "d_model": 16, "depth": 1, "n_heads": 2, "seq_len": 8}]
 LOSS = {"steps": 6, "batch": 2, "eval_every": 3, "eval_batches": 1, "corpus": "generated", "corpus_bytes": 20000}
 
 SPY = textwrap.dedent('''

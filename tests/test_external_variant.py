@@ -84,7 +84,7 @@ def test_load_module(tmp_variant_module, tiny_cfg):
 
 
 def test_cli_variants_module(tmp_variant_module, tiny_cfg, capsys):
-    assert main(["--variants-module", tmp_variant_module, "list", "--d-model", "64", "--blocks", "2"]) == 0
+    assert main(["--variants-module", tmp_variant_module, "list", "--d-model", "64", "--depth", "2"]) == 0
     out, err = capsys.readouterr()
     assert err == ""
     row = next(line for line in out.splitlines() if line.startswith("tmp-scaled"))

@@ -20,7 +20,7 @@ from resbench.model import ModelConfig, Transformer
 from test_equations import assert_matches, ref_attnres, ref_densenet
 from resbench.variants._attnres_fast import _Attend, _SourceLogits, _Store
 
-CFG = ModelConfig(vocab_size=64, d_model=32, n_blocks=4, n_heads=4, mlp_ratio=2.0, seq_len=10)  # L = 8
+CFG = ModelConfig(vocab_size=64, d_model=32, depth=4, n_heads=4, mlp_ratio=2.0, seq_len=10)  # L = 8
 
 
 def grads(model, idx, probe_seed=3):
@@ -184,8 +184,8 @@ def test_inference_memory_is_baseline_plus_declared_state(name, options):
     every source against its later readers (O(L^2) scalars per token, not d-vectors), within the
     few d-vectors by which the two models' transients differ; and linear in depth."""
     net = {}
-    for n_blocks in (4, 8):
-        cfg = ModelConfig(n_blocks=n_blocks, **MEM)
+    for depth in (4, 8):
+        cfg = ModelConfig(depth=depth, **MEM)
         L, vec = cfg.n_layers, B * cfg.seq_len * cfg.d_model * 4
         res = make_model(cfg, name, options).residual
         logits = sum(L + 1 - res.first_read[k] for k in range(res.state_vectors())) * B * cfg.seq_len * 4
@@ -200,7 +200,7 @@ def test_inference_memory_is_baseline_plus_declared_state(name, options):
 def test_block_training_does_not_save_partial_sums():
     """One block of L sublayers: the sources are e and the block sum, so the forward keeps O(1)
     extra d-vectors per token over PreNorm for backward, not one partial sum per sublayer."""
-    cfg = ModelConfig(n_blocks=8, **MEM)
+    cfg = ModelConfig(depth=8, **MEM)
     vec = B * cfg.seq_len * cfg.d_model * 4
     extra = _saved_bytes(cfg, "block-attnres", {"n_blocks": 1}) - _saved_bytes(cfg, "prenorm")
     # h_0 (a copy of e), the block sum, and per-token scalars (weights, logits: large next to
@@ -231,7 +231,7 @@ STATE_CASES = [("full-attnres", {"impl": impl}) for impl in ("fast", "functional
     for form in ({}, {"two_phase": True}, {"impl": "functional"}, {"impl": "reference"})]
 
 
-@pytest.mark.parametrize("n_blocks", [3, 4, 5])  # L = 6, 8, 10
+@pytest.mark.parametrize("depth", [3, 4, 5])  # L = 6, 8, 10
 @pytest.mark.parametrize("name,options", STATE_CASES,
                          ids=[n + "".join(f"-{k}={v}" for k, v in o.items()) for n, o in STATE_CASES])
 def test_declared_state_is_the_most_the_state_holds(n_blocks, name, options):
@@ -241,7 +241,7 @@ def test_declared_state_is_the_most_the_state_holds(n_blocks, name, options):
     misclassifies how it grows."""
     from resbench.measure.memory_views import boundary_bytes
 
-    cfg = ModelConfig(vocab_size=64, d_model=24, n_blocks=n_blocks, n_heads=4, mlp_ratio=2.0, seq_len=4)
+    cfg = ModelConfig(vocab_size=64, d_model=24, depth=depth, n_heads=4, mlp_ratio=2.0, seq_len=4)
     L = cfg.n_layers
     model = make_model(cfg, name, options, perturb=True)
     idx = tokens(cfg, batch=2)
@@ -302,7 +302,7 @@ def test_a_pipeline_refuses_every_faster_form_alike(impl):
 
     model = make_model(CFG, "block-attnres", {"n_blocks": 2, "impl": impl}, seed=5)
     with pytest.raises(ConfigError, match=r"not per-token tensors, which a stage boundary cannot send: use impl: reference"):
-        trace_boundaries(model, chunk_bounds(CFG.n_blocks, 2))
+        trace_boundaries(model, chunk_bounds(CFG.depth, 2))
     ref = make_model(CFG, "block-attnres", {"n_blocks": 2, "impl": "reference"}, seed=5)
     # the cut falls after the first of two blocks: the embedding, then the embedding and that block
-    assert [b.completed for b in trace_boundaries(ref, chunk_bounds(CFG.n_blocks, 2))] == [[0], [0, 1]]
+    assert [b.completed for b in trace_boundaries(ref, chunk_bounds(CFG.depth, 2))] == [[0], [0, 1]]

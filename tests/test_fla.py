@@ -36,7 +36,7 @@ def test_on_cpu_tensors_without_the_interpreter_the_cell_fails_with_flas_reason(
 
     from resbench.model import ModelConfig, build_model
 
-    cfg = ModelConfig(vocab_size=64, d_model=32, n_blocks=2, n_heads=2, seq_len=8)
+    cfg = ModelConfig(vocab_size=64, d_model=32, depth=2, n_heads=2, seq_len=8)
     model = build_model(cfg, "full-attnres", {"impl": "fla"}, 0)
     with pytest.raises(Exception, match="CUDA"):
         model(torch.zeros(1, 8, dtype=torch.long))

@@ -25,7 +25,7 @@ from resbench.results import MAX_MESSAGE, MAX_RECORD_BYTES, append_record, exclu
 from resbench.runner import run_suite
 
 ROOT = Path(__file__).resolve().parent.parent
-SHAPE = [{"name": "t", "d_model": 16, "n_blocks": 1, "n_heads": 2, "seq_len": 8}]
+SHAPE = [{"name": "t", "d_model": 16, "depth": 1, "n_heads": 2, "seq_len": 8}]
 
 
 def suite(**over):
@@ -195,11 +195,31 @@ def test_a_distributed_record_written_with_memory_kind_reads_with_counter(tmp_pa
             assert m["counter"] == w["kind"] == "process peak RSS"
         assert {k: v for k, v in got[wl]["metrics"].items() if k != "memory"} == \
                {k: v for k, v in rec["metrics"].items() if k != "memory"}
-    assert "memory.counter is missing" in check_record(old["ddp"])  # read without the upgrade: refused
+    raw = {**old["ddp"], "cell": got["ddp"]["cell"]}  # today's shape field, the memory as written
+    assert "memory.counter is missing" in check_record(raw, verify_key=False)  # without the upgrade: refused
     new = got["ddp"]
-    assert check_record(new) is None and planted_metrics("ddp")["memory"]["counter"]
+    # upgraded (its shape too), so its key is the hash of the cell as written, checked on reading
+    assert check_record(new, verify_key=False) is None and planted_metrics("ddp")["memory"]["counter"]
     del new["metrics"]["memory"]["counter"]
-    assert check_record(new) == "metrics.memory.counter is missing"
+    assert check_record(new, verify_key=False) == "metrics.memory.counter is missing"
+
+
+def test_a_record_written_with_shape_n_blocks_reads_with_depth_and_never_resumes_a_new_cell(tmp_path):
+    """The shape's transformer-block count became `depth` (results._upgrade): a committed
+    reference, written before, reads with `depth` in place and its key still verified as written;
+    a cell of today hashes its own shape, so the old record never stands in for it."""
+    ref = ROOT / "results/reference/epyc-2core/overhead.jsonl"
+    rec = json.loads(ref.read_text().splitlines()[0])
+    assert "n_blocks" in rec["cell"]["shape"] and "depth" not in rec["cell"]["shape"]  # written before
+    out = tmp_path / "r.jsonl"
+    out.write_text(json.dumps(rec) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not skipped
+        (got,) = read_records(out)
+    assert list(got["cell"]["shape"]) == ["depth" if k == "n_blocks" else k for k in rec["cell"]["shape"]]
+    assert got["cell"]["shape"]["depth"] == rec["cell"]["shape"]["n_blocks"] and got["key"] == rec["key"]
+    assert cell_key(got["cell"]) != rec["key"]  # today's cell of that shape has its own key
+    assert finished_keys(out)[0] == {rec["key"]}
 
 
 def test_an_oom_under_a_cap_that_was_raised_is_measured_again(tmp_path):

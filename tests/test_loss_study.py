@@ -13,7 +13,7 @@ from resbench.workloads.common import RunContext
 
 def _record(label, d, blocks, seed, final, flops_per_step, curve):
     cell = {"variant": label, "label": label, "options": {}, "shape_name": f"d{d}", "workload": "loss",
-            "shape": {"d_model": d, "n_blocks": blocks, "n_heads": 2, "seq_len": 16, "vocab_size": 256,
+            "shape": {"d_model": d, "depth": blocks, "n_heads": 2, "seq_len": 16, "vocab_size": 256,
                       "mlp_ratio": 4.0},
             "params": {}, "device": "cpu", "precision": "fp32", "seed": seed, "threads": 1}
     steps = [s for s, _ in curve]
@@ -59,8 +59,8 @@ def test_real_loss_cells_with_dynamics_render_a_report(tmp_path, capsys):
     suite = parse_suite({
         "name": "t", "threads": 1, "seeds": [0, 1],
         "variants": ["prenorm", "full-attnres", "densenet"],
-        "shapes": [{"name": "a", "d_model": 16, "n_blocks": 1, "n_heads": 2, "seq_len": 16},
-                   {"name": "b", "d_model": 32, "n_blocks": 2, "n_heads": 2, "seq_len": 16}],
+        "shapes": [{"name": "a", "d_model": 16, "depth": 1, "n_heads": 2, "seq_len": 16},
+                   {"name": "b", "d_model": 32, "depth": 2, "n_heads": 2, "seq_len": 16}],
         "workloads": {"loss": {"steps": 6, "batch": 2, "warmup": 1, "eval_every": 2, "eval_batches": 1,
                                "corpus": "generated", "corpus_bytes": 20000, "dynamics": True}}})
     out = tmp_path / "r.jsonl"

@@ -113,7 +113,7 @@ def analytic_shared_flops(cfg, tokens: int) -> tuple[int, int]:
     2·in·out per token forward and twice that backward (input and weight gradients); attention
     scores and values are 2·T·d each per token (full T x T, as torch counts it), backward five such
     products (recomputed scores, grad of scores, V, Q, K)."""
-    d, h, V, T, blocks = cfg.d_model, cfg.d_hidden, cfg.vocab_size, cfg.seq_len, cfg.n_blocks
+    d, h, V, T, blocks = cfg.d_model, cfg.d_hidden, cfg.vocab_size, cfg.seq_len, cfg.depth
     linear = blocks * (2 * d * 3 * d + 2 * d * d + 2 * d * h + 2 * h * d) + 2 * d * V
     attn = blocks * 2 * (2 * T * d)
     return tokens * (linear + attn), tokens * (3 * linear + attn + blocks * 5 * (2 * T * d))
@@ -145,7 +145,7 @@ def test_train_and_prefill_flops_equal_the_analytic_count(name, options, dtype):
     from resbench.model import ModelConfig, build_model
     from resbench.train import TrainConfig, make_optimizer, train_step
 
-    cfg = ModelConfig(vocab_size=64, d_model=32, n_blocks=3, n_heads=4, mlp_ratio=2.0, seq_len=16)
+    cfg = ModelConfig(vocab_size=64, d_model=32, depth=3, n_heads=4, mlp_ratio=2.0, seq_len=16)
     model = build_model(cfg, name, options, dtype=dtype)
     B = 2
     x = torch.randint(0, cfg.vocab_size, (B, cfg.seq_len), generator=torch.Generator().manual_seed(0))
@@ -184,7 +184,7 @@ def test_the_libraries_analytic_step_flops_equal_the_count(name, options):
     from resbench.model import ModelConfig, build_model, step_flops
     from resbench.train import lm_loss
 
-    cfg = ModelConfig(vocab_size=64, d_model=48, n_blocks=2, n_heads=4, mlp_ratio=3.0, seq_len=8)
+    cfg = ModelConfig(vocab_size=64, d_model=48, depth=2, n_heads=4, mlp_ratio=3.0, seq_len=8)
     model = build_model(cfg, name, options)
     x = torch.randint(0, cfg.vocab_size, (3, cfg.seq_len), generator=torch.Generator().manual_seed(0))
     mixing = model.residual.mixing_flops()

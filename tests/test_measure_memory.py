@@ -190,7 +190,7 @@ def _model_step_peak(model, params, idx):
 def test_fake_model_matches_real_model():
     from resbench.model import ModelConfig, build_model
 
-    cfg = ModelConfig(vocab_size=64, d_model=32, n_blocks=2, n_heads=2, seq_len=16)
+    cfg = ModelConfig(vocab_size=64, d_model=32, depth=2, n_heads=2, seq_len=16)
     model = build_model(cfg, "prenorm")
     idx = torch.randint(0, cfg.vocab_size, (2, cfg.seq_len))
     real = _model_step_peak(model, dict(model.named_parameters()), idx)
@@ -226,7 +226,7 @@ def _profiler_peak(fn):
 def test_tracker_agrees_with_profiler_allocator_events():
     from resbench.model import ModelConfig, build_model
 
-    cfg = ModelConfig(vocab_size=128, d_model=64, n_blocks=2, n_heads=4, seq_len=64)
+    cfg = ModelConfig(vocab_size=128, d_model=64, depth=2, n_heads=4, seq_len=64)
     model = build_model(cfg, "prenorm")
     idx = torch.randint(0, cfg.vocab_size, (2, cfg.seq_len))
     opt = torch.optim.AdamW(model.parameters())  # default foreach path: many temporaries
@@ -381,7 +381,7 @@ def test_prefill_peak_is_the_state_plus_the_widest_sublayer_transient(name, stat
     from resbench.model import ModelConfig, build_model
     from resbench.measure.memory_views import inference_bytes
 
-    cfg = ModelConfig(vocab_size=64, d_model=64, n_blocks=4, n_heads=4, mlp_ratio=4.0, seq_len=32)
+    cfg = ModelConfig(vocab_size=64, d_model=64, depth=4, n_heads=4, mlp_ratio=4.0, seq_len=32)
     B = 2
     vec = B * cfg.seq_len * cfg.d_model * 4
     model = build_model(cfg, name)
@@ -400,7 +400,7 @@ def test_attnres_prefill_holds_its_sources_and_no_sublayer_input(name, options):
     from resbench.model import ModelConfig, build_model
     from resbench.measure.memory_views import inference_bytes
 
-    cfg = ModelConfig(vocab_size=64, d_model=256, n_blocks=4, n_heads=4, mlp_ratio=4.0, seq_len=16)
+    cfg = ModelConfig(vocab_size=64, d_model=256, depth=4, n_heads=4, mlp_ratio=4.0, seq_len=16)
     B, L = 2, cfg.n_layers
     vec, row = B * cfg.seq_len * cfg.d_model * 4, B * cfg.seq_len * 4  # a d-vector, a scalar per token
     idx = torch.randint(0, cfg.vocab_size, (B, cfg.seq_len), generator=torch.Generator().manual_seed(0))

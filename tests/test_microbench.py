@@ -19,7 +19,7 @@ from resbench import variants
 from resbench.model import ModelConfig, build_model
 from resbench.train import TrainConfig, make_optimizer, train_step
 
-CFG = ModelConfig(vocab_size=256, d_model=64, n_blocks=4, n_heads=4, mlp_ratio=4.0, seq_len=64)
+CFG = ModelConfig(vocab_size=256, d_model=64, depth=4, n_heads=4, mlp_ratio=4.0, seq_len=64)
 BATCH = 4
 
 
@@ -66,6 +66,6 @@ def test_train_step_tiny(benchmark, name):
     tok = torch.randint(0, CFG.vocab_size, (BATCH, CFG.seq_len + 1), generator=g)
     x, y = tok[:, :-1], tok[:, 1:]
     benchmark.group = "train step (fwd + bwd + AdamW), tiny model"
-    benchmark.extra_info.update(d_model=CFG.d_model, n_blocks=CFG.n_blocks, batch=BATCH, seq_len=CFG.seq_len)
+    benchmark.extra_info.update(d_model=CFG.d_model, depth=CFG.depth, batch=BATCH, seq_len=CFG.seq_len)
     loss = benchmark.pedantic(train_step, (model, opt, x, y, cfg), rounds=30, iterations=1, warmup_rounds=3)
     assert math.isfinite(loss)

@@ -44,7 +44,7 @@ def test_generated_variant_conforms_and_starts_as_prenorm(scratch_registry, caps
     assert out.count("\n") == 1 and out.startswith(f"wrote {tmp / 'my_mix.py'}: ")
     assert "RESBENCH_VARIANTS=my_mix" in out and "pytest tests/test_conformance.py -k my-mix" in out
     # the way a variant outside the repository is loaded, and what `resbench list` shows of it
-    assert main(["--variants-module", "my_mix", "list", "--d-model", "32", "--blocks", "3", "--json"]) == 0
+    assert main(["--variants-module", "my_mix", "list", "--d-model", "32", "--depth", "3", "--json"]) == 0
     row = {r["variant"]: r for r in json.loads(capsys.readouterr().out)["variants"]}["my-mix"]
     assert (row["options"], row["extra_params"], row["state_vectors"], row["mixing_flops_per_token"]) == \
         ({"init": 1.0}, 6, 1, 0)

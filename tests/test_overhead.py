@@ -8,7 +8,7 @@ from resbench.cli import main
 from resbench.studies.overhead import overhead_metrics, render_overhead
 
 MiB = 2**20
-SHAPE = {"vocab_size": 256, "d_model": 64, "n_blocks": 2, "n_heads": 4, "mlp_ratio": 4.0, "seq_len": 16}
+SHAPE = {"vocab_size": 256, "d_model": 64, "depth": 2, "n_heads": 4, "mlp_ratio": 4.0, "seq_len": 16}
 
 
 def rec(label, variant, workload, metrics, shape="A"):
@@ -65,7 +65,7 @@ def test_cli_report_targets_exit_code(tmp_path, capsys):
     path.write_text("".join(json.dumps(r) + "\n" for r in records()))
     suite = tmp_path / "s.yaml"
     base = ("kind: overhead\nname: s\nvariants: [prenorm, {name: block-attnres, label: block}]\n"
-            "shapes: [{name: A, d_model: 64, n_blocks: 2, n_heads: 2}]\nworkloads: {memory: {}}\n")
+            "shapes: [{name: A, d_model: 64, depth: 2, n_heads: 2}]\nworkloads: {memory: {}}\n")
     suite.write_text(base + "targets: {A: {block: {train: 1.2}}}\n")
     assert main(["report", str(path), "--suite", str(suite)]) == 0
     assert "shape A" in capsys.readouterr().out

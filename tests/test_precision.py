@@ -9,7 +9,7 @@ from resbench.model import ModelConfig, build_model
 from resbench.precision import PRECISIONS
 from resbench.train import TrainConfig, lm_loss, make_optimizer, train, train_step
 
-CFG = ModelConfig(vocab_size=256, d_model=32, n_blocks=2, n_heads=4, mlp_ratio=2.0, seq_len=16)
+CFG = ModelConfig(vocab_size=256, d_model=32, depth=2, n_heads=4, mlp_ratio=2.0, seq_len=16)
 
 
 @pytest.mark.parametrize("precision", list(PRECISIONS))
@@ -53,7 +53,7 @@ def test_fp16_autocast_uses_a_grad_scaler_and_bf16_pure_none():
 
 def test_precision_is_part_of_the_cell_and_the_loss_is_fp32():
     raw = {"name": "t", "variants": ["prenorm"], "precision": "bf16-autocast",
-           "shapes": [{"name": "s", "d_model": 16, "n_blocks": 1, "n_heads": 2, "seq_len": 8}],
+           "shapes": [{"name": "s", "d_model": 16, "depth": 1, "n_heads": 2, "seq_len": 8}],
            "workloads": {"memory": {}}}
     suite = parse_suite(raw)
     assert suite.precisions == ("bf16-autocast",)

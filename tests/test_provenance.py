@@ -20,13 +20,13 @@ from resbench.results import append_record, default_results_path, read_records, 
 from resbench.runner import run_suite
 
 ROOT = Path(__file__).resolve().parent.parent
-SHAPE = [{"name": "t", "d_model": 16, "n_blocks": 1, "n_heads": 2, "seq_len": 8}]
+SHAPE = [{"name": "t", "d_model": 16, "depth": 1, "n_heads": 2, "seq_len": 8}]
 
 
 def tiny_quick() -> dict:
     """The shipped quick suite (all five variants, all three workloads: 15 cells) at a toy size."""
     raw = yaml.safe_load((ROOT / "benchmarks" / "suites" / "quick.yaml").read_text())
-    raw["shapes"] = [{"name": "small", "d_model": 16, "n_blocks": 4, "n_heads": 2, "seq_len": 8, "vocab_size": 256}]
+    raw["shapes"] = [{"name": "small", "d_model": 16, "depth": 4, "n_heads": 2, "seq_len": 8, "vocab_size": 256}]
     raw["threads"] = 1
     raw["workloads"] = {"throughput": {"batch": 2, "warmup": 0, "repeats": 2}, "memory": {"batch": 2},
                         "loss": {"steps": 2, "batch": 2, "warmup": 0, "eval_every": 0, "eval_batches": 1,

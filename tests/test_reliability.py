@@ -24,7 +24,7 @@ from resbench.results import make_record
 from resbench.runner import run_suite
 
 ROOT = Path(__file__).resolve().parent.parent
-SHAPE = [{"name": "t", "d_model": 16, "n_blocks": 1, "n_heads": 2, "seq_len": 8}]
+SHAPE = [{"name": "t", "d_model": 16, "depth": 1, "n_heads": 2, "seq_len": 8}]
 
 FAULTS = textwrap.dedent('''
     import os
@@ -209,7 +209,7 @@ def test_non_finite_and_out_of_range_values_are_refused(over, needle):
 
 def test_nan_through_yaml_is_refused_from_the_cli(tmp_path, capsys):
     path = tmp_path / "s.yaml"
-    path.write_text("name: t\nvariants: [prenorm]\nshapes: [{name: t, d_model: 16, n_blocks: 1, n_heads: 2, "
+    path.write_text("name: t\nvariants: [prenorm]\nshapes: [{name: t, d_model: 16, depth: 1, n_heads: 2, "
                     "seq_len: 8}]\nworkloads: {loss: {lr: .nan}}\ntimeout_s: .nan\n")
     assert main(["run", str(path), "--out", str(tmp_path / "r.jsonl")]) == 2
     assert "finite" in capsys.readouterr().err and not (tmp_path / "r.jsonl").exists()
@@ -451,7 +451,7 @@ def test_corpus_problems_stop_the_run_before_any_cell(tmp_path):
 
 def test_a_scale_cell_that_fails_is_a_status(faults, tmp_path, capsys):
     raw = {"kind": "scaling", "name": "mini", "threads": 1,
-           "shapes": [{"name": "s", "d_model": 16, "n_heads": 2, "seq_len": 8, "vocab_size": 32, "n_blocks": [1, 2]}],
+           "shapes": [{"name": "s", "d_model": 16, "n_heads": 2, "seq_len": 8, "vocab_size": 32, "depth": [1, 2]}],
            "variants": ["prenorm", "memerr"],
            "workloads": {"memory_views": {"views": ["inference"], "pipeline_stages": 1}}}
     path = tmp_path / "mini.yaml"

@@ -69,7 +69,7 @@ def _suite(**workload):
     return {"kind": "overhead", "name": "t", "device": "cpu", "threads": 1, "timeout_s": 300,
             "variants": ["prenorm", "full-attnres", {"name": "block-attnres", "options": {"n_blocks": 2},
                                                      "label": "block"}],
-            "shapes": [{"name": "A", "d_model": 64, "n_blocks": 4, "n_heads": 4, "seq_len": 32, "vocab_size": 64,
+            "shapes": [{"name": "A", "d_model": 64, "depth": 4, "n_heads": 4, "seq_len": 32, "vocab_size": 64,
                         "batch": 2, "repeats": 3}],
             "workloads": {"throughput": {"warmup": 1, **workload}},
             "targets": {"A": {"full-attnres": {"train": 1.5}, "block": {"prefill": 1.2}}}}

@@ -123,7 +123,7 @@ def test_adaptive_rounds_stop_early_on_a_clear_ratio_in_the_real_timing_loop():
 
 
 GOOD = {"name": "t", "variants": ["prenorm", "highway"],
-        "shapes": [{"name": "s", "d_model": 32, "n_blocks": 2, "n_heads": 2, "seq_len": 16}],
+        "shapes": [{"name": "s", "d_model": 32, "depth": 2, "n_heads": 2, "seq_len": 16}],
         "workloads": {"throughput": {"batch": 2, "warmup": 1, "repeats": 10}}}
 
 

@@ -33,7 +33,7 @@ BOMBS = textwrap.dedent('''
             os._exit(3)
 ''')
 
-SHAPE = [{"name": "t", "d_model": 16, "n_blocks": 1, "n_heads": 2, "seq_len": 8}]
+SHAPE = [{"name": "t", "d_model": 16, "depth": 1, "n_heads": 2, "seq_len": 8}]
 
 
 @pytest.fixture

@@ -105,7 +105,7 @@ def test_checkpointed_loss_and_grads_equal_plain(name, options):
     perturb_variant(model, seed=5)
     idx, y = tokens(TINY, seed=1), tokens(TINY, seed=2)
     ref_loss, ref_grads = _loss_and_grads(model, idx, y, 0)
-    for k in (1, 2, TINY.n_blocks + 1):  # per block, uneven segments, a single segment
+    for k in (1, 2, TINY.depth + 1):  # per block, uneven segments, a single segment
         loss, grads = _loss_and_grads(model, idx, y, k)
         torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
         for g, r in zip(grads, ref_grads):
@@ -113,7 +113,7 @@ def test_checkpointed_loss_and_grads_equal_plain(name, options):
 
 
 def test_checkpointing_actually_saves_memory():
-    cfg = ModelConfig(vocab_size=64, d_model=32, n_blocks=8, n_heads=4, seq_len=32)
+    cfg = ModelConfig(vocab_size=64, d_model=32, depth=8, n_heads=4, seq_len=32)
     model = build_model(cfg, "prenorm")
     idx = tokens(cfg, batch=1)
     assert V.train_bytes(model, idx, idx, 1) < 0.5 * V.train_bytes(model, idx, idx, 0)
@@ -199,14 +199,14 @@ def test_pipeline_traffic_densenet_and_full_per_token():
 @pytest.mark.parametrize("name,options", [("prenorm", {}), ("densenet", {}), ("full-attnres", {}),
                                           ("block-attnres", {"n_blocks": 2}), ("highway", {})])
 def test_projection_matches_real_within_5_percent(name, options):
-    cfg = ModelConfig(vocab_size=64, d_model=32, n_blocks=2, n_heads=4, seq_len=16)
+    cfg = ModelConfig(vocab_size=64, d_model=32, depth=2, n_heads=4, seq_len=16)
     model = build_model(cfg, name, options)
     idx = tokens(cfg, batch=2)
     real = {"inference": V.inference_bytes(model, idx), "checkpointed": V.train_bytes(model, idx, idx, 1),
             "train": V.train_bytes(model, idx, idx, 0), "pipeline": V.pipeline_bytes(model, idx, 2)["max"]}
     for view, chunk in (("prefill", 0), ("prefill_chunked", 5)):
         real[view], kv = V.prefill_bytes(model, idx, chunk)
-        assert kv == 2 * cfg.n_blocks * 2 * cfg.seq_len * cfg.d_model * 4  # keys and values, every block
+        assert kv == 2 * cfg.depth * 2 * cfg.seq_len * cfg.d_model * 4  # keys and values, every block
         assert real[view] > kv
     fake, _ = project(cfg, name, options, 2, PRECISIONS["fp32"], tuple(real), checkpoint_every=1, stages=2, chunk=5)
     for view, r in real.items():
@@ -217,7 +217,7 @@ def test_projection_matches_real_within_5_percent(name, options):
 @pytest.mark.parametrize("name,options", [("prenorm", {}), ("full-attnres", {}), ("block-attnres", {"n_blocks": 2})])
 def test_chunked_prefill_holds_one_chunk_beyond_the_cache(name, options):
     """Past the KV cache, a prefill holds the forward of its chunk: chunking cuts it."""
-    cfg = ModelConfig(vocab_size=64, d_model=64, n_blocks=2, n_heads=4, seq_len=64)
+    cfg = ModelConfig(vocab_size=64, d_model=64, depth=2, n_heads=4, seq_len=64)
     idx = tokens(cfg, batch=1)
     model = build_model(cfg, name, options)
     whole, kv = V.prefill_bytes(model, idx, 0)
@@ -226,7 +226,7 @@ def test_chunked_prefill_holds_one_chunk_beyond_the_cache(name, options):
 
 
 def test_projection_runs_a_production_shape_quickly():
-    cfg = ModelConfig(vocab_size=256, d_model=7168, n_blocks=2, n_heads=56, seq_len=131072)
+    cfg = ModelConfig(vocab_size=256, d_model=7168, depth=2, n_heads=56, seq_len=131072)
     r, _ = project(cfg, "prenorm", {}, 1, PRECISIONS["bf16-pure"], ("inference",))
     vec = 131072 * 7168 * 2
     assert 2 * vec < r["bytes"]["inference"] < 20 * vec  # O(T) attention: no T² score matrix
@@ -238,7 +238,7 @@ def test_projection_runs_a_production_shape_quickly():
 MINI = {
     "kind": "scaling", "name": "mini", "threads": 1,
     "shapes": [{"name": "mini", "d_model": 64, "n_heads": 4, "seq_len": 32, "vocab_size": 32, "mlp_ratio": 2,
-                "n_blocks": [2, 4, 8]}],
+                "depth": [2, 4, 8]}],
     "variants": ["prenorm", "highway", "densenet", "full-attnres",
                  {"name": "block-attnres", "options": {"n_blocks": 2}},  # S >= 2 at every depth
                  "hc",  # n = 4 streams: n·d per token, constant in depth
@@ -283,9 +283,9 @@ def test_mini_sweep_runs_through_the_runner_and_gives_the_declared_classes(tmp_p
     assert (tmp_path / "again" / "mini_table.md").read_text() == table
 
 
-def _record(label, variant, options, shape_name, n_blocks, N, L):
+def _record(label, variant, options, shape_name, depth, N, L):
     cell = {"label": label, "variant": variant, "options": options, "shape_name": shape_name, "workload": "memory_views",
-            "shape": {"n_blocks": n_blocks, "d_model": 8, "seq_len": 4}, "precision": "fp32",
+            "shape": {"depth": depth, "d_model": 8, "seq_len": 4}, "precision": "fp32",
             "params": {"batch": 1, "checkpoint_every": 1, "pipeline_stages": 2}}
     return {"status": "ok", "cell": cell, "metrics": {"L": L, "N": N, "bytes": {}}}
 
@@ -321,7 +321,7 @@ def test_shipped_suites_parse_and_cover_every_variant():
     proj = load_study("projection")
     (_, cfg), = proj.shapes
     p = proj.workloads["memory_views"]
-    assert (cfg.d_model, cfg.n_blocks, cfg.seq_len, proj.precisions, p.batch, p.tensors) == \
+    assert (cfg.d_model, cfg.depth, cfg.seq_len, proj.precisions, p.batch, p.tensors) == \
         (7168, 27, 131072, ("bf16-pure",), 1, "fake")
 
 
@@ -331,7 +331,7 @@ def test_shipped_suites_parse_and_cover_every_variant():
     ({"workloads": {"memory_views": {"tensors": "paper"}}}, "tensors must be one of real, fake"),
     ({"workloads": {"throughput": {}}}, "kind: scaling suite measures workloads.memory_views"),
     ({"variants": [{"name": "prenorm", "shapes": ["mini-3"]}]}, "no shape 'mini-3'; shapes: mini-2, mini-4"),
-    ({"shapes": [{**MINI["shapes"][0], "n_blocks": [2, 2]}]}, "list of distinct values"),
+    ({"shapes": [{**MINI["shapes"][0], "depth": [2, 2]}]}, "list of distinct values"),
     ({"variants": [{"name": "block-attnres", "options": {"n_blocks": 8}}]}, "at shape 'mini-2'"),
 ])
 def test_bad_scaling_yaml_is_one_line_error(patch, match):
@@ -344,7 +344,7 @@ def test_bad_scaling_yaml_is_one_line_error(patch, match):
 
 def test_cli_bad_suite_exits_2(tmp_path, capsys):
     bad = tmp_path / "s.yaml"
-    bad.write_text("kind: scaling\nshapes: [{d_model: 64, n_blocks: [1, 2]}]\nvariants: [nope]\n"
+    bad.write_text("kind: scaling\nshapes: [{d_model: 64, depth: [1, 2]}]\nvariants: [nope]\n"
                    "workloads: {memory_views: {}}\n")
     assert main(["scale", str(bad), "--out", str(tmp_path / "r.jsonl")]) == 2
     err = capsys.readouterr().err
@@ -354,7 +354,7 @@ def test_cli_bad_suite_exits_2(tmp_path, capsys):
 
 
 PROJ = {"kind": "projection", "name": "p", "precision": "bf16-pure",
-        "shapes": [{"name": "big", "d_model": 256, "n_blocks": 2, "n_heads": 4, "seq_len": 4096}],
+        "shapes": [{"name": "big", "d_model": 256, "depth": 2, "n_heads": 4, "seq_len": 4096}],
         "variants": ["prenorm", {"name": "block-attnres", "options": {"n_blocks": 2}}],
         "workloads": {"memory_views": {"tensors": "fake", "views": ["inference", "prefill"], "pipeline_stages": 2}}}
 

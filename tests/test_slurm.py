@@ -35,7 +35,7 @@ def _slurm_up() -> str | None:
 WHY_NOT = _slurm_up()
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))]
 
-SHAPE = [{"name": "t", "d_model": 16, "n_blocks": 1, "n_heads": 2, "seq_len": 8}]
+SHAPE = [{"name": "t", "d_model": 16, "depth": 1, "n_heads": 2, "seq_len": 8}]
 LOSS = {"steps": 4, "batch": 2, "eval_every": 2, "eval_batches": 1, "corpus": "generated", "corpus_bytes": 20000}
 PLUGIN = textwrap.dedent('''
     import os

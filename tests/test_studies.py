@@ -13,7 +13,7 @@ from resbench.config import ConfigError, positive
 from resbench.studies.base import REGISTRY, Study
 
 SUITE = {"name": "t", "threads": 1, "variants": ["prenorm", "densenet"],
-         "shapes": [{"name": "s", "d_model": 16, "n_blocks": 1, "n_heads": 2, "seq_len": 8}],
+         "shapes": [{"name": "s", "d_model": 16, "depth": 1, "n_heads": 2, "seq_len": 8}],
          "workloads": {"memory": {"batch": 1}}}
 
 

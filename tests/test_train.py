@@ -11,7 +11,7 @@ from resbench.model import ModelConfig, build_model
 from resbench.errors import Diverged
 from resbench.train import TrainConfig, lr_at, make_optimizer, train, train_step
 
-CFG = ModelConfig(d_model=32, n_blocks=2, n_heads=2, seq_len=32)
+CFG = ModelConfig(d_model=32, depth=2, n_heads=2, seq_len=32)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_train_step_standalone_and_vocab_check(corpus):
     assert isinstance(first, float) and math.isfinite(first)
     assert train_step(model, opt, x, y, cfg) < first  # same batch twice: it must fit it a little
 
-    small = build_model(ModelConfig(vocab_size=100, d_model=32, n_blocks=1, n_heads=2, seq_len=32), "prenorm")
+    small = build_model(ModelConfig(vocab_size=100, d_model=32, depth=1, n_heads=2, seq_len=32), "prenorm")
     with pytest.raises(UserError):
         train(small, corpus, cfg, seed=0)
 
@@ -158,12 +158,12 @@ def test_train_step_standalone_and_vocab_check(corpus):
 def test_time_budget_stops_training_and_evaluates_there(corpus):
     """AlgoPerf's time-to-result: the same seconds for every variant, then the loss reached; the
     schedule keeps `steps` as its horizon. A budget this small stops after the first step."""
-    model = build_model(ModelConfig(d_model=32, n_blocks=1, n_heads=2, seq_len=32), "prenorm", seed=0)
+    model = build_model(ModelConfig(d_model=32, depth=1, n_heads=2, seq_len=32), "prenorm", seed=0)
     cfg = TrainConfig(steps=40, batch=2, eval_every=10, eval_batches=1, budget_s=1e-9)
     out = train(model, corpus, cfg, seed=0)
     assert out["steps_done"] == 1 and len(out["train_loss"]) == 1
     assert out["val_loss"][-1][0] == 1 and out["tokens_seen"] == 2 * 32
-    full = train(build_model(ModelConfig(d_model=32, n_blocks=1, n_heads=2, seq_len=32), "prenorm", seed=0),
+    full = train(build_model(ModelConfig(d_model=32, depth=1, n_heads=2, seq_len=32), "prenorm", seed=0),
                  corpus, TrainConfig(steps=12, batch=2, eval_every=5, eval_batches=1), seed=0)
     assert full["steps_done"] == 12 and [s for s, _ in full["val_loss"]] == [5, 10, 12]
     with pytest.raises(UserError, match="budget_s must be a non-negative number"):

@@ -98,7 +98,7 @@ def test_densenet_needs_whole_blocks():
     one_line_error(lambda: variants.build("densenet", D, 5), "densenet", "5")
 
 
-@pytest.mark.parametrize("field", ["vocab_size", "d_model", "n_blocks", "n_heads", "seq_len", "mlp_ratio"])
+@pytest.mark.parametrize("field", ["vocab_size", "d_model", "depth", "n_heads", "seq_len", "mlp_ratio"])
 @pytest.mark.parametrize("value", [0, -1, "8"])
 def test_model_config_rejects_bad_sizes(field, value):
     one_line_error(lambda: ModelConfig(**{field: value}), field, error=ConfigError)  # the harness's, not a variant's
@@ -117,7 +117,7 @@ def test_model_rejects_residual_of_other_shape(tiny_cfg):
 
 @pytest.mark.parametrize("argv,culprit", [
     (["list", "--d-model", "100", "--heads", "3"], "n_heads"),
-    (["list", "--blocks", "0"], "n_blocks"),
+    (["list", "--depth", "0"], "depth"),
     (["list", "--d-model", "-8"], "d_model"),
     (["--variants-module", "no_such_resbench_variants_mod", "list"], "no_such_resbench_variants_mod"),
 ])
@@ -137,5 +137,5 @@ def test_cli_argparse_errors_exit_2(capsys):
 
 
 def test_cli_list_ok_exit_0(capsys):
-    assert main(["list", "--d-model", "64", "--blocks", "2", "--heads", "4"]) == 0
+    assert main(["list", "--d-model", "64", "--depth", "2", "--heads", "4"]) == 0
     assert capsys.readouterr().err == ""

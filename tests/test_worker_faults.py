@@ -15,7 +15,7 @@ from resbench.executors.process import read_progress, run_job
 from resbench.runner import run_suite
 from resbench.workloads.common import RunContext
 
-SHAPE = [{"name": "t", "d_model": 16, "n_blocks": 1, "n_heads": 2, "seq_len": 8}]
+SHAPE = [{"name": "t", "d_model": 16, "depth": 1, "n_heads": 2, "seq_len": 8}]
 
 FAULTS = textwrap.dedent('''
     import ctypes

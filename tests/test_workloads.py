@@ -57,7 +57,7 @@ def toy(monkeypatch):
 
 
 SUITE = {"name": "t", "threads": 1, "variants": ["prenorm", "full-attnres"],
-         "shapes": [{"name": "s", "d_model": 16, "n_blocks": 1, "n_heads": 2, "seq_len": 8}],
+         "shapes": [{"name": "s", "d_model": 16, "depth": 1, "n_heads": 2, "seq_len": 8}],
          "workloads": {"memory": {"batch": 1}, "count": {"scale": 2.0}}}
 
 

@@ -107,7 +107,7 @@ class Residual(nn.Module):
 
     def init_scale(self, role: str) -> float | None:
         """Std multiplier for one kind of shared weight at init, replacing the model's own depth
-        rule (GPT-2's 1/sqrt(2 n_blocks) on output projections); None keeps the model's rule.
+        rule (GPT-2's 1/sqrt(2 depth) on output projections); None keeps the model's rule.
         Roles: "attn.q", "attn.k", "attn.v", "attn.out", "mlp.in", "mlp.out". The draw itself
         is the same for every variant: only its scale differs (DeepNorm's beta needs this)."""
         return None

@@ -35,15 +35,15 @@ class DenseFormerDWA(Residual):
         check_positive("dilation", dilation)
         check_positive("period", period)
         self.dilation, self.period = dilation, period
-        n_blocks = n_layers // 2
+        depth = n_layers // 2
         # sources[i] = the block indices j that block i's DWA mixes; None where no DWA runs.
-        self.sources: list[list[int] | None] = [None] * (n_blocks + 1)
+        self.sources: list[list[int] | None] = [None] * (depth + 1)
         self.alpha = nn.ParameterDict()
-        for i in range(period, n_blocks + 1, period):
+        for i in range(period, depth + 1, period):
             self.sources[i] = [j for j in range(i + 1) if (i - j) % dilation == 0]
             self.alpha[str(i)] = nn.Parameter(torch.zeros(len(self.sources[i])))
         # X_j must be stored only if a later DWA reads it.
-        self.keep = [any(s is not None and j in s for s in self.sources[j + 1:]) for j in range(n_blocks + 1)]
+        self.keep = [any(s is not None and j in s for s in self.sources[j + 1:]) for j in range(depth + 1)]
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

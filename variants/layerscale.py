@@ -14,8 +14,8 @@ from . import register
 from .base import SingleStream, VariantError
 
 
-def cait_init(n_blocks: int) -> float:
-    return 0.1 if n_blocks <= 18 else 1e-5 if n_blocks <= 24 else 1e-6
+def cait_init(depth: int) -> float:
+    return 0.1 if depth <= 18 else 1e-5 if depth <= 24 else 1e-6
 
 
 @register("layerscale")

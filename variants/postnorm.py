@@ -26,9 +26,9 @@ from . import base, register
 from .base import SingleStream, VariantError
 
 
-def deepnet_constants(n_blocks: int) -> tuple[float, float]:
-    """(alpha, beta) of DeepNet's decoder-only architecture with n_blocks layers."""
-    return (2 * n_blocks) ** 0.25, (8 * n_blocks) ** -0.25
+def deepnet_constants(depth: int) -> tuple[float, float]:
+    """(alpha, beta) of DeepNet's decoder-only architecture with depth layers."""
+    return (2 * depth) ** 0.25, (8 * depth) ** -0.25
 
 
 def _number(name, v):

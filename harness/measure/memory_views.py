@@ -147,9 +147,9 @@ def state_bytes(state, width: int | None = None) -> int:
     return total
 
 
-def stage_boundaries(n_blocks: int, stages: int) -> list[int]:
+def stage_boundaries(depth: int, stages: int) -> list[int]:
     """Sublayer indices where a P-stage split by whole blocks hands over (P - 1 of them)."""
-    cuts = sorted({round(j * n_blocks / stages) for j in range(1, stages)} - {0, n_blocks})
+    cuts = sorted({round(j * depth / stages) for j in range(1, stages)} - {0, depth})
     return [2 * c for c in cuts]
 
 
@@ -167,7 +167,7 @@ def pipeline_bytes(model, idx, stages: int, params=None) -> dict:
     that the state happens to carry ('fixed', e.g. query vectors folded from parameters, which a
     real stage would rebuild from its own weights rather than receive). 'vectors' is the part
     held in d-wide tensors; the rest of 'boundaries' is per-token scalars (e.g. cached logits)."""
-    cuts = stage_boundaries(model.cfg.n_blocks, stages)
+    cuts = stage_boundaries(model.cfg.depth, stages)
     idx2 = torch.cat([idx, idx])
     one, two = (boundary_bytes(model, x, cuts, params) for x in (idx, idx2))
     v1, v2 = (boundary_bytes(model, x, cuts, params, width=model.cfg.d_model) for x in (idx, idx2))

@@ -41,7 +41,7 @@ def cases(names: list[str], schedules: list[str], virtual: int):
 
 def predicted_vectors(model, cfg: ModelConfig, ranks: int, virtual: int, comm: str) -> float | None:
     res = model.residual
-    cuts = [s for s, _ in chunk_bounds(cfg.n_blocks, ranks * virtual)]
+    cuts = [s for s, _ in chunk_bounds(cfg.depth, ranks * virtual)]
     if hasattr(res, "starts"):
         return comm_model.exact(list(res.starts), cfg.n_layers, cuts, ranks, comm)["total"]
     if res.state_vectors() == res.streams():  # the state is its streams
@@ -81,12 +81,12 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="all", help="comma-separated names, or all (default)")
     ap.add_argument("--schedules", default=",".join(SCHEDULES), help="comma-separated (default: all)")
     ap.add_argument("--virtual", type=int, default=2, help="V for interleaved schedules (default 2)")
-    ap.add_argument("--blocks", type=int, default=4, help="transformer blocks of the test model (default 4)")
+    ap.add_argument("--depth", type=int, default=4, help="transformer blocks of the test model (default 4)")
     args = ap.parse_args(argv)
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     names = variants.names() if args.variants == "all" else args.variants.split(",")
-    cfg = ModelConfig(vocab_size=64, d_model=32, n_blocks=args.blocks, n_heads=2, seq_len=8)
+    cfg = ModelConfig(vocab_size=64, d_model=32, depth=args.depth, n_heads=2, seq_len=8)
     xy = torch.randint(0, cfg.vocab_size, (8, cfg.seq_len + 1), generator=torch.Generator().manual_seed(0))
     x, y = xy[:, :-1], xy[:, 1:]
     failed = 0

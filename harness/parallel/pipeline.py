@@ -34,13 +34,13 @@ MULTI_STAGE = ("interleaved-1f1b",)  # schedules running V >= 2 chunks per rank
 COMMS = ("naive", "cached", "cached-all")
 
 
-def chunk_bounds(n_blocks: int, chunks: int) -> list[tuple[int, int]]:
+def chunk_bounds(depth: int, chunks: int) -> list[tuple[int, int]]:
     """Sublayer ranges [start, stop) of the chunks: whole transformer blocks, the first
-    n_blocks mod C chunks one block longer."""
-    if chunks > n_blocks:
+    depth mod C chunks one block longer."""
+    if chunks > depth:
         raise ConfigError(f"pipeline: {chunks} chunks (stages x virtual) need at least as many transformer blocks; "
-                          f"the shape has n_blocks={n_blocks}")
-    base, extra = divmod(n_blocks, chunks)
+                          f"the shape has depth={depth}")
+    base, extra = divmod(depth, chunks)
     out, b = [], 0
     for c in range(chunks):
         n = base + (c < extra)
@@ -337,7 +337,7 @@ def build_pipeline(model, schedule: str, ranks: int, virtual: int, microbatches:
         raise ConfigError(f"pipeline: schedule {schedule} runs {'V >= 2' if schedule in MULTI_STAGE else 'one'} "
                           f"chunk(s) per rank; got virtual={virtual}")
     chunks = ranks * virtual
-    bounds = chunk_bounds(model.cfg.n_blocks, chunks)
+    bounds = chunk_bounds(model.cfg.depth, chunks)
     boundaries = trace_boundaries(model, bounds)
     kept: dict = {}
     mine = [Chunk(model, c, bounds, boundaries, ranks, comm, kept, precision, device)

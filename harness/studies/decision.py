@@ -83,7 +83,7 @@ def decision_rows(loss, timing, memory, shapes) -> list[list]:
         for label, runs in by_label.items():
             per_label[label][shape] = [(m["train_flops"], m["final_val_loss"]) for m in runs]
     modes = sorted({mode for _, mode in timing}, key=lambda m: m != "none")
-    for shape in sorted(loss, key=lambda s: (shapes[s]["d_model"], shapes[s]["n_blocks"])):
+    for shape in sorted(loss, key=lambda s: (shapes[s]["d_model"], shapes[s]["depth"])):
         by_label = loss[shape]
         base = by_label.get(BASELINE)
         if not base:

@@ -88,7 +88,7 @@ def render(records: list[dict]) -> tuple[str, bool]:
     for shape in shapes:
         rs = [r for r in ok_recs if r["cell"]["shape_name"] == shape]
         s = rs[0]["cell"]["shape"]
-        out.append(f"### shape {shape}: d_model {s['d_model']}, {s['n_blocks']} blocks, seq {s['seq_len']} — "
+        out.append(f"### shape {shape}: d_model {s['d_model']}, {s['depth']} blocks, seq {s['seq_len']} — "
                    f"{rs[0]['cell']['device']} {rs[0]['cell']['precision']}, backend "
                    f"{(rs[0]['cell'].get('launch') or {}).get('backend', '?')}")
         dp = [r for r in rs if r["cell"]["workload"] in ("ddp", "fsdp")]

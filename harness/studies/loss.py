@@ -31,7 +31,7 @@ BASE = BASELINE  # the baseline cell's row name (cells.label_of)
 
 
 def _size_key(shape: dict) -> tuple:
-    return shape["d_model"], shape["n_blocks"]
+    return shape["d_model"], shape["depth"]
 
 
 def collect(records: list[dict], rederive_flops: bool = True) -> dict:

@@ -1,5 +1,5 @@
 """Depth-scaling memory study (`kind: scaling`; `resbench run scaling`, or `resbench scale`): the
-`memory_views` records of a depth sweep (a shape whose n_blocks is a list) and of an N sweep
+`memory_views` records of a depth sweep (a shape whose depth is a list) and of an N sweep
 (AttnRes block counts at one depth) → fits of bytes per token vs L and N, their growth classes
 against each variant's declared state, a table, a CSV and plots.
 
@@ -23,7 +23,7 @@ def rows_of(record: dict, sweep: str, label: str) -> dict:
     """A `memory_views` record as one point of a series (the fields scaling_report reads)."""
     c, m = record["cell"], record["metrics"]
     return {"sweep": sweep, "label": label, "variant": c["variant"], "options": c["options"],
-            "n_blocks": c["shape"]["n_blocks"], "d_model": c["shape"]["d_model"], "seq_len": c["shape"]["seq_len"],
+            "depth": c["shape"]["depth"], "d_model": c["shape"]["d_model"], "seq_len": c["shape"]["seq_len"],
             "batch": c["params"]["batch"], "precision": c["precision"], "checkpoint_every": c["params"]["checkpoint_every"],
             "pipeline_stages": c["params"]["pipeline_stages"], **m}
 
@@ -36,7 +36,7 @@ def series(records: list[dict]) -> list[dict]:
     by_n: dict[tuple, list[dict]] = defaultdict(list)
     for r in ok:
         c = r["cell"]
-        rest = tuple(sorted((k, v) for k, v in c["shape"].items() if k != "n_blocks"))
+        rest = tuple(sorted((k, v) for k, v in c["shape"].items() if k != "depth"))
         depth[(c["label"], rest)].append(r)
         other = {k: v for k, v in c["options"].items() if k not in N_OPTIONS}
         if r["metrics"]["N"] is not None:

@@ -176,7 +176,7 @@ def render_projection(records: list[dict]) -> str:
         views = [v for v in VIEWS + PREFILL_VIEWS if v in p["views"]]
         how = "Projected (fake tensors, no storage)" if p["tensors"] == "fake" else "Measured"
         out.append(f"{how} — shape {shape!r}: d={sh['d_model']}, "
-                   f"{sh['n_blocks']} blocks (L={2 * sh['n_blocks']}), heads={sh['n_heads']}, "
+                   f"{sh['depth']} blocks (L={2 * sh['depth']}), heads={sh['n_heads']}, "
                    f"seq={sh['seq_len']}, batch={p['batch']}, vocab={sh['vocab_size']}, {c0['precision']}; "
                    f"checkpoint every {p['checkpoint_every']} block(s), {p['pipeline_stages']} pipeline stages. "
                    f"GiB for the whole batch ({m0['tokens']:,} tokens): peaks of live tensors created by "

@@ -85,9 +85,9 @@ class MemoryViews(Workload):
 
     def check_run(self, params, launch, shapes, precisions):
         stages = params.pipeline_stages
-        if "pipeline" in params.views and any(stages > cfg.n_blocks for cfg in shapes):
+        if "pipeline" in params.views and any(stages > cfg.depth for cfg in shapes):
             raise ConfigError(f"workloads.memory_views.pipeline_stages ({stages}) must be <= the blocks of every "
-                              f"shape (the smallest has {min(cfg.n_blocks for cfg in shapes)})")
+                              f"shape (the smallest has {min(cfg.depth for cfg in shapes)})")
 
     def normalize(self, params):
         views = [v for v in V.VIEWS + V.PREFILL_VIEWS if v in params["views"]]  # one order: one key

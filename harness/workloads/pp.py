@@ -76,7 +76,7 @@ class PipelineParallel(Workload):
                 if s in MULTI_STAGE and v < 2:
                     raise ConfigError(f"workloads.pp.virtual must be >= 2 for {s}, got {v}")
                 for cfg in shapes:
-                    chunk_bounds(cfg.n_blocks, launch.world * v)
+                    chunk_bounds(cfg.depth, launch.world * v)
 
     def normalize(self, params):
         return {**params, "virtual": params["virtual"] if params["schedule"] in MULTI_STAGE else 1}
@@ -170,7 +170,7 @@ class PipelineParallel(Workload):
         if starts is None:
             return {}
         chunks = world * p["virtual"]
-        cuts = [s for s, _ in chunk_bounds(cfg.n_blocks, chunks)]
+        cuts = [s for s, _ in chunk_bounds(cfg.depth, chunks)]
         ex = comm_model.exact(list(starts), cfg.n_layers, cuts, world, p["comm"])
         return {"expected": ex, "paper_eq": comm_model.paper(world, p["virtual"], len(starts), p["comm"]),
                 "n_sources_blocks": len(starts)}
