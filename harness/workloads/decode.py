@@ -24,7 +24,8 @@ from .. import variants
 from ..cells import BASELINE, Cell, is_baseline
 from ..compiling import cannot_run, compile_model, guarded, warm
 from ..errors import ConfigError, classify
-from ..measure import LiveBytesTracker, cuda_memory_snapshot, reset_cuda_peak, summarize, synchronize, time_once
+from ..measure import (LiveBytesTracker, cuda_memory_snapshot, reset_cuda_peak, summarize, synchronize,
+                       time_interleaved, time_once)
 from ..model import KVCache, ModelConfig
 from ..measure.rounds import Rounds
 from ..measure.roofline import copy_probe, extra_bytes, roofline
@@ -138,27 +139,29 @@ def run_decode(cells: list[Cell], ctx: RunContext, progress=None) -> dict[str, t
         timed_generate = guarded("decode", generate)  # a compile in a round fails the variant
         plan = Rounds(wl["repeats"], wl.get("precision", 0.0), wl.get("budget_s", 0.0))
         base = next((c.key for c in cells if is_baseline(c) and c.key in live), None)
-        for r in range(wl["warmup"] + wl["repeats"]):
-            k0 = r % max(len(live), 1)
-            for key in live[k0:] + live[:k0]:
-                if key in failed:
-                    continue
-                try:
-                    timed_generate(key, timed=r >= wl["warmup"])
-                except (Exception, SystemExit) as exc:  # noqa: BLE001 - the variant leaves; the others finish
-                    failed[key] = exc
-            if r >= wl["warmup"]:
-                copies.append(time_once(copy_fn, device))
-            if r >= wl["warmup"] and base is not None and base not in failed:
-                # per round: each variant's TTFT and median decode step over the baseline's
-                def ratios():  # the row's point (headline) carries each variant's decode bound
-                    return [([a / b for a, b in zip(_per_round(series[k], n), _per_round(series[base], n))],
-                             bounds.get(k) if series is itl and (context, batch) == row else None)
-                            for series, n in ((ttft, 1), (itl, wl["new_tokens"]))
-                            for k in live if k != base and k not in failed]
+        calls_of = dict.fromkeys(live, 0)
 
-                if plan.check(r + 1 - wl["warmup"], ratios):
-                    break
+        def call(key):  # a variant's first `warmup` calls are time_interleaved's untimed warm-up rounds
+            calls_of[key] += 1
+            timed_generate(key, timed=calls_of[key] > wl["warmup"])
+
+        def after_round(done, _):  # time_interleaved's whole-call times go unused: generate times its own
+            copies.append(time_once(copy_fn, device))
+            if base is None or base in failed:
+                return False
+
+            # per round: each variant's TTFT and median decode step over the baseline's
+            def ratios():  # the row's point (headline) carries each variant's decode bound
+                return [([a / b for a, b in zip(_per_round(series[k], n), _per_round(series[base], n))],
+                         bounds.get(k) if series is itl and (context, batch) == row else None)
+                        for series, n in ((ttft, 1), (itl, wl["new_tokens"]))
+                        for k in live if k != base and k not in failed]
+
+            return plan.check(done, ratios)
+
+        # no progress hook: generate ticks once per forward, which is what `calls` counts
+        time_interleaved({k: (lambda k=k: call(k)) for k in live if k not in failed}, device, wl["warmup"],
+                         wl["repeats"], on_error=failed.__setitem__, stop=after_round)
         for key in live:
             if key in failed:
                 continue
