@@ -234,7 +234,7 @@ STATE_CASES = [("full-attnres", {"impl": impl}) for impl in ("fast", "functional
 @pytest.mark.parametrize("depth", [3, 4, 5])  # L = 6, 8, 10
 @pytest.mark.parametrize("name,options", STATE_CASES,
                          ids=[n + "".join(f"-{k}={v}" for k, v in o.items()) for n, o in STATE_CASES])
-def test_declared_state_is_the_most_the_state_holds(n_blocks, name, options):
+def test_declared_state_is_the_most_the_state_holds(depth, name, options):
     """state_vectors() is the most d-vectors per token the residual state holds at once, counted
     from the state itself after every sublayer (each storage once; two_phase's precomputed block
     outputs included). Both ways: an understated state hides memory, an overstated one
