@@ -37,6 +37,15 @@ def ratio_interval(ratios: list[float], looks: int) -> tuple[float, float, float
     return median_ci(ratios, 1 - (1 - CONFIDENCE) / looks)
 
 
+def paired_ratio(times: list[float], base: list[float], plan: "Rounds | None" = None) -> dict:
+    """{"median", "ci"}: the median of per-round ratios times/base (each pair ran back to back, so
+    slow drift cancels) and its 95% interval (None with too few rounds), valid at whichever
+    planned look of `plan` the rounds stopped at; no plan: fixed rounds, one look."""
+    looks = len(plan.looks()) if plan is not None else 1
+    med, lo, hi = ratio_interval([t / b for t, b in zip(times, base)], looks=looks)
+    return {"median": med, "ci": [lo, hi] if math.isfinite(lo) else None}
+
+
 def half_width(med: float, lo: float, hi: float) -> float:
     """The interval's half-width relative to its median (inf while it is unbounded)."""
     return (hi - lo) / 2 / med if math.isfinite(lo) and math.isfinite(hi) and med > 0 else math.inf

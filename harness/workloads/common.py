@@ -77,19 +77,6 @@ def progress_counter(progress, calls: int, params: dict):
     return tick
 
 
-def paired_ratio(times: list[float], base: list[float], plan=None) -> dict:
-    """The median of per-round ratios and its 95% interval (None with too few rounds), valid at
-    whichever planned look of `plan` (harness/measure/rounds.py) the rounds stopped at; no plan:
-    fixed rounds, one look."""
-    import math
-
-    from ..measure.rounds import ratio_interval
-
-    looks = len(plan.looks()) if plan is not None else 1
-    med, lo, hi = ratio_interval([t / b for t, b in zip(times, base)], looks=looks)
-    return {"median": med, "ci": [lo, hi] if math.isfinite(lo) else None}
-
-
 def grouped_jobs(cells: list[Cell], todo: set[str], key) -> list[list[Cell]]:
     """One job per key(cell) holding an unfinished cell: its cells share a process (or its ranks)."""
     groups: dict = {}

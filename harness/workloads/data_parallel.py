@@ -19,7 +19,8 @@ from ..parallel.launch import gather, peak_memory, time_rounds, writes_result
 from ..train import TrainConfig, make_optimizer, train_step
 from ..measure.rounds import Rounds
 from .base import RATIO_SCHEMA, TIMING_SCHEMA, Workload, check_rounds, fmt_ms, num, register
-from .common import build_on_every_rank, fixed_batch, grouped_jobs, paired_ratio, progress_counter, rank_context
+from ..measure.rounds import paired_ratio
+from .common import build_on_every_rank, fixed_batch, grouped_jobs, progress_counter, rank_context
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ rounds, the seconds recorded per point, and a compile during a timed round fails
 """
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ from ..errors import ConfigError, classify
 from ..measure import (LiveBytesTracker, cuda_memory_snapshot, reset_cuda_peak, summarize, synchronize,
                        time_interleaved, time_once)
 from ..model import KVCache, ModelConfig
-from ..measure.rounds import Rounds
+from ..measure.rounds import Rounds, paired_ratio
 from ..measure.roofline import copy_probe, extra_bytes, roofline
 from .base import Workload, check_rounds, num, register, rounds_notes
 from .common import RunContext, model_of, static_info
@@ -64,11 +63,11 @@ def _ratio(samples: list[float], base: list[float], per_round: int,
            rounds: Rounds | None = None) -> tuple[float | None, list | None]:
     """Median of per-round ratios of the rounds' medians, and its distribution-free 95% interval
     (valid at whichever planned look adaptive `rounds` stopped at)."""
-    pairs = list(zip(_per_round(samples, per_round), _per_round(base, per_round)))
-    if not pairs:
+    mine, theirs = _per_round(samples, per_round), _per_round(base, per_round)
+    if not mine or not theirs:
         return None, None
-    med, lo, hi = (rounds or Rounds(len(pairs))).interval([a / b for a, b in pairs])
-    return med, ([lo, hi] if math.isfinite(lo) else None)
+    r = paired_ratio(mine, theirs, rounds)
+    return r["median"], r["ci"]
 
 
 def run_decode(cells: list[Cell], ctx: RunContext, progress=None) -> dict[str, tuple[str, str | None, dict]]:

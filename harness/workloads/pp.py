@@ -23,7 +23,8 @@ from ..parallel.pipeline import COMMS, MULTI_STAGE, SCHEDULES, bubble, build_pip
 from ..variants.base import Residual
 from ..measure.rounds import Rounds
 from .base import RATIO_SCHEMA, TIMING_SCHEMA, Workload, check_rounds, fmt_ms, num, register
-from .common import build_on_every_rank, fixed_batch, grouped_jobs, paired_ratio, progress_counter, rank_context
+from ..measure.rounds import paired_ratio
+from .common import build_on_every_rank, fixed_batch, grouped_jobs, progress_counter, rank_context
 
 
 @dataclass(frozen=True)

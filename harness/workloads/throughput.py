@@ -3,7 +3,6 @@ precision, seed) in one process, repeats interleaved A B C A B C so ratios see t
 state; GEMM probes at the model's shapes, timed in the same rounds, give the CPU peak for MFU."""
 from __future__ import annotations
 
-import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from ..compiling import compile_model, steady
 from ..errors import ConfigError, classify
 from ..measure import count_flops, device_peak_flops, gemm_probe, matmul_probe, mfu, summarize, time_interleaved
 from ..model import ModelConfig
-from ..measure.rounds import Rounds
+from ..measure.rounds import Rounds, paired_ratio
 from ..measure.roofline import TRAIN_PASSES, copy_probe, extra_bytes, roofline
 from ..train import TrainConfig, make_optimizer, train_step
 from .base import TIMING_SCHEMA, Workload, check_rounds, fmt_ms, median_present, num, register, rounds_notes
@@ -166,13 +165,8 @@ def run_throughput(cells: list[Cell], ctx: RunContext, progress=None) -> dict[st
                 m[f"{view}_mfu"] = mfu(m[f"{view}_flops"], s["median"], peak)
                 m[f"{view}_rounds"] = rounds[view].record()
                 if base_key is not None:
-                    # median of per-round ratios (each pair ran back to back, so slow drift
-                    # cancels) and its distribution-free 95% interval, valid at whichever
-                    # planned look adaptive rounds stopped at
-                    ratios = [a / b for a, b in zip(samples, times[view][base_key])]
-                    med, lo, hi = rounds[view].interval(ratios)
-                    m[f"{view}_ratio_vs_{BASELINE}"] = med
-                    m[f"{view}_ratio_ci"] = [lo, hi] if math.isfinite(lo) else None
+                    r = paired_ratio(samples, times[view][base_key], rounds[view])
+                    m[f"{view}_ratio_vs_{BASELINE}"], m[f"{view}_ratio_ci"] = r["median"], r["ci"]
                     m[f"{view}_roofline"] = _roofline(view, m, info[base_key], times[view][base_key], bandwidth,
                                                       peak, prec.compute_itemsize)
             out[cell.key] = ("ok", None, m)
