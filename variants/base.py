@@ -208,3 +208,32 @@ class SingleStream(Residual):
 
     def end(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+
+class Streams(Residual):
+    """A scheme with n parallel residual streams (Hyper-Connections and its kin): the state
+    {"streams": [.., n, d]} starts as n copies of the embedding and ends as their sum; a
+    subclass reads h from the streams and writes them back (its read may leave the write what
+    it computed, beside "streams")."""
+
+    def __init__(self, d_model: int, n_layers: int, n: int):
+        super().__init__(d_model, n_layers)
+        check_positive("n", n)
+        self.n = n
+
+    def begin(self, e: torch.Tensor) -> dict:
+        return {"streams": e.unsqueeze(-2).expand(*e.shape[:-1], self.n, e.shape[-1])}  # [B, T, n, d]
+
+    def end(self, state: dict) -> torch.Tensor:
+        return state["streams"].sum(-2)
+
+    def state_vectors(self) -> int:
+        return self.n
+
+    def streams(self) -> int:
+        return self.n
+
+    def residual_traffic(self) -> int:
+        """Per sublayer the read takes the n streams and writes h (n + 1), the write takes the n
+        streams and f(h) and writes n (2n + 1); the end sums the n streams into one."""
+        return (3 * self.n + 2) * self.n_layers + self.n + 1

@@ -20,17 +20,16 @@ import torch
 from torch import nn
 
 from . import register
-from .base import Residual, VariantError, check_positive, inv_rms, mix_dtype, no_autocast
+from .base import Streams, VariantError, inv_rms, mix_dtype, no_autocast
 
 
 @register("hc")
-class HyperConnections(Residual):
+class HyperConnections(Streams):
     def __init__(self, d_model: int, n_layers: int, *, n: int = 4, dynamic: bool = True):
-        super().__init__(d_model, n_layers)
-        check_positive("n", n)
+        super().__init__(d_model, n_layers, n)
         if not isinstance(dynamic, bool):
             raise VariantError(f"dynamic must be true or false, got {dynamic!r}")  # bool("no") is True: never coerce
-        self.n, self.dynamic = n, dynamic
+        self.dynamic = dynamic
         L, d = n_layers, d_model
         self.static_beta = nn.Parameter(torch.ones(L, n))                                     # B
         self.static_am = nn.Parameter(torch.eye(n)[torch.arange(L) % n].clone())              # A_m = e_{i mod n}
@@ -39,9 +38,6 @@ class HyperConnections(Residual):
             self.w = nn.Parameter(torch.zeros(L, d, n + 2))  # [w_beta | w_m | W_r] in one matrix
             self.s_alpha = nn.Parameter(torch.full((L,), 0.01))
             self.s_beta = nn.Parameter(torch.full((L,), 0.01))
-
-    def begin(self, e):
-        return {"H": e.unsqueeze(-2).expand(*e.shape[:-1], self.n, e.shape[-1])}  # [B, T, n, d]
 
     def _weights(self, H, i):
         """(beta [.., n], a_m [.., n], A_r [.., n, n]) for sublayer i, in the mixing dtype."""
@@ -56,7 +52,7 @@ class HyperConnections(Residual):
         return beta, am, ar
 
     def read(self, state, i):
-        H = state["H"]
+        H = state["streams"]
         with no_autocast(H):
             beta, am, ar = self._weights(H, i)
             h = (am.unsqueeze(-2) @ H.to(am.dtype)).squeeze(-2)  # sum_j a_m[j] H_j
@@ -64,26 +60,12 @@ class HyperConnections(Residual):
         return h.to(H.dtype)
 
     def write(self, state, i, y):
-        H, beta, ar = state.pop("H"), state.pop("beta"), state.pop("ar")
+        H, beta, ar = state.pop("streams"), state.pop("beta"), state.pop("ar")
         with no_autocast(H):
             dt = beta.dtype
             carry = ar.transpose(-1, -2) @ H.to(dt)  # [.., k, d] = sum_j A_r[j, k] H_j
             out = beta.unsqueeze(-1) * y.to(dt).unsqueeze(-2) + carry
-        return {"H": out.to(H.dtype)}
-
-    def end(self, state):
-        return state["H"].sum(-2)
-
-    def state_vectors(self) -> int:
-        return self.n
-
-    def streams(self) -> int:
-        return self.n
-
-    def residual_traffic(self) -> int:
-        """Per sublayer the read takes the n streams and writes h (n + 1), the write takes the n
-        streams and f(h) and writes n (2n + 1); the end sums the n streams into one."""
-        return (3 * self.n + 2) * self.n_layers + self.n + 1
+        return {"streams": out.to(H.dtype)}
 
     def declared_extra_params(self) -> int:
         n, d, L = self.n, self.d_model, self.n_layers

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from . import register
-from .base import Residual, VariantError, check_positive, inv_rms, mix_dtype, no_autocast
+from .base import Streams, VariantError, check_positive, inv_rms, mix_dtype, no_autocast
 
 OFF_IDENTITY = -8.0  # initial carry logit off the identity
 
@@ -45,15 +45,13 @@ def sinkhorn(logits: torch.Tensor, iters: int) -> torch.Tensor:
     return m
 
 
-class _ManifoldHC(Residual):
+class _ManifoldHC(Streams):
     """The streams, H_pre and H_post; subclasses map their `n_res` carry logits to H_res."""
 
     n_res: int
 
     def __init__(self, d_model: int, n_layers: int, n: int):
-        super().__init__(d_model, n_layers)
-        check_positive("n", n)
-        self.n = n
+        super().__init__(d_model, n_layers, n)
         L, k = n_layers, 2 * n + self.n_res
         self.phi = nn.Parameter(torch.zeros(L, n * d_model, k))  # [phi_pre | phi_post | phi_res]
         self.scale = nn.Parameter(torch.full((L, 3), 0.01))      # a_pre, a_post, a_res
@@ -61,11 +59,8 @@ class _ManifoldHC(Residual):
         self.b_post = nn.Parameter(torch.zeros(L, n))
         self.b_res = nn.Parameter(self._res_bias_init().repeat(L, 1))
 
-    def begin(self, e):
-        return {"x": e.unsqueeze(-2).expand(*e.shape[:-1], self.n, e.shape[-1])}  # [B, T, n, d]
-
     def read(self, state, i):
-        x = state["x"]
+        x = state["streams"]
         with no_autocast(x):
             dt = mix_dtype(x.dtype)
             flat = x.reshape(*x.shape[:-2], -1)
@@ -78,24 +73,10 @@ class _ManifoldHC(Residual):
         return h.to(x.dtype)
 
     def write(self, state, i, y):
-        x, post, res = state.pop("x"), state.pop("post"), state.pop("res")
+        x, post, res = state.pop("streams"), state.pop("post"), state.pop("res")
         with no_autocast(x):
             out = res @ x.to(res.dtype) + post.unsqueeze(-1) * y.to(res.dtype).unsqueeze(-2)
-        return {"x": out.to(x.dtype)}
-
-    def end(self, state):
-        return state["x"].sum(-2)
-
-    def state_vectors(self) -> int:
-        return self.n
-
-    def streams(self) -> int:
-        return self.n
-
-    def residual_traffic(self) -> int:
-        """Per sublayer the read takes the n streams and writes h (n + 1), the write takes the n
-        streams and f(h) and writes n (2n + 1); the end sums the n streams into one."""
-        return (3 * self.n + 2) * self.n_layers + self.n + 1
+        return {"streams": out.to(x.dtype)}
 
     def declared_extra_params(self) -> int:
         n, d = self.n, self.d_model
