@@ -88,9 +88,9 @@ def ref_hc(model, idx, transpose_ar=False):
     n = res.n
     H = [model.embed(idx)] * n  # n copies of the embedding
     for i in range(len(model.sublayers)):
-        beta = [res.static_beta[i, j] for j in range(n)]
-        am = [res.static_am[i, j] for j in range(n)]
-        ar = [[res.static_ar[i, j, k] for k in range(n)] for j in range(n)]
+        beta = [res.static_beta[i][j] for j in range(n)]
+        am = [res.static_am[i][j] for j in range(n)]
+        ar = [[res.static_ar[i][j, k] for k in range(n)] for j in range(n)]
         if res.dynamic:
             w = res.w[i]  # [d, n + 2]: column 0 w_beta, column 1 w_m, columns 2.. W_r
             for j in range(n):
@@ -146,11 +146,11 @@ def ref_mhc(model, idx, lite=False, iters_offset=0, record=None):
         def z(c):
             return zz[..., c]
 
-        a_pre, a_post, a_res = res.scale[i, 0], res.scale[i, 1], res.scale[i, 2]
-        pre = [sigmoid(a_pre * z(j) + res.b_pre[i, j]) for j in range(n)]
-        post = [2 * sigmoid(a_post * z(n + k) + res.b_post[i, k]) for k in range(n)]
+        a_pre, a_post, a_res = res.scale[i][0], res.scale[i][1], res.scale[i][2]
+        pre = [sigmoid(a_pre * z(j) + res.b_pre[i][j]) for j in range(n)]
+        post = [2 * sigmoid(a_post * z(n + k) + res.b_post[i][k]) for k in range(n)]
         if lite:
-            logit = [a_res * z(2 * n + p) + res.b_res[i, p] for p in range(len(perms))]
+            logit = [a_res * z(2 * n + p) + res.b_res[i][p] for p in range(len(perms))]
             m = logit[0]
             for s in logit[1:]:
                 m = torch.maximum(m, s)
@@ -160,7 +160,7 @@ def ref_mhc(model, idx, lite=False, iters_offset=0, record=None):
             Hres = [[sum(wts[p] * perms[p][k, j] for p in range(len(perms))) for j in range(n)] for k in range(n)]
         else:
             cap = res.logit_cap
-            R = [[a_res * z(2 * n + k * n + j) + res.b_res[i, k * n + j] for j in range(n)] for k in range(n)]
+            R = [[a_res * z(2 * n + k * n + j) + res.b_res[i][k * n + j] for j in range(n)] for k in range(n)]
             C = [[cap * tanh(R[k][j] / cap) for j in range(n)] for k in range(n)]
             Hres = sinkhorn_naive(C, res.sinkhorn_iters + iters_offset)
         if record is not None:

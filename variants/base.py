@@ -196,6 +196,14 @@ def leafless_pytree_node(cls):
     return cls
 
 
+def per_layer(stacked: torch.Tensor) -> nn.ParameterList:
+    """One parameter per layer from a stacked init [L, ...] (indexed as before: p[i]). Slices of
+    one stacked parameter would make autograd sum every slice's full-size gradient in one buffer
+    until the leaf accumulates it: a parameter-sized transient, growing with depth, that the
+    memory views would count as depth memory (per-layer parameters, as the papers write them)."""
+    return nn.ParameterList(nn.Parameter(t.clone()) for t in stacked.unbind(0))
+
+
 class SingleStream(Residual):
     """A scheme whose state is one stream x (PreNorm and its kin): begin, read and end are the
     identity, and a subclass writes only its update, x_{i+1} = write(x_i, i, f_i(x_i))."""

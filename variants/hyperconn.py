@@ -17,10 +17,9 @@ Depth-mixing math in fp32 (fp64 for fp64), like every variant here.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from . import register
-from .base import Streams, VariantError, inv_rms, mix_dtype, no_autocast
+from .base import Streams, VariantError, inv_rms, mix_dtype, no_autocast, per_layer
 
 
 @register("hc")
@@ -31,13 +30,13 @@ class HyperConnections(Streams):
             raise VariantError(f"dynamic must be true or false, got {dynamic!r}")  # bool("no") is True: never coerce
         self.dynamic = dynamic
         L, d = n_layers, d_model
-        self.static_beta = nn.Parameter(torch.ones(L, n))                                     # B
-        self.static_am = nn.Parameter(torch.eye(n)[torch.arange(L) % n].clone())              # A_m = e_{i mod n}
-        self.static_ar = nn.Parameter(torch.eye(n).repeat(L, 1, 1))                           # A_r = I
+        self.static_beta = per_layer(torch.ones(L, n))                                        # B
+        self.static_am = per_layer(torch.eye(n)[torch.arange(L) % n])                         # A_m = e_{i mod n}
+        self.static_ar = per_layer(torch.eye(n).repeat(L, 1, 1))                              # A_r = I
         if dynamic:
-            self.w = nn.Parameter(torch.zeros(L, d, n + 2))  # [w_beta | w_m | W_r] in one matrix
-            self.s_alpha = nn.Parameter(torch.full((L,), 0.01))
-            self.s_beta = nn.Parameter(torch.full((L,), 0.01))
+            self.w = per_layer(torch.zeros(L, d, n + 2))  # [w_beta | w_m | W_r] in one matrix
+            self.s_alpha = per_layer(torch.full((L,), 0.01))
+            self.s_beta = per_layer(torch.full((L,), 0.01))
 
     def _weights(self, H, i):
         """(beta [.., n], a_m [.., n], A_r [.., n, n]) for sublayer i, in the mixing dtype."""

@@ -8,10 +8,9 @@ zero at init. Option `rank` r (capped at d).
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from . import register
-from .base import SingleStream, VariantError, check_positive
+from .base import SingleStream, VariantError, check_positive, per_layer
 
 
 @register("laurel")
@@ -22,8 +21,8 @@ class LAuReL(SingleStream):
         if rank > d_model:
             raise VariantError(f"rank must be <= d_model ({d_model}), got {rank}")
         self.rank = rank
-        self.down = nn.Parameter(torch.randn(n_layers, rank, d_model) * d_model ** -0.5)  # A_i
-        self.up = nn.Parameter(torch.zeros(n_layers, d_model, rank))                      # B_i
+        self.down = per_layer(torch.randn(n_layers, rank, d_model) * d_model ** -0.5)  # A_i
+        self.up = per_layer(torch.zeros(n_layers, d_model, rank))                      # B_i
 
     def write(self, x, i, y):
         low = (x @ self.down[i].to(x.dtype).t()) @ self.up[i].to(x.dtype).t()

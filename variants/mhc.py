@@ -28,10 +28,9 @@ import itertools
 import math
 
 import torch
-from torch import nn
 
 from . import register
-from .base import Streams, VariantError, check_positive, inv_rms, mix_dtype, no_autocast
+from .base import Streams, VariantError, check_positive, inv_rms, mix_dtype, no_autocast, per_layer
 
 OFF_IDENTITY = -8.0  # initial carry logit off the identity
 
@@ -53,11 +52,11 @@ class _ManifoldHC(Streams):
     def __init__(self, d_model: int, n_layers: int, n: int):
         super().__init__(d_model, n_layers, n)
         L, k = n_layers, 2 * n + self.n_res
-        self.phi = nn.Parameter(torch.zeros(L, n * d_model, k))  # [phi_pre | phi_post | phi_res]
-        self.scale = nn.Parameter(torch.full((L, 3), 0.01))      # a_pre, a_post, a_res
-        self.b_pre = nn.Parameter(torch.full((L, n), -math.log(n - 1) if n > 1 else 10.0))  # sigmoid = 1/n
-        self.b_post = nn.Parameter(torch.zeros(L, n))
-        self.b_res = nn.Parameter(self._res_bias_init().repeat(L, 1))
+        self.phi = per_layer(torch.zeros(L, n * d_model, k))  # [phi_pre | phi_post | phi_res]
+        self.scale = per_layer(torch.full((L, 3), 0.01))      # a_pre, a_post, a_res
+        self.b_pre = per_layer(torch.full((L, n), -math.log(n - 1) if n > 1 else 10.0))  # sigmoid = 1/n
+        self.b_post = per_layer(torch.zeros(L, n))
+        self.b_res = per_layer(self._res_bias_init().repeat(L, 1))
 
     def read(self, state, i):
         x = state["streams"]
