@@ -417,3 +417,34 @@ def test_attnres_prefill_holds_its_sources_and_no_sublayer_input(name, options):
     sources = alive - 1
     assert extra == sources * vec + rows * row + (L + 1) * cfg.d_model * 4, (name, options, extra / vec)
     assert extra < (r.state_vectors() - 0.5) * vec  # the old forward held one more d-vector: h
+
+
+def test_per_layer_parameters_keep_a_gradient_buffer_out_of_the_checkpointed_view():
+    """Slices of one stacked parameter make autograd hold a full-size gradient buffer through the
+    backward (docs/SCALING.md). Under checkpointing every block, LAuReL with per-layer factors
+    grows per transformer block by one d-vector per token, as PreNorm does (its floor); with
+    its factors stacked it grows by its parameter bytes more."""
+    from torch import nn
+
+    from resbench.measure.memory_views import train_bytes
+    from resbench.model import ModelConfig, build_model
+
+    d, seq, batch, rank = 128, 128, 2, 16
+
+    def growth(name, stacked=False):
+        peaks = []
+        for depth in (4, 8):
+            cfg = ModelConfig(vocab_size=256, d_model=d, depth=depth, n_heads=4, seq_len=seq)
+            model = build_model(cfg, name, {}, 0)
+            if stacked:  # the same values, one leaf indexed per sublayer
+                res = model.residual
+                down, up = torch.stack(list(res.down)).detach(), torch.stack(list(res.up)).detach()
+                del res.down, res.up
+                res.down, res.up = nn.Parameter(down), nn.Parameter(up)
+            idx = torch.randint(0, 256, (batch, seq), generator=torch.Generator().manual_seed(0))
+            peaks.append(train_bytes(model, idx, idx, checkpoint_every=1))
+        return (peaks[1] - peaks[0]) / 4
+
+    floor = batch * seq * d * 4  # one fp32 d-vector per token per checkpointed block
+    assert growth("prenorm") == growth("laurel") == floor == 131_072
+    assert growth("laurel", stacked=True) - floor == 2 * 2 * rank * d * 4  # 2 sublayers x (A_i, B_i): 32 KiB
