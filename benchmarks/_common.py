@@ -13,6 +13,7 @@ a handful of processes, not one per point.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 
@@ -89,8 +90,6 @@ def pin_threads() -> None:
 
 
 def model_config(blocks: int, shape: dict = SHAPE):
-    import dataclasses
-
     ModelConfig = need("model", "ModelConfig")
     # commits before the shape field was named depth call it n_blocks
     field = "depth" if "depth" in {f.name for f in dataclasses.fields(ModelConfig)} else "n_blocks"

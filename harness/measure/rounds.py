@@ -41,8 +41,8 @@ def paired_ratio(times: list[float], base: list[float], plan: "Rounds | None" = 
     """{"median", "ci"}: the median of per-round ratios times/base (each pair ran back to back, so
     slow drift cancels) and its 95% interval (None with too few rounds), valid at whichever
     planned look of `plan` the rounds stopped at; no plan: fixed rounds, one look."""
-    looks = len(plan.looks()) if plan is not None else 1
-    med, lo, hi = ratio_interval([t / b for t, b in zip(times, base)], looks=looks)
+    ratios = [t / b for t, b in zip(times, base)]
+    med, lo, hi = plan.interval(ratios) if plan is not None else ratio_interval(ratios, looks=1)
     return {"median": med, "ci": [lo, hi] if math.isfinite(lo) else None}
 
 
